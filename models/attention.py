@@ -1,0 +1,213 @@
+"""Scaled dot-product attention with selectable kernels, and the multi-head attention module.
+
+Kernels (ModelConfig.attention_kernel):
+  xla     the reference: einsums and a float32 softmax; runs everywhere, supports everything.
+  jax     `jax.nn.dot_product_attention` with XLA's own implementation.
+  cudnn   `jax.nn.dot_product_attention(implementation="cudnn")`: cuDNN flash attention on NVIDIA
+          GPUs (bf16/fp16 inputs).
+  splash  Pallas splash attention on TPU (causal/segment masks, no additive bias).
+  auto    cudnn on GPU, splash on TPU, xla elsewhere.
+A kernel that the hardware or the call cannot use falls back to the reference with one warning.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from models import axes
+from models.config import ModelConfig
+from models.layers import DenseGeneral, dtypes
+from models.position import apply_rope
+
+log = logging.getLogger(__name__)
+_NEG_INF = -1e30  # large finite value: fully masked rows stay finite
+_WARNED: set[str] = set()
+
+
+def _warn_once(key: str, message: str) -> None:
+    if key not in _WARNED:
+        _WARNED.add(key)
+        log.warning(message)
+
+
+def _backend() -> str:
+    return jax.default_backend()
+
+
+def reference_attention(q, k, v, *, mask=None, bias=None, scale=1.0, dropout_rate=0.0,
+                        dropout_rng=None):
+    """Plain XLA attention.
+
+    Args:
+      q: (B, T, N, H) queries; k, v: (B, S, K, H) keys and values, K dividing N (grouped-query).
+      mask: bool (B|1, 1, T, S), the same for every head; True = may attend.
+      bias: float (B|1, N, T, S), added to the logits (T5 relative bias).
+      scale: multiplier of q.k.
+      dropout_rate, dropout_rng: attention-probability dropout (training only).
+    Returns:
+      (B, T, N, H) in q's dtype.
+    """
+    b, t, n, h = q.shape
+    kv_heads = k.shape[2]
+    q = q.reshape(b, t, kv_heads, n // kv_heads, h)  # (B, T, K, G, H)
+    logits = jnp.einsum("btkgh,bskh->bkgts", q, k, preferred_element_type=jnp.float32)
+    logits = logits * scale  # (B, K, G, T, S)
+    if bias is not None:  # (B|1, N, T, S) -> (B|1, K, G, T, S)
+        logits = logits + bias.reshape(bias.shape[0], kv_heads, -1, *bias.shape[2:]).astype(
+            jnp.float32)
+    if mask is not None:  # (B|1, 1, T, S) -> (B|1, 1, 1, T, S)
+        logits = jnp.where(mask[:, :, None], logits, _NEG_INF)
+    probs = jax.nn.softmax(logits, axis=-1)
+    if dropout_rate > 0.0 and dropout_rng is not None:
+        keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, probs.shape)
+        probs = jnp.where(keep, probs / (1.0 - dropout_rate), 0.0)
+    out = jnp.einsum("bkgts,bskh->btkgh", probs.astype(v.dtype), v,
+                     preferred_element_type=jnp.float32)
+    return out.reshape(b, t, n, h).astype(q.dtype)
+
+
+def _jax_attention(q, k, v, *, mask, bias, scale, implementation):
+    return jax.nn.dot_product_attention(q, k, v, bias=bias, mask=mask, scale=scale,
+                                        implementation=implementation)
+
+
+def _splash_attention(q, k, v, *, segment_ids, causal, scale):
+    from jax.experimental.pallas.ops.tpu.splash_attention import (
+        splash_attention_kernel as sk,
+    )
+    from jax.experimental.pallas.ops.tpu.splash_attention import (
+        splash_attention_mask as sm,
+    )
+
+    b, t, n, h = q.shape
+    groups = n // k.shape[2]
+    k = jnp.repeat(k, groups, axis=2)
+    v = jnp.repeat(v, groups, axis=2)
+    shape = (t, k.shape[1])
+    base = sm.CausalMask(shape=shape) if causal else sm.FullMask(shape)
+    kernel = sk.make_splash_mha(mask=sm.MultiHeadMask([base] * n), head_shards=1,
+                                q_seq_shards=1)
+    to_bnth = lambda x: jnp.transpose(x, (0, 2, 1, 3))  # noqa: E731  (B, N, T, H)
+    seg = None if segment_ids is None else sk.SegmentIds(q=segment_ids, kv=segment_ids)
+    call = (lambda q_, k_, v_, s_: kernel(q_, k_, v_, segment_ids=s_))
+    out = jax.vmap(call)(to_bnth(q * scale), to_bnth(k), to_bnth(v), seg)
+    return jnp.transpose(out, (0, 2, 1, 3)).astype(q.dtype)
+
+
+def dot_product_attention(q, k, v, *, kernel: str = "auto", mask=None, bias=None,
+                          scale: float = 1.0, causal: bool = False, segment_ids=None,
+                          dropout_rate: float = 0.0, dropout_rng=None):
+    """One entry point for every kernel; shapes as in `reference_attention`.
+
+    `causal` and `segment_ids` describe the mask structurally for kernels that take it that way
+    (splash); `mask` must always hold the full mask so that any kernel can fall back to it.
+    """
+    if kernel == "auto":
+        kernel = {"gpu": "cudnn", "tpu": "splash"}.get(_backend(), "xla")
+        auto = True
+    else:
+        auto = False
+    dropout = dropout_rate > 0.0 and dropout_rng is not None
+    if kernel != "xla" and dropout:
+        if not auto:
+            _warn_once(f"{kernel}-dropout", f"attention kernel {kernel!r} has no attention "
+                       "dropout; using the xla reference (set attention_dropout_rate=0 to avoid)")
+        kernel = "xla"
+    if kernel == "cudnn":
+        reason = None
+        if _backend() != "gpu":
+            reason = f"needs an NVIDIA GPU (backend is {_backend()})"
+        elif q.dtype not in (jnp.bfloat16, jnp.float16):
+            reason = f"needs bfloat16/float16 inputs (got {q.dtype})"
+        if reason is None:
+            return _jax_attention(q, k, v, mask=mask, bias=bias, scale=scale,
+                                  implementation="cudnn")
+        if not auto:
+            _warn_once(f"cudnn-{reason}", f"attention kernel 'cudnn' {reason}; using xla")
+        kernel = "xla"
+    if kernel == "splash":
+        reason = None
+        if _backend() != "tpu":
+            reason = f"needs a TPU (backend is {_backend()})"
+        elif bias is not None:
+            reason = "does not take an additive bias (T5 relative positions)"
+        elif q.shape[1] != k.shape[1] or q.shape[1] % 128:
+            reason = "needs self-attention over a multiple of 128 tokens"
+        if reason is None:
+            return _splash_attention(q, k, v, segment_ids=segment_ids, causal=causal,
+                                     scale=scale)
+        if not auto:
+            _warn_once(f"splash-{reason}", f"attention kernel 'splash' {reason}; using xla")
+        kernel = "xla"
+    if kernel == "jax":
+        return _jax_attention(q, k, v, mask=mask, bias=bias, scale=scale, implementation=None)
+    return reference_attention(q, k, v, mask=mask, bias=bias, scale=scale,
+                               dropout_rate=dropout_rate if dropout else 0.0,
+                               dropout_rng=dropout_rng)
+
+
+class Attention(nn.Module):
+    """Multi-head (grouped-query) attention with an optional incremental KV cache.
+
+    Self-attention when `kv` is None, cross-attention otherwise. While decoding (`decode=True`,
+    self-attention only) keys and values of the new tokens are written into the 'cache'
+    collection at `cache_index`; the caller's mask covers all cache slots.
+    """
+
+    config: ModelConfig
+    causal: bool = False  # structural hint for kernels; the mask is what is enforced
+
+    @nn.compact
+    def __call__(self, x, kv=None, *, mask=None, bias=None, positions=None, kv_positions=None,
+                 segment_ids=None, cache_index=None, deterministic: bool = True,
+                 decode: bool = False):
+        cfg = self.config
+        dtype, param_dtype = dtypes(cfg)
+        n, k_heads, h = cfg.num_heads, cfg.kv_heads, cfg.dim_per_head
+        proj = functools.partial(DenseGeneral, use_bias=cfg.use_bias, dtype=dtype,
+                                 param_dtype=param_dtype,
+                                 kernel_init=nn.initializers.normal(cfg.init_std))
+        source = x if kv is None else kv
+        q = proj((n, h), (axes.EMBED, axes.HEADS, axes.KV), name="query")(x)  # (B, T, N, H)
+        k = proj((k_heads, h), (axes.EMBED, axes.HEADS, axes.KV), name="key")(source)
+        v = proj((k_heads, h), (axes.EMBED, axes.HEADS, axes.KV), name="value")(source)
+        if cfg.position == "rope" and kv is None:
+            q = apply_rope(q, positions, cfg.rope_theta)
+            k = apply_rope(k, positions if kv_positions is None else kv_positions,
+                           cfg.rope_theta)
+        q = nn.with_logical_constraint(q, (axes.BATCH, axes.LENGTH, axes.HEADS, axes.KV))
+
+        if decode and kv is None:
+            k, v = self._update_cache(k, v, cache_index)
+
+        dropout_rng = None
+        if not deterministic and cfg.attention_dropout_rate > 0.0:
+            dropout_rng = self.make_rng("dropout")
+        out = dot_product_attention(
+            q, k, v, kernel=cfg.attention_kernel, mask=mask, bias=bias,
+            scale=h ** -0.5 if cfg.scale_attention else 1.0,
+            causal=self.causal and not decode, segment_ids=segment_ids,
+            dropout_rate=cfg.attention_dropout_rate, dropout_rng=dropout_rng)  # (B, T, N, H)
+        out = nn.with_logical_constraint(out, (axes.BATCH, axes.LENGTH, axes.HEADS, axes.KV))
+        return proj(cfg.d_model, (axes.HEADS, axes.KV, axes.EMBED), contract=2, name="out")(out)
+
+    def _update_cache(self, k, v, cache_index):
+        """Writes the new keys/values at `cache_index`; returns the whole cache (B, S, K, H).
+
+        The first call (inside `init` with decode=True) sizes the cache from its input length.
+        """
+        initialised = self.has_variable("cache", "key")
+        cached_k = self.variable("cache", "key", jnp.zeros, k.shape, k.dtype)
+        cached_v = self.variable("cache", "value", jnp.zeros, v.shape, v.dtype)
+        if not initialised:
+            return k, v
+        start = (0, cache_index, 0, 0)
+        for cached, new in ((cached_k, k), (cached_v, v)):
+            cached.value = jax.lax.dynamic_update_slice(cached.value,
+                                                        new.astype(cached.value.dtype), start)
+        return cached_k.value, cached_v.value

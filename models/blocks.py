@@ -1,0 +1,198 @@
+"""The shared block library: one TransformerBlock and one TransformerStack serve every family.
+
+A stack is: input embedding (positions, token types, norm, dropout) -> N blocks -> optional final
+norm. The block knows only three switches: `causal`, `cross_attention` and pre- or post-norm
+(from the config). BERT, GPT-2, T5, BART and the 2017 Transformer are all stacks of it.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax.ad_checkpoint import checkpoint_name
+
+from models import axes, masks
+from models.attention import Attention
+from models.config import ConfigError, ModelConfig
+from models.layers import MLP, Embed, dtypes, make_norm
+from models.position import RelativePositionBias, sinusoidal_table
+
+_REMAT_POLICIES = {
+    "full": None,  # save nothing, recompute everything
+    "dots": jax.checkpoint_policies.checkpoint_dots,
+    "dots_no_batch": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
+    "save_attention_out": jax.checkpoint_policies.save_only_these_names("attention_out"),
+}
+
+
+class TransformerBlock(nn.Module):
+    """Self-attention [-> cross-attention] -> MLP, each a residual sublayer with its norm.
+
+    Call arguments are positional so that the block can be scanned and rematerialised; see
+    `TransformerStack` for their meaning.
+    """
+
+    config: ModelConfig
+    causal: bool = False
+    cross_attention: bool = False
+
+    @nn.compact
+    def __call__(self, x, mask, bias, positions, kv_positions, segment_ids, encoded,
+                 cross_mask, cache_index, deterministic, decode):
+        cfg = self.config
+        x = nn.with_logical_constraint(x, axes.ACTIVATION)  # (B, T, D)
+
+        def residual(x, name, fn):
+            norm = make_norm(cfg, name=f"{name}_norm")
+            h = fn(norm(x) if cfg.pre_norm else x)
+            h = nn.Dropout(cfg.dropout_rate)(h, deterministic=deterministic)
+            x = x + h
+            return x if cfg.pre_norm else norm(x)
+
+        x = residual(x, "self_attention", lambda h: Attention(
+            cfg, causal=self.causal, name="self_attention")(
+                h, mask=mask, bias=bias, positions=positions, kv_positions=kv_positions,
+                segment_ids=segment_ids, cache_index=cache_index,
+                deterministic=deterministic, decode=decode))
+        x = checkpoint_name(x, "attention_out")
+        if self.cross_attention:
+            x = residual(x, "cross_attention", lambda h: Attention(cfg, name="cross_attention")(
+                h, encoded, mask=cross_mask, deterministic=deterministic))
+        x = residual(x, "mlp", lambda h: MLP(cfg, name="mlp")(h, deterministic))
+        return nn.with_logical_constraint(x, axes.ACTIVATION), None
+
+
+class Embedding(nn.Module):
+    """Token vectors -> stack input: scale, add position and token-type vectors, norm, dropout."""
+
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(self, x, positions, token_type_ids, deterministic):
+        cfg = self.config
+        dtype, param_dtype = dtypes(cfg)
+        if cfg.scale_embeddings:
+            x = x * jnp.asarray(cfg.d_model ** 0.5, dtype)
+        if cfg.position == "learned":
+            table = Embed(cfg.max_positions + cfg.position_offset, cfg.d_model, (None, axes.EMBED),
+                          dtype, param_dtype, nn.initializers.normal(cfg.init_std),
+                          name="position")
+            x = x + table(positions + cfg.position_offset)
+        elif cfg.position == "sinusoidal":
+            table = jnp.asarray(sinusoidal_table(cfg.max_positions, cfg.d_model))
+            x = x + jnp.take(table, positions, axis=0).astype(dtype)
+        if cfg.type_vocab_size:
+            types = Embed(cfg.type_vocab_size, cfg.d_model, (None, axes.EMBED), dtype,
+                          param_dtype, nn.initializers.normal(cfg.init_std), name="token_type")
+            x = x + types(jnp.zeros_like(positions) if token_type_ids is None else token_type_ids)
+        if cfg.embed_norm:
+            x = make_norm(cfg, name="norm")(x)
+        x = nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
+        return nn.with_logical_constraint(x.astype(dtype), axes.ACTIVATION)
+
+
+class TransformerStack(nn.Module):
+    """Embedding + `num_layers` blocks (+ final norm): the encoder or decoder of any family.
+
+    Call args:
+      x: (B, T, D) token vectors (the caller owns the token table, which may be shared).
+      attention_mask: (B, T), 1 for real tokens, 0 for padding.
+      positions: (B, T) position ids; default 0..T-1 (continued from the cache when decoding).
+      segment_ids: (B, T) ids of packed examples; tokens attend only within their segment.
+      token_type_ids: (B, T) BERT sentence A/B ids.
+      encoded, encoder_attention_mask, encoder_segment_ids: the encoder side for cross-attention.
+      deterministic: no dropout.
+      decode: incremental decoding with a KV cache (causal stacks). `init` with decode=True and a
+        full-length input sizes the cache; each later call appends its T tokens.
+    """
+
+    config: ModelConfig
+    num_layers: int
+    causal: bool = False
+    cross_attention: bool = False
+
+    @nn.compact
+    def __call__(self, x, *, attention_mask=None, positions=None, segment_ids=None,
+                 token_type_ids=None, encoded=None, encoder_attention_mask=None,
+                 encoder_segment_ids=None, deterministic: bool = True, decode: bool = False):
+        cfg = self.config
+        b, t = x.shape[:2]
+        if decode and not self.causal:
+            raise ValueError("decode=True needs a causal stack (a decoder)")
+        valid = jnp.ones((b, t), bool) if attention_mask is None else attention_mask.astype(bool)
+
+        cache_index = None
+        if decode:
+            initialised = self.has_variable("cache", "index")
+            index = self.variable("cache", "index", lambda: jnp.zeros((), jnp.int32))
+            slot_valid = self.variable("cache", "valid", jnp.zeros, (b, t), bool)
+            slot_pos = self.variable("cache", "positions", jnp.zeros, (b, t), jnp.int32)
+            start = index.value if initialised else 0
+            q_slots = masks.arange_slots(b, t, start)
+            positions = q_slots if positions is None else positions
+            if initialised:
+                self._check_length(slot_valid.value.shape[1])
+                slot_valid.value = jax.lax.dynamic_update_slice(slot_valid.value, valid,
+                                                                 (0, start))
+                slot_pos.value = jax.lax.dynamic_update_slice(
+                    slot_pos.value, positions.astype(jnp.int32), (0, start))
+                index.value = start + t
+                cache_index = start
+                k_valid, kv_positions = slot_valid.value, slot_pos.value
+                k_slots = masks.arange_slots(b, k_valid.shape[1])
+            else:
+                k_valid, kv_positions, k_slots = valid, positions, q_slots
+            segment_ids = None  # a cache holds one example per row
+        else:
+            self._check_length(t)
+            q_slots = masks.arange_slots(b, t)
+            positions = q_slots if positions is None else positions
+            k_valid, kv_positions, k_slots = valid, positions, q_slots
+
+        mask = masks.combine(
+            masks.key_mask(k_valid) if (attention_mask is not None or decode) else None,
+            masks.causal_mask(q_slots, k_slots) if self.causal else None,
+            masks.segment_mask(segment_ids, segment_ids) if segment_ids is not None else None,
+        )
+        cross_mask = None
+        if self.cross_attention:
+            cross_mask = masks.combine(
+                None if encoder_attention_mask is None else masks.key_mask(encoder_attention_mask),
+                None if segment_ids is None or encoder_segment_ids is None
+                else masks.segment_mask(segment_ids, encoder_segment_ids))
+
+        bias = None
+        if cfg.position == "relative":
+            _, param_dtype = dtypes(cfg)
+            bias = RelativePositionBias(cfg.relative_buckets, cfg.relative_max_distance,
+                                        cfg.num_heads, bidirectional=not self.causal,
+                                        param_dtype=param_dtype, name="relative_bias")(
+                                            positions, kv_positions)  # (B, N, T, S)
+
+        x = Embedding(cfg, name="embed")(x, positions, token_type_ids, deterministic)
+        args = (mask, bias, positions, kv_positions, segment_ids, encoded, cross_mask,
+                cache_index, deterministic, decode)
+        block = TransformerBlock
+        if cfg.remat_policy != "none":
+            block = nn.remat(block, policy=_REMAT_POLICIES[cfg.remat_policy],
+                             prevent_cse=not cfg.scan_layers, static_argnums=(10, 11))
+        if cfg.scan_layers:
+            x, _ = nn.scan(
+                block, variable_axes={"params": 0, "cache": 0},
+                split_rngs={"params": True, "dropout": True}, in_axes=(nn.broadcast,) * len(args),
+                length=self.num_layers, metadata_params={nn.PARTITION_NAME: axes.LAYERS},
+            )(cfg, self.causal, self.cross_attention, name="layers")(x, *args)
+        else:
+            for i in range(self.num_layers):
+                x, _ = block(cfg, self.causal, self.cross_attention, name=f"layers_{i}")(x, *args)
+        if cfg.final_norm:
+            x = make_norm(cfg, name="final_norm")(x)
+        return nn.with_logical_constraint(x, axes.ACTIVATION)
+
+    def _check_length(self, length: int) -> None:
+        cfg = self.config
+        if cfg.position in ("learned", "sinusoidal") and length > cfg.max_positions:
+            raise ConfigError(
+                f"sequence length {length} exceeds max_positions={cfg.max_positions} of "
+                f"{cfg.name}'s position table; truncate the inputs or raise max_positions")

@@ -1,0 +1,154 @@
+"""Leaf layers: dense projections, embeddings, norms and the feed-forward block.
+
+Each parameter gets its logical axis names here, in one place (`param`). Matmuls take inputs in the
+compute dtype and accumulate in float32 (`preferred_element_type`), which is both the accurate and
+the fast path for bfloat16 on CPUs, GPUs and TPUs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from models import axes
+from models.config import ModelConfig
+
+Initializer = Callable[..., jax.Array]
+
+
+def param(module: nn.Module, name: str, init: Initializer, shape: Sequence[int],
+          logical_axes: Sequence[str | None], dtype) -> jax.Array:
+    """Declares a parameter with its logical axis names (boxed as nn.LogicallyPartitioned)."""
+    if len(shape) != len(logical_axes):
+        raise ValueError(f"{name}: shape {tuple(shape)} vs logical axes {tuple(logical_axes)}")
+    return module.param(name, nn.with_logical_partitioning(init, tuple(logical_axes)),
+                        tuple(shape), dtype)
+
+
+def activation_fn(name: str) -> Callable[[jax.Array], jax.Array]:
+    """Activations by their Hugging Face names (gelu = exact erf, gelu_new = tanh approximation)."""
+    return {
+        "relu": jax.nn.relu,
+        "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+        "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
+        "silu": jax.nn.silu,
+        "tanh": jnp.tanh,
+    }[name]
+
+
+def dtypes(config: ModelConfig) -> tuple[jnp.dtype, jnp.dtype]:
+    """(compute dtype, parameter dtype)."""
+    return jnp.dtype(config.dtype), jnp.dtype(config.param_dtype)
+
+
+class DenseGeneral(nn.Module):
+    """y = x . W + b over the last `contract` input dims; W has logical axes `kernel_axes`.
+
+    `features` may be a tuple (e.g. (heads, head_dim) for attention projections); the kernel
+    shape is `x.shape[-contract:] + features`.
+    """
+
+    features: int | tuple[int, ...]
+    kernel_axes: tuple[str | None, ...]
+    contract: int = 1
+    use_bias: bool = True
+    dtype: jnp.dtype = jnp.float32
+    param_dtype: jnp.dtype = jnp.float32
+    kernel_init: Initializer = nn.initializers.normal(0.02)
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        features = (self.features,) if isinstance(self.features, int) else tuple(self.features)
+        in_shape = x.shape[-self.contract:]
+        kernel = param(self, "kernel", self.kernel_init, in_shape + features, self.kernel_axes,
+                       self.param_dtype)
+        contract_x = tuple(range(x.ndim - self.contract, x.ndim))
+        y = lax.dot_general(
+            x.astype(self.dtype), kernel.astype(self.dtype),
+            ((contract_x, tuple(range(self.contract))), ((), ())),
+            preferred_element_type=jnp.float32,
+        )
+        if self.use_bias:
+            bias = param(self, "bias", nn.initializers.zeros, features,
+                         self.kernel_axes[self.contract:], self.param_dtype)
+            y = y + bias.astype(jnp.float32)
+        return y.astype(self.dtype)
+
+
+class Embed(nn.Module):
+    """A lookup table; `attend` reuses it as the output projection of a tied head."""
+
+    num_embeddings: int
+    features: int
+    table_axes: tuple[str | None, str | None] = (axes.VOCAB, axes.EMBED)
+    dtype: jnp.dtype = jnp.float32
+    param_dtype: jnp.dtype = jnp.float32
+    embedding_init: Initializer = nn.initializers.normal(0.02)
+
+    def setup(self):
+        self.embedding = param(self, "embedding", self.embedding_init,
+                               (self.num_embeddings, self.features), self.table_axes,
+                               self.param_dtype)
+
+    def __call__(self, ids: jax.Array) -> jax.Array:
+        return jnp.take(self.embedding, ids, axis=0).astype(self.dtype)
+
+    def attend(self, x: jax.Array) -> jax.Array:
+        """x @ table.T with float32 accumulation: (..., D) -> (..., V)."""
+        return lax.dot_general(
+            x.astype(self.dtype), self.embedding.astype(self.dtype),
+            (((x.ndim - 1,), (1,)), ((), ())), preferred_element_type=jnp.float32,
+        )
+
+
+class Norm(nn.Module):
+    """LayerNorm (scale + bias) or RMSNorm (scale only, T5/Llama); statistics in float32."""
+
+    kind: str = "layernorm"
+    eps: float = 1e-5
+    dtype: jnp.dtype = jnp.float32
+    param_dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        d = x.shape[-1]
+        x32 = x.astype(jnp.float32)
+        if self.kind == "rmsnorm":
+            y = x32 * lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + self.eps)
+        else:
+            mean = jnp.mean(x32, axis=-1, keepdims=True)
+            var = jnp.mean(jnp.square(x32 - mean), axis=-1, keepdims=True)
+            y = (x32 - mean) * lax.rsqrt(var + self.eps)
+        y = y * param(self, "scale", nn.initializers.ones, (d,), (axes.EMBED,), self.param_dtype)
+        if self.kind == "layernorm":
+            y = y + param(self, "bias", nn.initializers.zeros, (d,), (axes.EMBED,),
+                          self.param_dtype)
+        return y.astype(self.dtype)
+
+
+def make_norm(config: ModelConfig, name: str | None = None) -> Norm:
+    dtype, param_dtype = dtypes(config)
+    return Norm(config.norm, config.norm_eps, dtype, param_dtype, name=name)
+
+
+class MLP(nn.Module):
+    """Feed-forward block: wo(act(wi x) [* wi_gate x]). Gated = GEGLU/SwiGLU (T5 v1.1, Llama)."""
+
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(self, x: jax.Array, deterministic: bool = True) -> jax.Array:
+        cfg = self.config
+        dtype, param_dtype = dtypes(cfg)
+        dense = lambda features, kernel_axes, name: DenseGeneral(  # noqa: E731
+            features, kernel_axes, use_bias=cfg.use_bias, dtype=dtype, param_dtype=param_dtype,
+            kernel_init=nn.initializers.normal(cfg.init_std), name=name)
+        h = activation_fn(cfg.activation)(dense(cfg.d_ff, (axes.EMBED, axes.MLP), "wi")(x))
+        if cfg.gated_mlp:
+            h = h * dense(cfg.d_ff, (axes.EMBED, axes.MLP), "wi_linear")(x)  # (B, T, F)
+        h = nn.with_logical_constraint(h, (axes.BATCH, axes.LENGTH, axes.MLP))
+        return dense(cfg.d_model, (axes.MLP, axes.EMBED), "wo")(h)  # (B, T, D)
