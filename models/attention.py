@@ -178,8 +178,7 @@ class Attention(nn.Module):
         v = proj((k_heads, h), (axes.EMBED, axes.HEADS, axes.KV), name="value")(source)
         if cfg.position == "rope" and kv is None:
             q = apply_rope(q, positions, cfg.rope_theta)
-            k = apply_rope(k, positions if kv_positions is None else kv_positions,
-                           cfg.rope_theta)
+            k = apply_rope(k, positions, cfg.rope_theta)  # the new keys sit at `positions`
         q = nn.with_logical_constraint(q, (axes.BATCH, axes.LENGTH, axes.HEADS, axes.KV))
 
         if decode and kv is None:
@@ -201,9 +200,9 @@ class Attention(nn.Module):
 
         The first call (inside `init` with decode=True) sizes the cache from its input length.
         """
-        initialised = self.has_variable("cache", "key")
-        cached_k = self.variable("cache", "key", jnp.zeros, k.shape, k.dtype)
-        cached_v = self.variable("cache", "value", jnp.zeros, v.shape, v.dtype)
+        initialised = self.has_variable("cache", "cached_key")
+        cached_k = self.variable("cache", "cached_key", jnp.zeros, k.shape, k.dtype)
+        cached_v = self.variable("cache", "cached_value", jnp.zeros, v.shape, v.dtype)
         if not initialised:
             return k, v
         start = (0, cache_index, 0, 0)
