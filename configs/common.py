@@ -1,0 +1,92 @@
+"""The shared skeleton of every run config; experiment files fill in what differs.
+
+Top-level keys:
+  steps, batch_size (global), seq_len, microbatches (gradient accumulation), seed,
+  log_every_steps, eval_every_steps, eval_batches, checkpoint_every_steps, keep_checkpoints,
+  best_metric (an eval metric whose best checkpoint is kept too, '' = off), async_checkpoints,
+  label_smoothing, z_loss, dropout, sample_tokens (tokens generated at the end; 0 = none)
+Sections:
+  model      `name` (a models.list_architectures() name) and any ModelConfig field; fields left
+             unset keep the architecture's value (vocab_size defaults to the tokenizer's).
+  data       data.pipeline.default_config(): `name` (TFDS catalog) or `files`, splits, fields,
+             objective and its options.
+  tokenizer  `path` (a tokenizer.json / vocab.txt / spiece.model or HF directory to load) or a
+             tokenizer trained on the training split: kind (bpe|wordpiece|unigram), vocab_size,
+             lowercase, train_examples (how many examples to train it on).
+  optimizer  see train/optim.py.
+  mesh       data, fsdp, tensor sizes; -1 = the remaining devices.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import ml_collections
+from ml_collections.config_dict import placeholder
+
+from data.pipeline import default_config as data_defaults
+from models.config import ModelConfig
+
+_TYPES = {"int": int, "float": float, "bool": bool, "str": str}
+
+
+def model_section(name: str, **fields) -> ml_collections.ConfigDict:
+    """`name` plus every ModelConfig field, unset ones as typed placeholders (None =
+    the architecture's value) so that the command line can override any of them."""
+    section = ml_collections.ConfigDict()
+    section.name = name
+    for f in dataclasses.fields(ModelConfig):
+        if f.name == "name":
+            continue
+        kind = _TYPES[str(f.type).split("|")[0].strip()]
+        section[f.name] = fields.pop(f.name) if f.name in fields else placeholder(kind)
+    if fields:
+        raise KeyError(f"unknown model fields {sorted(fields)}")
+    return section
+
+
+def base_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+    c.steps = 1000
+    c.batch_size = 32
+    c.seq_len = 128
+    c.microbatches = 1
+    c.log_every_steps = 10
+    c.eval_every_steps = 200
+    c.eval_batches = 8
+    c.checkpoint_every_steps = 200
+    c.keep_checkpoints = 2
+    c.best_metric = "eval_loss"
+    c.async_checkpoints = True
+    c.label_smoothing = 0.0
+    c.z_loss = 0.0
+    c.dropout = True
+    c.sample_tokens = 0
+    c.sample_prompt = ""
+    c.data = data_defaults()
+    c.tokenizer = ml_collections.ConfigDict(dict(
+        path=placeholder(str), kind="bpe", vocab_size=4096, lowercase=False,
+        train_examples=100_000))
+    c.optimizer = ml_collections.ConfigDict(dict(
+        name="adamw", learning_rate=1e-3, warmup_steps=100, schedule="cosine", end_factor=0.1,
+        decay_steps=0, b1=0.9, b2=0.98, eps=1e-8, weight_decay=0.01, grad_clip_norm=1.0))
+    c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+    return c
+
+
+def smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """Shrinks a config to a run of seconds on a laptop CPU."""
+    c.steps = 8
+    c.batch_size = 8
+    c.seq_len = 32
+    c.log_every_steps = 2
+    c.eval_every_steps = 4
+    c.eval_batches = 2
+    c.checkpoint_every_steps = 4
+    c.async_checkpoints = False
+    c.optimizer.warmup_steps = 2
+    c.tokenizer.vocab_size = 512
+    c.tokenizer.train_examples = 2000
+    c.sample_tokens = min(c.sample_tokens, 8)
+    return c

@@ -1,0 +1,72 @@
+"""Optimizers and learning-rate schedules (optax).
+
+config.optimizer keys:
+  name            adamw | adafactor | sgd
+  learning_rate   peak rate
+  warmup_steps    linear warmup from 0
+  schedule        cosine | linear | rsqrt | constant (decay after warmup, to end_factor * peak)
+  end_factor      final rate as a fraction of the peak (cosine/linear)
+  decay_steps     length of the decay; 0 = the run's `steps`
+  b1, b2, eps     Adam moments
+  weight_decay    decoupled; masked off norms, biases and other vectors (ndim < 2)
+  grad_clip_norm  global-norm clipping; 0 = off
+"""
+
+from __future__ import annotations
+
+import jax
+import optax
+
+
+class OptimizerError(ValueError):
+    pass
+
+
+def learning_rate_schedule(opt, total_steps: int) -> optax.Schedule:
+    peak = float(opt.learning_rate)
+    warmup = int(opt.get("warmup_steps", 0))
+    decay = int(opt.get("decay_steps", 0) or max(total_steps - warmup, 1))
+    end = peak * float(opt.get("end_factor", 0.0))
+    kind = opt.get("schedule", "cosine")
+    if kind == "cosine":
+        after = optax.cosine_decay_schedule(peak, decay, alpha=end / peak if peak else 0.0)
+    elif kind == "linear":
+        after = optax.linear_schedule(peak, end, decay)
+    elif kind == "rsqrt":  # T5: lr = peak * sqrt(warmup / step) after warmup
+        base = max(warmup, 1)
+        after = lambda step: peak * (base / (step + base)) ** 0.5  # noqa: E731
+    elif kind == "constant":
+        after = optax.constant_schedule(peak)
+    else:
+        raise OptimizerError(f"optimizer.schedule={kind!r} is not supported; allowed values: "
+                             "cosine, linear, rsqrt, constant")
+    if not warmup:
+        return after
+    return optax.join_schedules([optax.linear_schedule(0.0, peak, warmup), after], [warmup])
+
+
+def decay_mask(params):
+    """Weight decay applies to matrices (kernels, embeddings), not to norms or biases."""
+    return jax.tree.map(lambda p: p.ndim >= 2, params)
+
+
+def make_optimizer(opt, total_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
+    """(optimizer, learning-rate schedule) from config.optimizer."""
+    schedule = learning_rate_schedule(opt, total_steps)
+    name = opt.get("name", "adamw")
+    wd = float(opt.get("weight_decay", 0.0))
+    if name == "adamw":
+        core = optax.adamw(schedule, b1=opt.get("b1", 0.9), b2=opt.get("b2", 0.999),
+                           eps=opt.get("eps", 1e-8), weight_decay=wd, mask=decay_mask)
+    elif name == "adafactor":
+        core = optax.adafactor(schedule, weight_decay_rate=wd or None,
+                               weight_decay_mask=decay_mask if wd else None)
+    elif name == "sgd":
+        core = optax.chain(optax.add_decayed_weights(wd, decay_mask) if wd else optax.identity(),
+                           optax.sgd(schedule, momentum=opt.get("momentum", 0.9) or None))
+    else:
+        raise OptimizerError(f"optimizer.name={name!r} is not supported; allowed values: "
+                             "adamw, adafactor, sgd")
+    clip = float(opt.get("grad_clip_norm", 0.0))
+    tx = optax.chain(optax.clip_by_global_norm(clip), core) if clip else core
+    return tx, schedule

@@ -1,0 +1,118 @@
+"""Device mesh, logical-axis rules and shardings.
+
+models/ names every parameter and activation axis logically (models/axes.py); this module maps the
+names onto the physical mesh `(data, fsdp, tensor)` with priority rules (flax's
+`logical_to_mesh_axes`: a mesh axis is used at most once per array, first rule wins). The same
+vocabulary therefore serves parameters (embed -> fsdp) and activations (batch takes data+fsdp first,
+so an activation's embed axis stays unsharded).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import flax.linen as nn
+import jax
+import numpy as np
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
+
+MESH_AXES = ("data", "fsdp", "tensor")
+
+DEFAULT_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
+    ("batch", ("data", "fsdp")),
+    ("vocab", "tensor"),
+    ("heads", "tensor"),
+    ("mlp", "tensor"),
+    ("embed", "fsdp"),
+    ("kv", None),
+    ("length", None),
+    ("layers", None),
+)
+
+
+class MeshError(ValueError):
+    """A mesh that does not fit the devices or the batch."""
+
+
+def mesh_shape(sizes: dict[str, int], num_devices: int) -> tuple[int, int, int]:
+    """Resolves `{data, fsdp, tensor}` sizes (one of them may be -1 = the rest) to a shape."""
+    shape = [int(sizes.get(axis, 1)) for axis in MESH_AXES]
+    if sum(s == -1 for s in shape) > 1:
+        raise MeshError(f"mesh {dict(zip(MESH_AXES, shape))}: at most one axis may be -1")
+    if any(s == 0 or s < -1 for s in shape):
+        raise MeshError(f"mesh {dict(zip(MESH_AXES, shape))}: sizes must be positive or -1")
+    known = math.prod(s for s in shape if s != -1)
+    if -1 in shape:
+        if num_devices % known:
+            raise MeshError(f"mesh {dict(zip(MESH_AXES, shape))}: {num_devices} devices are not "
+                            f"divisible by {known}; change config.mesh")
+        shape[shape.index(-1)] = num_devices // known
+    if math.prod(shape) != num_devices:
+        raise MeshError(
+            f"mesh data={shape[0]} x fsdp={shape[1]} x tensor={shape[2]} = {math.prod(shape)} "
+            f"devices, but {num_devices} are available; set config.mesh so the product is "
+            f"{num_devices} (use -1 for one axis to take the rest)")
+    return tuple(shape)
+
+
+def make_mesh(sizes: dict[str, int], devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """A (data, fsdp, tensor) mesh with Auto axis types (linen's tensor-parallel layers need
+    them; Explicit axes fail with 'Contracting dimensions are sharded')."""
+    devices = list(jax.devices() if devices is None else devices)
+    shape = mesh_shape(dict(sizes), len(devices))
+    try:
+        return jax.make_mesh(shape, MESH_AXES, axis_types=(AxisType.Auto,) * 3, devices=devices)
+    except Exception:  # make_mesh rejects some device orders; a plain reshape always works
+        return Mesh(np.asarray(devices).reshape(shape), MESH_AXES,
+                    axis_types=(AxisType.Auto,) * 3)
+
+
+def rules_from_config(rules) -> tuple:
+    """Rules from a config (list of [name, mesh axes]) or the defaults."""
+    if not rules:
+        return DEFAULT_RULES
+    out = []
+    for name, target in rules:
+        if isinstance(target, list):
+            target = tuple(target)
+        out.append((name, target))
+    return tuple(out)
+
+
+def logical_shardings(abstract_tree, mesh: Mesh, rules) -> object:
+    """NamedShardings for a tree whose leaves may be boxed with logical names (unboxed leaves
+    are replicated)."""
+    specs = nn.get_partition_spec(abstract_tree)
+    return nn.logical_to_mesh_sharding(specs, mesh, rules)
+
+
+def batch_sharding(mesh: Mesh, ndim: int = 2) -> NamedSharding:
+    """Leading (batch) axis over data x fsdp, the rest replicated."""
+    return NamedSharding(mesh, PartitionSpec(("data", "fsdp"), *([None] * (ndim - 1))))
+
+
+def check_batch(global_batch: int, mesh: Mesh, microbatches: int = 1) -> None:
+    shards = mesh.shape["data"] * mesh.shape["fsdp"]
+    if global_batch % (shards * microbatches):
+        raise MeshError(
+            f"batch_size={global_batch} is not divisible by data x fsdp = {shards} shards x "
+            f"{microbatches} microbatches; change config.batch_size or config.mesh")
+
+
+class activate:  # noqa: N801  (a context manager used as `with activate(mesh, rules):`)
+    """Makes `mesh` and the logical rules current, so that the models' logical constraints
+    (nn.with_logical_constraint) become real sharding constraints while tracing."""
+
+    def __init__(self, mesh: Mesh, rules):
+        self._mesh_ctx = jax.set_mesh(mesh)
+        self._rules_ctx = nn.logical_axis_rules(rules)
+
+    def __enter__(self):
+        self._mesh_ctx.__enter__()
+        self._rules_ctx.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self._rules_ctx.__exit__(*exc)
+        return self._mesh_ctx.__exit__(*exc)

@@ -1,0 +1,54 @@
+"""The train state and its sharded initialisation.
+
+Parameters and optimizer state are created directly in their shardings: the init function is
+traced abstractly (`jax.eval_shape`), the logical axis names on the abstract tree give the
+shardings, and `jit(init, out_shardings=...)` materialises every array already split across the
+mesh. Nothing is first built on one device.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+from flax import struct
+
+from models.summary import dummy_inputs
+from train import partitioning
+
+
+@struct.dataclass
+class TrainState:
+    step: jax.Array
+    params: Any
+    opt_state: Any
+
+
+def _init_fn(model: nn.Module, model_config, tx: optax.GradientTransformation):
+    def init(rng):
+        params = model.init(rng, **dummy_inputs(model_config))["params"]
+        return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                          opt_state=tx.init(params))
+
+    return init
+
+
+def abstract_state(model, model_config, tx, mesh, rules):
+    """(abstract unboxed state as ShapeDtypeStructs with shardings, the shardings tree)."""
+    boxed = jax.eval_shape(_init_fn(model, model_config, tx), jax.random.key(0))
+    shardings = partitioning.logical_shardings(boxed, mesh, rules)
+    abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                            nn.meta.unbox(boxed), shardings)
+    return abstract, shardings
+
+
+def create_train_state(model, model_config, tx, mesh, rules, rng):
+    """(state, shardings): a freshly initialised state laid out on `mesh`."""
+    _, shardings = abstract_state(model, model_config, tx, mesh, rules)
+    init = _init_fn(model, model_config, tx)
+    with partitioning.activate(mesh, rules):
+        state = jax.jit(lambda r: nn.meta.unbox(init(r)), out_shardings=shardings)(rng)
+    return state, shardings
