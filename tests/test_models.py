@@ -262,8 +262,8 @@ def test_bf16_compute_keeps_f32_params():
 def test_dropout_only_when_not_deterministic():
     config, model, params = tiny("bert-tiny")
     ids = random_ids(13, (2, 8))
-    a = model.apply({"params": params}, ids, deterministic=False, rngs={"dropout": jax.random.key(0)})
-    b = model.apply({"params": params}, ids, deterministic=False, rngs={"dropout": jax.random.key(1)})
+    a, b = (model.apply({"params": params}, ids, deterministic=False,
+                        rngs={"dropout": jax.random.key(seed)}) for seed in (0, 1))
     c = model.apply({"params": params}, ids)
     d = model.apply({"params": params}, ids)
     assert not np.allclose(a.last_hidden_state, b.last_hidden_state)
