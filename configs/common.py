@@ -11,8 +11,9 @@ Sections:
   data       data.pipeline.default_config(): `name` (TFDS catalog) or `files`, splits, fields,
              objective and its options.
   tokenizer  `path` (a tokenizer.json / vocab.txt / spiece.model or HF directory to load) or a
-             tokenizer trained on the training split: kind (bpe|wordpiece|unigram), vocab_size,
-             lowercase, train_examples (how many examples to train it on).
+             tokenizer trained on the training split: kind (bpe|wordpiece|unigram), family
+             (special tokens: bert|gpt|t5|bart|transformer; default from the model family),
+             vocab_size, lowercase, train_examples (how many examples to train it on).
   optimizer  see train/optim.py.
   mesh       data, fsdp, tensor sizes; -1 = the remaining devices.
 """
@@ -66,8 +67,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.sample_prompt = ""
     c.data = data_defaults()
     c.tokenizer = ml_collections.ConfigDict(dict(
-        path=placeholder(str), kind="bpe", vocab_size=4096, lowercase=False,
-        train_examples=100_000))
+        path=placeholder(str), kind="bpe", family=placeholder(str), vocab_size=4096,
+        lowercase=False, train_examples=100_000))
     c.optimizer = ml_collections.ConfigDict(dict(
         name="adamw", learning_rate=1e-3, warmup_steps=100, schedule="cosine", end_factor=0.1,
         decay_steps=0, b1=0.9, b2=0.98, eps=1e-8, weight_decay=0.01, grad_clip_norm=1.0))

@@ -48,10 +48,8 @@ def get_tokenizer(config, workdir: Path):
     saved = workdir / "tokenizer"
     if (saved / "tokenizer.json").exists():
         return load_tokenizer(str(saved))
-    family = {"encoder": "bert", "decoder": "gpt"}.get(
+    family = config.tokenizer.family or {"encoder": "bert", "decoder": "gpt"}.get(
         models.get_config(config.model.name).family, "t5")
-    if "bart" in config.model.name:
-        family = "bart"
     if config.tokenizer.path:
         tok = load_tokenizer(config.tokenizer.path)
     else:

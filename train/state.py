@@ -30,10 +30,19 @@ class TrainState:
 def _init_fn(model: nn.Module, model_config, tx: optax.GradientTransformation):
     def init(rng):
         params = model.init(rng, **dummy_inputs(model_config))["params"]
-        return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                          opt_state=tx.init(params))
+        opt_state = jax.tree.map(_fix_box, tx.init(params),
+                                 is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned))
+        return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=opt_state)
 
     return init
+
+
+def _fix_box(box):
+    """Optimizer statistics of another shape than their parameter (Adafactor's factored row
+    and column moments) inherit its box; they are small, so they are replicated."""
+    if isinstance(box, nn.LogicallyPartitioned) and len(box.names) != len(box.value.shape):
+        return box.replace(names=(None,) * len(box.value.shape))
+    return box
 
 
 def abstract_state(model, model_config, tx, mesh, rules):

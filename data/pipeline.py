@@ -1,0 +1,226 @@
+"""The entry point: a deterministic, resumable, per-host batch iterator for every objective.
+
+    it = make_pipeline(cfg, split="train", tokenizer=tok, global_batch_size=64, seq_len=512,
+                       seed=0, process_index=jax.process_index(),
+                       process_count=jax.process_count())
+    batch = next(it)          # dict of numpy arrays, leading dim global_batch_size // count
+    state = it.get_state()    # JSON-serialisable; it.set_state(state) resumes exactly
+
+How: the split's examples form a grain `MapDataset` (shuffled with `seed`, reshuffled each epoch,
+repeated), read and tokenized in batches (`Rows.elements`). Row `r` of every global batch reads
+elements `r, r + G, r + 2G, ...` (`data.packing.RowStream`); each host builds only its rows, so
+a fixed seed gives the same global batches on any number of hosts, hosts read disjoint shards,
+and the iterator state is one `[element, offset]` cursor per local row plus the step.
+Randomness (masking, spans) comes from `np.random.default_rng([seed, row, step])`, also
+independent of the host layout.
+
+`cfg` is the `data` ConfigDict; `default_config()` lists every key. Besides the source keys of
+`data.sources` (name, files, format, splits, fields, label_names, tag_names, text_mode,
+table_format, token_column, tag_column, data_dir, download) it reads:
+
+  objective      clm | mlm | span | denoise | seq2seq | classify | tag (default clm)
+  pack           clm: pack documents with segment ids (True) or pad one per row (False)
+  mlm_probability, whole_word_mask            mlm (0.15, False)
+  noise_density, mean_noise_span_length       span (0.15, 3.0)
+  mask_ratio, poisson_lambda, permute_sentences   denoise (0.3, 3.0, True)
+  task_prefix    seq2seq: text put before every source, e.g. "translate English to German: "
+  target_length  seq2seq: decoder length (default seq_len; span derives it from T5's formula)
+  shuffle        shuffle the training split (default True for "train", False otherwise)
+  num_epochs     None: "train" repeats forever, other splits run once; N >= 1: N epochs;
+                 0: forever
+
+Local files are prepared to ArrayRecord under `data_dir` on first use; with several hosts on a
+shared file system, let process 0 call `make_pipeline` (or `data.sources.load_source`) first.
+
+Finite iteration (num_epochs set) ends when the last element is used. For per-example objectives
+(seq2seq, classify, tag, clm with pack=False) every host stops at the same step; for packed and
+chunked ones the hosts may disagree, so multi-host evaluation of those should take a fixed
+number of batches from a repeating iterator.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import grain
+import ml_collections
+import numpy as np
+
+from data import sources
+from data.errors import DataError
+from data.formats import ROWS, Rows
+from data.packing import RowStream, read_many
+from data.tokenizers import Tokenizer
+
+STATE_VERSION = 1
+
+
+def default_config() -> ml_collections.ConfigDict:
+    """Returns the `data` config with every key and its default (the embedded pydoc corpus)."""
+    return ml_collections.ConfigDict({
+        "name": sources.DEFAULT_NAME, "files": None, "format": "auto", "splits": {},
+        "fields": {}, "label_names": None, "tag_names": None, "text_mode": "lines",
+        "table_format": "auto", "token_column": 0, "tag_column": -1, "data_dir": None,
+        "download": True, "objective": "clm", "pack": True, "mlm_probability": 0.15,
+        "whole_word_mask": False, "noise_density": 0.15, "mean_noise_span_length": 3.0,
+        "mask_ratio": 0.3, "poisson_lambda": 3.0, "permute_sentences": True, "task_prefix": "",
+        "target_length": None, "shuffle": None, "num_epochs": None,
+    })
+
+
+class BatchIterator(Iterator[dict[str, np.ndarray]]):
+    """Per-host batches of a global batch; `get_state`/`set_state` resume exactly.
+
+    Attributes:
+      elements: the shuffled, repeated grain `MapDataset` of canonical examples (global order).
+      rows: the objective's row builder (its `truncated`/`seen` counts are logged).
+      source: the split's `data.sources.Source` (label and tag names).
+      step: batches produced so far.
+    """
+
+    def __init__(self, elements, rows: Rows, source, *, global_batch_size: int,
+                 process_index: int, process_count: int, seed: int, length: int | None):
+        self.rows, self.source = rows, source
+        self._seed, self._length, self.elements = seed, length, elements
+        self._global = global_batch_size
+        self._layout = (process_index, process_count)
+        per_host = global_batch_size // process_count
+        first = process_index * per_host
+        self._streams = [RowStream(elements, r, global_batch_size, length,
+                                   transform=rows.elements)
+                         for r in range(first, first + per_host)]
+        self.step = 0
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        if self.rows.per_example and self._length is not None and (
+                self.step * self._global >= self._length):
+            raise StopIteration
+        self._refill()
+        built, live = [], False
+        for stream in self._streams:
+            rng = np.random.default_rng([self._seed, stream.row, self.step])
+            before = stream.k
+            row = self.rows.row(stream, rng)
+            # Read about two steps ahead: short documents are consumed by the hundred.
+            stream.read_ahead = int(np.clip(2 * (stream.k - before), 2, 1024))
+            live |= row is not None
+            built.append(self.rows.empty() if row is None else row)
+        if not live:
+            raise StopIteration
+        self.step += 1
+        return {key: np.stack([row[key] for row in built]) for key in built[0]}
+
+    def _refill(self) -> None:
+        """Reads ahead for all rows in one batched call; batched reads are ~10x faster."""
+        wanted = [(stream, stream.missing()) for stream in self._streams]
+        indices = [i for _, missing in wanted for i in missing]
+        if indices:
+            read = read_many(self.elements, indices, self.rows.elements)
+            for stream, missing in wanted:
+                stream.fill({i: read[i] for i in missing})
+
+    def get_state(self) -> dict[str, Any]:
+        """Returns the JSON-serialisable position: step and one cursor per local row."""
+        return {"version": STATE_VERSION, "step": self.step, "seed": self._seed,
+                "global_batch_size": self._global, "process_index": self._layout[0],
+                "process_count": self._layout[1],
+                "cursors": [stream.cursor for stream in self._streams]}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        """Restores a position saved by `get_state` on the same host layout and batch size."""
+        expected = {"version": STATE_VERSION, "seed": self._seed,
+                    "global_batch_size": self._global, "process_index": self._layout[0],
+                    "process_count": self._layout[1]}
+        for key, value in expected.items():
+            if state.get(key) != value:
+                raise DataError(f"data iterator state: {key} is {state.get(key)!r}, this "
+                                f"iterator has {value!r}")
+        if len(state["cursors"]) != len(self._streams):
+            raise DataError("data iterator state: wrong number of row cursors")
+        for stream, cursor in zip(self._streams, state["cursors"]):
+            stream.cursor = cursor
+        self.step = int(state["step"])
+
+
+def make_pipeline(
+    cfg: ml_collections.ConfigDict,
+    *,
+    split: str,
+    tokenizer: Tokenizer,
+    global_batch_size: int,
+    seq_len: int,
+    seed: int = 0,
+    process_index: int = 0,
+    process_count: int = 1,
+    objective: str | None = None,
+) -> BatchIterator:
+    """Builds the batch iterator of one split for this host.
+
+    Args:
+      cfg: the `data` ConfigDict (see the module docstring and `default_config`).
+      split: "train", "validation", ... (mapped to TFDS splits by `cfg.splits`).
+      tokenizer: the run's `Tokenizer`.
+      global_batch_size: rows per global batch; must divide by `process_count`.
+      seq_len: row length (encoder/input length; for span corruption, the inputs length).
+      seed: shuffling and masking seed (0 <= seed < 2**32).
+      process_index: this host's index (`jax.process_index()`).
+      process_count: number of hosts (`jax.process_count()`).
+      objective: overrides `cfg.objective`.
+
+    Returns:
+      A `BatchIterator` yielding dicts of numpy arrays with leading dimension
+      `global_batch_size // process_count`.
+
+    Raises:
+      DataError: bad configuration or bad input data.
+    """
+    cfg = sources.as_dict(cfg)
+    objective = objective or cfg.get("objective") or "clm"
+    if global_batch_size % process_count or not 0 <= process_index < process_count:
+        raise DataError(f"global batch {global_batch_size} does not split over {process_count} "
+                        f"hosts (process {process_index})")
+    source = sources.load_source(cfg, split, objective)
+    if len(source) == 0:
+        raise DataError(f"{source.name}: split {split!r} has no examples")
+    rows = ROWS[objective](tokenizer, seq_len, cfg)
+    train = split == "train"
+    shuffle = train if cfg.get("shuffle") is None else bool(cfg["shuffle"])
+    epochs = cfg.get("num_epochs")
+    epochs = (None if train else 1) if epochs is None else (int(epochs) or None)
+    dataset = grain.MapDataset.source(source)
+    if shuffle:
+        dataset = dataset.shuffle(seed=seed)
+    dataset = dataset.repeat(epochs)  # tokenized in batches by `rows.elements` on read
+    length = None if epochs is None else len(source) * int(epochs)
+    return BatchIterator(dataset, rows, source, global_batch_size=global_batch_size,
+                         process_index=process_index, process_count=process_count, seed=seed,
+                         length=length)
+
+
+def iter_texts(cfg: ml_collections.ConfigDict, split: str = "train", *,
+               objective: str | None = None, limit: int | None = None) -> Iterator[str]:
+    """Yields the raw texts of a split (for training a tokenizer on the run's dataset).
+
+    Args:
+      cfg: the `data` ConfigDict.
+      split: which split.
+      objective: overrides `cfg.objective` (it selects the text roles).
+      limit: stop after this many examples.
+    """
+    source = sources.load_source(cfg, split, objective or cfg.get("objective") or "clm")
+    count = len(source) if limit is None else min(limit, len(source))
+    for index in range(count):
+        example = source[index]
+        for role in ("text", "text_pair", "source", "target"):
+            if role in example:
+                yield example[role]
+        if "tokens" in example:
+            yield " ".join(example["tokens"])
+
+
+def pydoc_config(**overrides) -> ml_collections.ConfigDict:
+    """The default corpus config (`pydoc_topics`: 75 train topics, 4 validation), with overrides."""
+    cfg = default_config()
+    cfg.update(overrides)
+    return cfg
