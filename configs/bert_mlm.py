@@ -1,7 +1,7 @@
 """Masked-LM pretraining of a BERT encoder (dynamic 15% masking, 80/10/10).
 
-    python -m train --config configs/bert_mlm.py --workdir runs/bert
-    python -m train --config configs/bert_mlm.py:smoke --workdir /tmp/bert-smoke
+python -m train --config configs/bert_mlm.py --workdir runs/bert
+python -m train --config configs/bert_mlm.py:smoke --workdir /tmp/bert-smoke
 """
 
 from configs.common import base_config, model_section, smoke
@@ -10,8 +10,9 @@ from configs.common import base_config, model_section, smoke
 def get_config(arg: str | None = None):
     c = base_config()
     c.steps = 2000
-    c.model = model_section("bert-base-uncased", head="mlm", d_model=256, num_heads=4,
-                            d_ff=1024, num_layers=4)
+    c.model = model_section(
+        "bert-base-uncased", head="mlm", d_model=256, num_heads=4, d_ff=1024, num_layers=4
+    )
     c.data.objective = "mlm"
     c.data.whole_word_mask = True
     c.tokenizer.kind = "wordpiece"

@@ -66,12 +66,31 @@ def base_config() -> ml_collections.ConfigDict:
     c.sample_tokens = 0
     c.sample_prompt = ""
     c.data = data_defaults()
-    c.tokenizer = ml_collections.ConfigDict(dict(
-        path=placeholder(str), kind="bpe", family=placeholder(str), vocab_size=4096,
-        lowercase=False, train_examples=100_000))
-    c.optimizer = ml_collections.ConfigDict(dict(
-        name="adamw", learning_rate=1e-3, warmup_steps=100, schedule="cosine", end_factor=0.1,
-        decay_steps=0, b1=0.9, b2=0.98, eps=1e-8, weight_decay=0.01, grad_clip_norm=1.0))
+    c.tokenizer = ml_collections.ConfigDict(
+        dict(
+            path=placeholder(str),
+            kind="bpe",
+            family=placeholder(str),
+            vocab_size=4096,
+            lowercase=False,
+            train_examples=100_000,
+        )
+    )
+    c.optimizer = ml_collections.ConfigDict(
+        dict(
+            name="adamw",
+            learning_rate=1e-3,
+            warmup_steps=100,
+            schedule="cosine",
+            end_factor=0.1,
+            decay_steps=0,
+            b1=0.9,
+            b2=0.98,
+            eps=1e-8,
+            weight_decay=0.01,
+            grad_clip_norm=1.0,
+        )
+    )
     c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
     return c
 

@@ -1,7 +1,7 @@
 """T5 span-corruption pretraining (noise density 0.15, mean span 3, Adafactor, rsqrt decay).
 
-    python -m train --config configs/t5_span.py --workdir runs/t5
-    python -m train --config configs/t5_span.py:smoke --workdir /tmp/t5-smoke
+python -m train --config configs/t5_span.py --workdir runs/t5
+python -m train --config configs/t5_span.py:smoke --workdir /tmp/t5-smoke
 """
 
 from configs.common import base_config, model_section, smoke

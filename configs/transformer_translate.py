@@ -18,10 +18,15 @@ from configs.common import base_config, model_section, smoke
 
 
 def multi30k_files() -> dict:
-    root = Path(os.environ.get("MULTI30K_DIR", Path(__file__).resolve().parents[2] / "shared" /
-                               "data" / "multi30k"))
-    return {split: {"source": str(root / f"{name}.en"), "target": str(root / f"{name}.de")}
-            for split, name in (("train", "train"), ("validation", "val"))}
+    root = Path(
+        os.environ.get(
+            "MULTI30K_DIR", Path(__file__).resolve().parents[2] / "shared" / "data" / "multi30k"
+        )
+    )
+    return {
+        split: {"source": str(root / f"{name}.en"), "target": str(root / f"{name}.de")}
+        for split, name in (("train", "train"), ("validation", "val"))
+    }
 
 
 def get_config(arg: str | None = None):
@@ -47,12 +52,20 @@ def get_config(arg: str | None = None):
         c.data.name = ""
         c.data.fields = {}
         c.data.files = multi30k_files()
-        c.model = model_section("transformer-base", d_model=256, num_heads=4, d_ff=1024,
-                                num_layers=3, max_positions=256, dropout_rate=0.1)
+        c.model = model_section(
+            "transformer-base",
+            d_model=256,
+            num_heads=4,
+            d_ff=1024,
+            num_layers=3,
+            max_positions=256,
+            dropout_rate=0.1,
+        )
     if arg == "smoke":
         c = smoke(c)
         c.model = model_section("transformer-tiny")
     elif arg not in (None, "multi30k", "smoke"):
-        raise ValueError(f"unknown variant {arg!r} of transformer_translate; choose smoke or "
-                         "multi30k")
+        raise ValueError(
+            f"unknown variant {arg!r} of transformer_translate; choose smoke or multi30k"
+        )
     return c

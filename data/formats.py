@@ -43,8 +43,10 @@ class Rows:
     def _require(self, role: str) -> int:
         found = self.tok.id_of(role)
         if found is None:
-            raise DataError(f"tokenizer ({self.tok.family}) has no {role} token, needed by "
-                            f"objective {type(self).__name__}")
+            raise DataError(
+                f"tokenizer ({self.tok.family}) has no {role} token, needed by "
+                f"objective {type(self).__name__}"
+            )
         return found
 
     def _count(self, too_long: bool) -> None:
@@ -52,8 +54,12 @@ class Rows:
         if too_long:
             self.truncated += 1
             if self.truncated & (self.truncated - 1) == 0:  # 1, 2, 4, 8, ...
-                logging.warning("data: truncated %d of %d sequences so far to fit %d tokens",
-                                self.truncated, self.seen, self.seq_len)
+                logging.warning(
+                    "data: truncated %d of %d sequences so far to fit %d tokens",
+                    self.truncated,
+                    self.seen,
+                    self.seq_len,
+                )
 
     def element(self, example: dict) -> Any:
         """Tokenizes one canonical example into what `row` consumes."""
@@ -94,8 +100,9 @@ class CausalRows(Rows):
         self._count(doc.size > self.seq_len)
         n = min(doc.size, self.seq_len)
         segments = pad_to(np.ones(n, np.int32), self.seq_len)
-        return causal_row(pad_to(doc, self.seq_len), segments,
-                          pad_to(np.arange(n, dtype=np.int32), self.seq_len))
+        return causal_row(
+            pad_to(doc, self.seq_len), segments, pad_to(np.arange(n, dtype=np.int32), self.seq_len)
+        )
 
     def empty(self):
         zeros = np.zeros(self.seq_len, np.int32)
@@ -120,8 +127,10 @@ class MaskedRows(Rows):
 
     def elements(self, examples):
         encoded = self.tok.encode_batch_with_words([e["text"] for e in examples])
-        return [{"ids": np.r_[ids, self._sep].astype(np.int32), "word_start": np.r_[starts, True]}
-                for ids, starts in encoded]
+        return [
+            {"ids": np.r_[ids, self._sep].astype(np.int32), "word_start": np.r_[starts, True]}
+            for ids, starts in encoded
+        ]
 
     def row(self, stream, rng):
         chunk = take_tokens(stream, self.seq_len - 1)
@@ -132,15 +141,29 @@ class MaskedRows(Rows):
         special = np.isin(ids, self._special) | (np.arange(self.seq_len) >= n)
         starts = pad_to(np.r_[True, chunk["word_start"]], self.seq_len, True)
         inputs, chosen = ob.mask_tokens(
-            ids, rng, mask_id=self._mask, random_ids=self._random_ids, special=special,
-            rate=self._rate, word_starts=starts if self._whole_word else None)
-        return {"input_ids": inputs, "attention_mask": (np.arange(self.seq_len) < n).astype(
-            np.int32), "targets": ids, "weights": chosen.astype(np.float32)}
+            ids,
+            rng,
+            mask_id=self._mask,
+            random_ids=self._random_ids,
+            special=special,
+            rate=self._rate,
+            word_starts=starts if self._whole_word else None,
+        )
+        return {
+            "input_ids": inputs,
+            "attention_mask": (np.arange(self.seq_len) < n).astype(np.int32),
+            "targets": ids,
+            "weights": chosen.astype(np.float32),
+        }
 
     def empty(self):
         zeros = np.zeros(self.seq_len, np.int32)
-        return {"input_ids": zeros, "attention_mask": zeros, "targets": zeros,
-                "weights": zeros.astype(np.float32)}
+        return {
+            "input_ids": zeros,
+            "attention_mask": zeros,
+            "targets": zeros,
+            "weights": zeros.astype(np.float32),
+        }
 
 
 class Seq2SeqRows(Rows):
@@ -159,8 +182,10 @@ class Seq2SeqRows(Rows):
         source = self.tok.encode(self._prefix + example["source"])
         target = self.tok.encode(example["target"])
         self._count(source.size + 1 > self.seq_len or target.size + 1 > self.target_len)
-        return (np.r_[source[: self.seq_len - 1], self._eos].astype(np.int32),
-                np.r_[target[: self.target_len - 1], self._eos].astype(np.int32))
+        return (
+            np.r_[source[: self.seq_len - 1], self._eos].astype(np.int32),
+            np.r_[target[: self.target_len - 1], self._eos].astype(np.int32),
+        )
 
     def row(self, stream, rng):
         del rng
@@ -195,7 +220,8 @@ class SpanRows(Seq2SeqRows):
         self._density = float(cfg.get("noise_density", 0.15))
         self._mean_span = float(cfg.get("mean_noise_span_length", 3.0))
         self.raw_len, self.target_len = ob.random_spans_helper(
-            seq_len, self._density, self._mean_span)
+            seq_len, self._density, self._mean_span
+        )
         spans = max(1, int(round(round(self.raw_len * self._density) / self._mean_span)))
         self._sentinels = tokenizer.sentinel_ids(spans)
 
@@ -210,8 +236,13 @@ class SpanRows(Seq2SeqRows):
         if chunk is None:
             return None
         inputs, targets = ob.span_corrupt(
-            chunk["ids"], rng, sentinel_ids=self._sentinels, eos_id=self._eos,
-            noise_density=self._density, mean_noise_span_length=self._mean_span)
+            chunk["ids"],
+            rng,
+            sentinel_ids=self._sentinels,
+            eos_id=self._eos,
+            noise_density=self._density,
+            mean_noise_span_length=self._mean_span,
+        )
         return self.encode_pair(inputs, targets)
 
 
@@ -244,10 +275,14 @@ class DenoiseRows(Seq2SeqRows):
         if chunk is None:
             return None
         body = chunk["ids"]
-        noisy = ob.permute_sentences(body, self._sentence_end[body], rng) if (
-            self._permute and body.size) else body
-        noisy = ob.text_infill(noisy, rng, mask_id=self._mask, mask_ratio=self._ratio,
-                               poisson_lambda=self._lambda)
+        noisy = (
+            ob.permute_sentences(body, self._sentence_end[body], rng)
+            if (self._permute and body.size)
+            else body
+        )
+        noisy = ob.text_infill(
+            noisy, rng, mask_id=self._mask, mask_ratio=self._ratio, poisson_lambda=self._lambda
+        )
         inputs = np.r_[self._bos, noisy, self._eos].astype(np.int32)
         self._count(inputs.size > self.seq_len)
         return self.encode_pair(inputs, np.r_[self._bos, body, self._eos].astype(np.int32))
@@ -277,8 +312,12 @@ class ClassifyRows(Rows):
     def element(self, example):
         a = self.tok.encode(example["text"])
         b = self.tok.encode(example["text_pair"]) if "text_pair" in example else None
-        room = self.seq_len - len(self._begin) - len(self._end) - (
-            len(self._middle) if b is not None else 0)
+        room = (
+            self.seq_len
+            - len(self._begin)
+            - len(self._end)
+            - (len(self._middle) if b is not None else 0)
+        )
         self._count(a.size + (0 if b is None else b.size) > room)
         a, b = ob.truncate_pair(a, b, room)
         ids, types = ob.pair_ids(a, b, begin=self._begin, middle=self._middle, end=self._end)
@@ -290,14 +329,21 @@ class ClassifyRows(Rows):
         if element is None:
             return None
         ids, types, label = element
-        return {"input_ids": pad_to(ids, self.seq_len, self._pad),
-                "attention_mask": (np.arange(self.seq_len) < ids.size).astype(np.int32),
-                "token_type_ids": pad_to(types, self.seq_len), "labels": np.int32(label)}
+        return {
+            "input_ids": pad_to(ids, self.seq_len, self._pad),
+            "attention_mask": (np.arange(self.seq_len) < ids.size).astype(np.int32),
+            "token_type_ids": pad_to(types, self.seq_len),
+            "labels": np.int32(label),
+        }
 
     def empty(self):
         zeros = np.zeros(self.seq_len, np.int32)
-        return {"input_ids": zeros, "attention_mask": zeros, "token_type_ids": zeros,
-                "labels": np.int32(ob.IGNORE)}
+        return {
+            "input_ids": zeros,
+            "attention_mask": zeros,
+            "token_type_ids": zeros,
+            "labels": np.int32(ob.IGNORE),
+        }
 
 
 class TagRows(Rows):
@@ -313,13 +359,17 @@ class TagRows(Rows):
     def element(self, example):
         tokens, tags = example["tokens"], example["tags"]
         n = min(len(tokens), len(tags))
-        ids, word_index = self.tok.encode_words(tokens[:n]) if n else (
-            np.zeros(0, np.int32), np.zeros(0, np.int32))
+        ids, word_index = (
+            self.tok.encode_words(tokens[:n])
+            if n
+            else (np.zeros(0, np.int32), np.zeros(0, np.int32))
+        )
         room = self.seq_len - len(self._begin) - len(self._end)
         self._count(ids.size > room)
         ids = np.r_[self._begin, ids[:room], self._end].astype(np.int32)
-        word_index = np.r_[[-1] * len(self._begin), word_index[:room],
-                           [-1] * len(self._end)].astype(np.int32)
+        word_index = np.r_[
+            [-1] * len(self._begin), word_index[:room], [-1] * len(self._end)
+        ].astype(np.int32)
         return ids, ob.first_subtoken_labels(word_index, tags[:n])
 
     def row(self, stream, rng):
@@ -329,16 +379,29 @@ class TagRows(Rows):
             return None
         ids, labels = element
         labels = pad_to(labels, self.seq_len, ob.IGNORE)
-        return {"input_ids": pad_to(ids, self.seq_len, self._pad),
-                "attention_mask": (np.arange(self.seq_len) < ids.size).astype(np.int32),
-                "labels": labels, "weights": (labels != ob.IGNORE).astype(np.float32)}
+        return {
+            "input_ids": pad_to(ids, self.seq_len, self._pad),
+            "attention_mask": (np.arange(self.seq_len) < ids.size).astype(np.int32),
+            "labels": labels,
+            "weights": (labels != ob.IGNORE).astype(np.float32),
+        }
 
     def empty(self):
         zeros = np.zeros(self.seq_len, np.int32)
-        return {"input_ids": zeros, "attention_mask": zeros,
-                "labels": np.full(self.seq_len, ob.IGNORE, np.int32),
-                "weights": zeros.astype(np.float32)}
+        return {
+            "input_ids": zeros,
+            "attention_mask": zeros,
+            "labels": np.full(self.seq_len, ob.IGNORE, np.int32),
+            "weights": zeros.astype(np.float32),
+        }
 
 
-ROWS = {"clm": CausalRows, "mlm": MaskedRows, "span": SpanRows, "denoise": DenoiseRows,
-        "seq2seq": Seq2SeqRows, "classify": ClassifyRows, "tag": TagRows}
+ROWS = {
+    "clm": CausalRows,
+    "mlm": MaskedRows,
+    "span": SpanRows,
+    "denoise": DenoiseRows,
+    "seq2seq": Seq2SeqRows,
+    "classify": ClassifyRows,
+    "tag": TagRows,
+}

@@ -106,8 +106,10 @@ def random_spans_helper(
     def lengths(tokens_length: int) -> tuple[int, int]:
         num_noise = int(round(tokens_length * noise_density))
         num_spans = int(round(num_noise / mean_noise_span_length))
-        return (tokens_length - num_noise + num_spans * extra_tokens_per_span_inputs + 1,
-                num_noise + num_spans * extra_tokens_per_span_targets + 1)
+        return (
+            tokens_length - num_noise + num_spans * extra_tokens_per_span_inputs + 1,
+            num_noise + num_spans * extra_tokens_per_span_targets + 1,
+        )
 
     tokens_length = inputs_length - 1
     while lengths(tokens_length + 1)[0] <= inputs_length:
@@ -173,8 +175,10 @@ def span_corrupt(
       each sentinel followed by the tokens it replaced + EOS.
     """
     noise = random_spans_noise_mask(tokens.size, noise_density, mean_noise_span_length, rng)
-    return (_replace_spans(tokens, noise, sentinel_ids, eos_id),
-            _replace_spans(tokens, ~noise, sentinel_ids, eos_id))
+    return (
+        _replace_spans(tokens, noise, sentinel_ids, eos_id),
+        _replace_spans(tokens, ~noise, sentinel_ids, eos_id),
+    )
 
 
 def _replace_spans(tokens, noise, sentinel_ids, eos_id) -> np.ndarray:
@@ -188,8 +192,9 @@ def _replace_spans(tokens, noise, sentinel_ids, eos_id) -> np.ndarray:
     return np.r_[out, eos_id].astype(np.int32)
 
 
-def reconstruct_spans(inputs: np.ndarray, targets: np.ndarray, sentinel_ids: np.ndarray,
-                      eos_id: int) -> np.ndarray:
+def reconstruct_spans(
+    inputs: np.ndarray, targets: np.ndarray, sentinel_ids: np.ndarray, eos_id: int
+) -> np.ndarray:
     """Inverts `span_corrupt`: replaces each input sentinel by the target span it names.
 
     Args:
@@ -203,7 +208,7 @@ def reconstruct_spans(inputs: np.ndarray, targets: np.ndarray, sentinel_ids: np.
     """
     inputs, targets = _until_eos(inputs, eos_id), _until_eos(targets, eos_id)
     cuts = np.flatnonzero(np.isin(targets, sentinel_ids))
-    spans = {int(targets[a]): targets[a + 1:b] for a, b in zip(cuts, [*cuts[1:], targets.size])}
+    spans = {int(targets[a]): targets[a + 1 : b] for a, b in zip(cuts, [*cuts[1:], targets.size])}
     pieces = [spans.get(int(t), np.asarray([t])) for t in inputs]
     return np.concatenate(pieces).astype(np.int32) if pieces else np.zeros(0, np.int32)
 
@@ -214,7 +219,11 @@ def _until_eos(ids: np.ndarray, eos_id: int) -> np.ndarray:
 
 
 def text_infill(
-    ids: np.ndarray, rng: np.random.Generator, *, mask_id: int, mask_ratio: float = 0.3,
+    ids: np.ndarray,
+    rng: np.random.Generator,
+    *,
+    mask_id: int,
+    mask_ratio: float = 0.3,
     poisson_lambda: float = 3.0,
 ) -> np.ndarray:
     """BART text infilling: spans with Poisson(lambda) lengths, each replaced by one mask.
@@ -244,8 +253,9 @@ def text_infill(
     return np.asarray(out, np.int32)
 
 
-def permute_sentences(ids: np.ndarray, sentence_end: np.ndarray,
-                      rng: np.random.Generator) -> np.ndarray:
+def permute_sentences(
+    ids: np.ndarray, sentence_end: np.ndarray, rng: np.random.Generator
+) -> np.ndarray:
     """BART sentence permutation: splits after each `sentence_end` token and shuffles sentences."""
     cuts = np.flatnonzero(sentence_end[:-1]) + 1
     sentences = np.split(ids, cuts)
@@ -255,8 +265,9 @@ def permute_sentences(ids: np.ndarray, sentence_end: np.ndarray,
 
 def shift_right(targets: np.ndarray, start_id: int) -> np.ndarray:
     """Decoder inputs: `[start] + targets[:-1]` along the last axis."""
-    return np.concatenate([np.full(targets.shape[:-1] + (1,), start_id, targets.dtype),
-                           targets[..., :-1]], axis=-1)
+    return np.concatenate(
+        [np.full(targets.shape[:-1] + (1,), start_id, targets.dtype), targets[..., :-1]], axis=-1
+    )
 
 
 def truncate_pair(a: np.ndarray, b: np.ndarray | None, budget: int) -> tuple:
@@ -271,8 +282,14 @@ def truncate_pair(a: np.ndarray, b: np.ndarray | None, budget: int) -> tuple:
     return a, b
 
 
-def pair_ids(a: np.ndarray, b: np.ndarray | None, *, begin: Sequence[int],
-             middle: Sequence[int], end: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+def pair_ids(
+    a: np.ndarray,
+    b: np.ndarray | None,
+    *,
+    begin: Sequence[int],
+    middle: Sequence[int],
+    end: Sequence[int],
+) -> tuple[np.ndarray, np.ndarray]:
     """Joins one or two segments with family special tokens.
 
     BERT: begin=[CLS], middle=[SEP], end=[SEP]; BART: <s>, </s></s>, </s>; T5/GPT: -, </s>, </s>.

@@ -32,8 +32,15 @@ class RowStream:
       offset: tokens of element `k` already consumed (for streams that split elements).
     """
 
-    def __init__(self, elements: Sequence[Any], row: int, stride: int, length: int | None,
-                 read_ahead: int = 2, transform: Callable[[list], list] | None = None):
+    def __init__(
+        self,
+        elements: Sequence[Any],
+        row: int,
+        stride: int,
+        length: int | None,
+        read_ahead: int = 2,
+        transform: Callable[[list], list] | None = None,
+    ):
         self._elements = elements
         self._transform = transform
         self.row = row
@@ -71,7 +78,6 @@ class RowStream:
         first = self.row + self.k * self._stride
         self._cache = {i: e for i, e in {**self._cache, **elements}.items() if i >= first}
 
-
     def advance(self) -> None:
         """Moves to the next element."""
         self.k += 1
@@ -94,8 +100,9 @@ class RowStream:
         self.k, self.offset = int(value[0]), int(value[1])
 
 
-def read_many(elements: Sequence[Any], indices: list[int],
-              transform: Callable[[list], list] | None = None) -> dict[int, Any]:
+def read_many(
+    elements: Sequence[Any], indices: list[int], transform: Callable[[list], list] | None = None
+) -> dict[int, Any]:
     """Reads elements with grain's batched read (one ArrayRecord call, not one per element).
 
     `transform` maps the list of read elements (e.g. batch tokenization) before caching.
@@ -125,7 +132,7 @@ def pack_causal(stream: RowStream, length: int, min_split: int | None = None) ->
     positions = np.zeros(length, np.int32)
     filled, segment = 0, 0
     while filled < length and (doc := stream.current()) is not None:
-        rest, room = doc[stream.offset:], length - filled
+        rest, room = doc[stream.offset :], length - filled
         if rest.size <= room:
             take = rest.size
             stream.advance()
@@ -135,9 +142,9 @@ def pack_causal(stream: RowStream, length: int, min_split: int | None = None) ->
         else:
             break
         segment += 1
-        ids[filled:filled + take] = rest[:take]
-        segments[filled:filled + take] = segment
-        positions[filled:filled + take] = np.arange(take)
+        ids[filled : filled + take] = rest[:take]
+        segments[filled : filled + take] = segment
+        positions[filled : filled + take] = np.arange(take)
         filled += take
     if segment == 0:
         return None
@@ -148,9 +155,14 @@ def causal_row(ids: np.ndarray, segments: np.ndarray, positions: np.ndarray) -> 
     """Next-token targets within each segment; the last token of a segment has weight 0."""
     same = np.r_[segments[1:] == segments[:-1], False] & (segments > 0)
     targets = np.where(same, np.r_[ids[1:], 0], 0).astype(np.int32)
-    return {"input_ids": ids, "targets": targets, "weights": same.astype(np.float32),
-            "positions": positions, "segment_ids": segments,
-            "attention_mask": (segments > 0).astype(np.int32)}
+    return {
+        "input_ids": ids,
+        "targets": targets,
+        "weights": same.astype(np.float32),
+        "positions": positions,
+        "segment_ids": segments,
+        "attention_mask": (segments > 0).astype(np.int32),
+    }
 
 
 def take_tokens(stream: RowStream, count: int) -> dict[str, np.ndarray] | None:
@@ -164,7 +176,7 @@ def take_tokens(stream: RowStream, count: int) -> dict[str, np.ndarray] | None:
     while got < count and (element := stream.current()) is not None:
         start = stream.offset
         take = min(count - got, element["ids"].size - start)
-        parts.append({key: value[start:start + take] for key, value in element.items()})
+        parts.append({key: value[start : start + take] for key, value in element.items()})
         got += take
         if start + take >= element["ids"].size:
             stream.advance()

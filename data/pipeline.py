@@ -58,15 +58,36 @@ STATE_VERSION = 1
 
 def default_config() -> ml_collections.ConfigDict:
     """Returns the `data` config with every key and its default (the embedded pydoc corpus)."""
-    return ml_collections.ConfigDict({
-        "name": sources.DEFAULT_NAME, "files": None, "format": "auto", "splits": {},
-        "fields": {}, "label_names": None, "tag_names": None, "text_mode": "lines",
-        "table_format": "auto", "token_column": 0, "tag_column": -1, "data_dir": None,
-        "download": True, "objective": "clm", "pack": True, "mlm_probability": 0.15,
-        "whole_word_mask": False, "noise_density": 0.15, "mean_noise_span_length": 3.0,
-        "mask_ratio": 0.3, "poisson_lambda": 3.0, "permute_sentences": True, "task_prefix": "",
-        "target_length": None, "shuffle": None, "num_epochs": None,
-    })
+    return ml_collections.ConfigDict(
+        {
+            "name": sources.DEFAULT_NAME,
+            "files": None,
+            "format": "auto",
+            "splits": {},
+            "fields": {},
+            "label_names": None,
+            "tag_names": None,
+            "text_mode": "lines",
+            "table_format": "auto",
+            "token_column": 0,
+            "tag_column": -1,
+            "data_dir": None,
+            "download": True,
+            "objective": "clm",
+            "pack": True,
+            "mlm_probability": 0.15,
+            "whole_word_mask": False,
+            "noise_density": 0.15,
+            "mean_noise_span_length": 3.0,
+            "mask_ratio": 0.3,
+            "poisson_lambda": 3.0,
+            "permute_sentences": True,
+            "task_prefix": "",
+            "target_length": None,
+            "shuffle": None,
+            "num_epochs": None,
+        }
+    )
 
 
 class BatchIterator(Iterator[dict[str, np.ndarray]]):
@@ -79,22 +100,36 @@ class BatchIterator(Iterator[dict[str, np.ndarray]]):
       step: batches produced so far.
     """
 
-    def __init__(self, elements, rows: Rows, source, *, global_batch_size: int,
-                 process_index: int, process_count: int, seed: int, length: int | None):
+    def __init__(
+        self,
+        elements,
+        rows: Rows,
+        source,
+        *,
+        global_batch_size: int,
+        process_index: int,
+        process_count: int,
+        seed: int,
+        length: int | None,
+    ):
         self.rows, self.source = rows, source
         self._seed, self._length, self.elements = seed, length, elements
         self._global = global_batch_size
         self._layout = (process_index, process_count)
         per_host = global_batch_size // process_count
         first = process_index * per_host
-        self._streams = [RowStream(elements, r, global_batch_size, length,
-                                   transform=rows.elements)
-                         for r in range(first, first + per_host)]
+        self._streams = [
+            RowStream(elements, r, global_batch_size, length, transform=rows.elements)
+            for r in range(first, first + per_host)
+        ]
         self.step = 0
 
     def __next__(self) -> dict[str, np.ndarray]:
-        if self.rows.per_example and self._length is not None and (
-                self.step * self._global >= self._length):
+        if (
+            self.rows.per_example
+            and self._length is not None
+            and (self.step * self._global >= self._length)
+        ):
             raise StopIteration
         self._refill()
         built, live = [], False
@@ -122,20 +157,30 @@ class BatchIterator(Iterator[dict[str, np.ndarray]]):
 
     def get_state(self) -> dict[str, Any]:
         """Returns the JSON-serialisable position: step and one cursor per local row."""
-        return {"version": STATE_VERSION, "step": self.step, "seed": self._seed,
-                "global_batch_size": self._global, "process_index": self._layout[0],
-                "process_count": self._layout[1],
-                "cursors": [stream.cursor for stream in self._streams]}
+        return {
+            "version": STATE_VERSION,
+            "step": self.step,
+            "seed": self._seed,
+            "global_batch_size": self._global,
+            "process_index": self._layout[0],
+            "process_count": self._layout[1],
+            "cursors": [stream.cursor for stream in self._streams],
+        }
 
     def set_state(self, state: dict[str, Any]) -> None:
         """Restores a position saved by `get_state` on the same host layout and batch size."""
-        expected = {"version": STATE_VERSION, "seed": self._seed,
-                    "global_batch_size": self._global, "process_index": self._layout[0],
-                    "process_count": self._layout[1]}
+        expected = {
+            "version": STATE_VERSION,
+            "seed": self._seed,
+            "global_batch_size": self._global,
+            "process_index": self._layout[0],
+            "process_count": self._layout[1],
+        }
         for key, value in expected.items():
             if state.get(key) != value:
-                raise DataError(f"data iterator state: {key} is {state.get(key)!r}, this "
-                                f"iterator has {value!r}")
+                raise DataError(
+                    f"data iterator state: {key} is {state.get(key)!r}, this iterator has {value!r}"
+                )
         if len(state["cursors"]) != len(self._streams):
             raise DataError("data iterator state: wrong number of row cursors")
         for stream, cursor in zip(self._streams, state["cursors"]):
@@ -178,8 +223,10 @@ def make_pipeline(
     cfg = sources.as_dict(cfg)
     objective = objective or cfg.get("objective") or "clm"
     if global_batch_size % process_count or not 0 <= process_index < process_count:
-        raise DataError(f"global batch {global_batch_size} does not split over {process_count} "
-                        f"hosts (process {process_index})")
+        raise DataError(
+            f"global batch {global_batch_size} does not split over {process_count} "
+            f"hosts (process {process_index})"
+        )
     source = sources.load_source(cfg, split, objective)
     if len(source) == 0:
         raise DataError(f"{source.name}: split {split!r} has no examples")
@@ -193,13 +240,25 @@ def make_pipeline(
         dataset = dataset.shuffle(seed=seed)
     dataset = dataset.repeat(epochs)  # tokenized in batches by `rows.elements` on read
     length = None if epochs is None else len(source) * int(epochs)
-    return BatchIterator(dataset, rows, source, global_batch_size=global_batch_size,
-                         process_index=process_index, process_count=process_count, seed=seed,
-                         length=length)
+    return BatchIterator(
+        dataset,
+        rows,
+        source,
+        global_batch_size=global_batch_size,
+        process_index=process_index,
+        process_count=process_count,
+        seed=seed,
+        length=length,
+    )
 
 
-def iter_texts(cfg: ml_collections.ConfigDict, split: str = "train", *,
-               objective: str | None = None, limit: int | None = None) -> Iterator[str]:
+def iter_texts(
+    cfg: ml_collections.ConfigDict,
+    split: str = "train",
+    *,
+    objective: str | None = None,
+    limit: int | None = None,
+) -> Iterator[str]:
     """Yields the raw texts of a split (for training a tokenizer on the run's dataset).
 
     Args:

@@ -78,8 +78,13 @@ LOCAL_FIELDS = {
     "parallel": {"source": "source", "target": "target"},
 }
 ROLES = {
-    "clm": ("text",), "mlm": ("text",), "span": ("text",), "denoise": ("text",),
-    "seq2seq": ("source", "target"), "classify": ("text", "label"), "tag": ("tokens", "tags"),
+    "clm": ("text",),
+    "mlm": ("text",),
+    "span": ("text",),
+    "denoise": ("text",),
+    "seq2seq": ("source", "target"),
+    "classify": ("text", "label"),
+    "tag": ("tokens", "tags"),
 }
 _LEGACY_MODULES = ("text", "translate", "summarization")
 
@@ -189,14 +194,22 @@ def _catalog_source(cfg, split: str, roles) -> Source:
     records = _tfds_data_source(name, tfds_split, cfg)
     features = records.dataset_info.features
     fields = _pick_fields(name, roles, _catalog_defaults(name), cfg, list(features.keys()))
-    return Source(records, f"{name}[{tfds_split}]", fields,
-                  label_names=_class_names(features, fields.get("label")),
-                  tag_names=_class_names(features, fields.get("tags")))
+    return Source(
+        records,
+        f"{name}[{tfds_split}]",
+        fields,
+        label_names=_class_names(features, fields.get("label")),
+        tag_names=_class_names(features, fields.get("tags")),
+    )
 
 
 def _tfds_data_source(name: str, split: str, cfg):
-    kwargs = dict(split=split, data_dir=data_dir(cfg), download=bool(cfg.get("download", True)),
-                  builder_kwargs={"file_format": "array_record"})
+    kwargs = dict(
+        split=split,
+        data_dir=data_dir(cfg),
+        download=bool(cfg.get("download", True)),
+        builder_kwargs={"file_format": "array_record"},
+    )
     try:
         return tfds.data_source(name, **kwargs)
     except tfds.core.registered.DatasetNotFoundError:
@@ -243,8 +256,10 @@ def _pick_fields(name, roles, defaults, cfg, available) -> dict[str, str]:
             continue
         field = chosen.get(role, role)
         if field not in available:
-            raise DataError(f"data.fields.{role}: field {field!r} is not in {name} "
-                            f"(it has {', '.join(sorted(available))})")
+            raise DataError(
+                f"data.fields.{role}: field {field!r} is not in {name} "
+                f"(it has {', '.join(sorted(available))})"
+            )
         fields[role] = field
     return fields
 
@@ -262,8 +277,10 @@ def local_format(cfg, objective: str) -> str:
     fmt = cfg.get("format") or "auto"
     if fmt != "auto":
         if fmt not in builders.BUILDERS:
-            raise DataError(f"data.format: unknown format {fmt!r} (one of "
-                            f"{', '.join(builders.BUILDERS)} or auto)")
+            raise DataError(
+                f"data.format: unknown format {fmt!r} (one of "
+                f"{', '.join(builders.BUILDERS)} or auto)"
+            )
         return fmt
     specs = list(dict(cfg["files"]).values())
     if any(isinstance(s, Mapping) for s in specs):
@@ -280,8 +297,7 @@ def _local_source(cfg, split, objective, roles) -> Source:
     files = {k: (dict(v) if isinstance(v, Mapping) else v) for k, v in dict(cfg["files"]).items()}
     tfds_split = dict(cfg.get("splits") or {}).get(split, split)
     if tfds_split.split("[")[0] not in files:
-        raise DataError(f"data.files: no files for split {tfds_split!r} (have "
-                        f"{', '.join(files)})")
+        raise DataError(f"data.files: no files for split {tfds_split!r} (have {', '.join(files)})")
     chosen = {**LOCAL_FIELDS[fmt], **dict(cfg.get("fields") or {})}
     options = _local_options(cfg, fmt, roles, chosen)
     builder = builders.BUILDERS[fmt](files=files, data_dir=data_dir(cfg), **options)
@@ -294,28 +310,37 @@ def _local_source(cfg, split, objective, roles) -> Source:
     else:
         fields = {role: LOCAL_FIELDS[fmt][role] for role in roles if role in LOCAL_FIELDS[fmt]}
         if set(fields) != set(roles):
-            raise DataError(f"data.format {fmt!r} cannot serve objective {objective!r} "
-                            f"(it has {', '.join(available)})")
-    logging.info("data: %s split %r from %s (%d examples)", fmt, tfds_split, files,
-                 len(records))
-    return Source(records, f"{files[tfds_split.split('[')[0]]}[{tfds_split}]", fields,
-                  label_names=_class_names(features, fields.get("label")),
-                  tag_names=_class_names(features, fields.get("tags")))
+            raise DataError(
+                f"data.format {fmt!r} cannot serve objective {objective!r} "
+                f"(it has {', '.join(available)})"
+            )
+    logging.info("data: %s split %r from %s (%d examples)", fmt, tfds_split, files, len(records))
+    return Source(
+        records,
+        f"{files[tfds_split.split('[')[0]]}[{tfds_split}]",
+        fields,
+        label_names=_class_names(features, fields.get("label")),
+        tag_names=_class_names(features, fields.get("tags")),
+    )
 
 
 def _local_options(cfg, fmt, roles, chosen) -> dict[str, Any]:
     if fmt == "text":
         return {"mode": cfg.get("text_mode") or "lines"}
     if fmt == "conll":
-        return {"tag_names": list(cfg.get("tag_names") or []) or None,
-                "token_column": int(cfg.get("token_column", 0)),
-                "tag_column": int(cfg.get("tag_column", -1))}
+        return {
+            "tag_names": list(cfg.get("tag_names") or []) or None,
+            "token_column": int(cfg.get("token_column", 0)),
+            "tag_column": int(cfg.get("tag_column", -1)),
+        }
     if fmt == "parallel":
         return {}
     text_roles = [r for r in roles if r != "label"]
     if "label" in roles and "text_pair" in chosen:
         text_roles.append("text_pair")
-    return {"text_fields": [chosen.get(r, r) for r in text_roles],
-            "label_field": chosen.get("label", "label") if "label" in roles else None,
-            "label_names": list(cfg.get("label_names") or []) or None,
-            "table_format": cfg.get("table_format") or "auto"}
+    return {
+        "text_fields": [chosen.get(r, r) for r in text_roles],
+        "label_field": chosen.get("label", "label") if "label" in roles else None,
+        "label_names": list(cfg.get("label_names") or []) or None,
+        "table_format": cfg.get("table_format") or "auto",
+    }

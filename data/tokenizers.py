@@ -31,16 +31,35 @@ from data.errors import DataError
 ROLES = ("pad", "unk", "bos", "eos", "cls", "sep", "mask")
 FAMILIES: dict[str, dict[str, str]] = {
     "bert": {"pad": "[PAD]", "unk": "[UNK]", "cls": "[CLS]", "sep": "[SEP]", "mask": "[MASK]"},
-    "gpt": {"pad": "<|endoftext|>", "unk": "<|endoftext|>", "bos": "<|endoftext|>",
-            "eos": "<|endoftext|>"},
+    "gpt": {
+        "pad": "<|endoftext|>",
+        "unk": "<|endoftext|>",
+        "bos": "<|endoftext|>",
+        "eos": "<|endoftext|>",
+    },
     "t5": {"pad": "<pad>", "eos": "</s>", "unk": "<unk>"},
-    "bart": {"bos": "<s>", "pad": "<pad>", "eos": "</s>", "unk": "<unk>", "cls": "<s>",
-             "sep": "</s>", "mask": "<mask>"},
+    "bart": {
+        "bos": "<s>",
+        "pad": "<pad>",
+        "eos": "</s>",
+        "unk": "<unk>",
+        "cls": "<s>",
+        "sep": "</s>",
+        "mask": "<mask>",
+    },
     "transformer": {"pad": "<pad>", "unk": "<unk>", "bos": "<s>", "eos": "</s>"},
 }
 DECODER_START = {"t5": "pad", "bart": "eos", "transformer": "bos", "gpt": "bos", "bert": "cls"}
-MODEL_TYPES = {"bert": "bert", "distilbert": "bert", "roberta": "bart", "gpt2": "gpt",
-               "t5": "t5", "mt5": "t5", "bart": "bart", "marian": "transformer"}
+MODEL_TYPES = {
+    "bert": "bert",
+    "distilbert": "bert",
+    "roberta": "bart",
+    "gpt2": "gpt",
+    "t5": "t5",
+    "mt5": "t5",
+    "bart": "bart",
+    "marian": "transformer",
+}
 NUM_SENTINELS = 100
 CONFIG_FILE = "tokenizer_config.json"
 
@@ -54,8 +73,9 @@ class Tokenizer:
       specials: `{role: token}` for the roles this vocabulary has.
     """
 
-    def __init__(self, backend: tokenizers.Tokenizer, family: str,
-                 specials: dict[str, str] | None = None):
+    def __init__(
+        self, backend: tokenizers.Tokenizer, family: str, specials: dict[str, str] | None = None
+    ):
         if family not in FAMILIES:
             raise DataError(f"tokenizer family {family!r} is not one of {', '.join(FAMILIES)}")
         backend.no_padding()  # Hugging Face files may carry padding/truncation; batching is ours.
@@ -93,16 +113,21 @@ class Tokenizer:
     @property
     def special_ids(self) -> list[int]:
         """Sorted ids of every special or added token (never masked or corrupted)."""
-        added = [self.backend.token_to_id(t.content)
-                 for t in self.backend.get_added_tokens_decoder().values() if t.special]
+        added = [
+            self.backend.token_to_id(t.content)
+            for t in self.backend.get_added_tokens_decoder().values()
+            if t.special
+        ]
         return sorted({*added, *(self.id_of(r) for r in self.specials)} - {None})
 
     def sentinel_ids(self, count: int) -> np.ndarray:
         """Returns the ids of `<extra_id_0>` ... `<extra_id_{count-1}>` (T5 span sentinels)."""
         ids = [self.backend.token_to_id(f"<extra_id_{i}>") for i in range(count)]
         if any(i is None for i in ids):
-            raise DataError(f"tokenizer has fewer than {count} <extra_id_N> sentinel tokens; "
-                            "train one with family='t5'")
+            raise DataError(
+                f"tokenizer has fewer than {count} <extra_id_N> sentinel tokens; "
+                "train one with family='t5'"
+            )
         return np.asarray(ids, np.int32)
 
     def encode(self, text: str) -> np.ndarray:
@@ -126,8 +151,7 @@ class Tokenizer:
 
     def encode_words(self, words: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """Encodes pre-split words; returns `(ids, word_index)` mapping each id to its word."""
-        encoding = self.backend.encode(list(words), is_pretokenized=True,
-                                       add_special_tokens=False)
+        encoding = self.backend.encode(list(words), is_pretokenized=True, add_special_tokens=False)
         word_ids = [-1 if w is None else w for w in encoding.word_ids]
         return np.asarray(encoding.ids, np.int32), np.asarray(word_ids, np.int32)
 
@@ -195,23 +219,35 @@ def train_tokenizer(
         backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
         backend.decoder = decoders.ByteLevel()
         trainer = trainers.BpeTrainer(
-            vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=special,
+            vocab_size=vocab_size,
+            min_frequency=min_frequency,
+            special_tokens=special,
             show_progress=False,
-            initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        )
     elif kind == "wordpiece":
         backend = tokenizers.Tokenizer(models.WordPiece(unk_token=_unk(family)))
-        backend.normalizer = normalizers.BertNormalizer(lowercase=lowercase,
-                                                        strip_accents=lowercase)
+        backend.normalizer = normalizers.BertNormalizer(
+            lowercase=lowercase, strip_accents=lowercase
+        )
         backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
         backend.decoder = decoders.WordPiece()
-        trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, min_frequency=min_frequency,
-                                            special_tokens=special, show_progress=False)
+        trainer = trainers.WordPieceTrainer(
+            vocab_size=vocab_size,
+            min_frequency=min_frequency,
+            special_tokens=special,
+            show_progress=False,
+        )
     elif kind == "unigram":
         backend = tokenizers.Tokenizer(models.Unigram())
         backend.pre_tokenizer = pre_tokenizers.Metaspace()
         backend.decoder = decoders.Metaspace()
-        trainer = trainers.UnigramTrainer(vocab_size=vocab_size, special_tokens=special,
-                                          unk_token=_unk(family), show_progress=False)
+        trainer = trainers.UnigramTrainer(
+            vocab_size=vocab_size,
+            special_tokens=special,
+            unk_token=_unk(family),
+            show_progress=False,
+        )
     else:
         raise DataError(f"tokenizer kind {kind!r} is not one of bpe, wordpiece, unigram")
     if lowercase and kind != "wordpiece":
@@ -289,16 +325,18 @@ def _from_sentencepiece(path: str) -> tokenizers.Tokenizer:
     if proto.trainer_spec.model_type != 1:
         raise DataError(f"{path}: only unigram SentencePiece models are supported")
     vocab = [(piece.piece, piece.score) for piece in proto.pieces]
-    backend = tokenizers.Tokenizer(models.Unigram(vocab, proto.trainer_spec.unk_id,
-                                                  proto.trainer_spec.byte_fallback))
+    backend = tokenizers.Tokenizer(
+        models.Unigram(vocab, proto.trainer_spec.unk_id, proto.trainer_spec.byte_fallback)
+    )
     charsmap = proto.normalizer_spec.precompiled_charsmap
     parts = [normalizers.Precompiled(charsmap)] if charsmap else []
     squeeze = normalizers.Replace(tokenizers.Regex(" {2,}"), " ")
     backend.normalizer = normalizers.Sequence([*parts, squeeze])
     backend.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
     backend.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always")
-    specials = [tokenizers.AddedToken(p.piece, special=True) for p in proto.pieces
-                if p.type in (2, 3)]  # UNKNOWN, CONTROL
+    specials = [
+        tokenizers.AddedToken(p.piece, special=True) for p in proto.pieces if p.type in (2, 3)
+    ]  # UNKNOWN, CONTROL
     backend.add_special_tokens(specials)
     return backend
 

@@ -1,9 +1,9 @@
 """Triptych models: encoder-only, decoder-only and encoder-decoder transformers in Flax linen.
 
-    import models
-    config = models.get_config("gpt2")        # a named architecture (published sizes)
-    model = models.build(config)              # a linen Module
-    models.list_architectures()
+import models
+config = models.get_config("gpt2")        # a named architecture (published sizes)
+model = models.build(config)              # a linen Module
+models.list_architectures()
 """
 
 from __future__ import annotations
@@ -33,6 +33,13 @@ def build(config: ModelConfig | str, **overrides) -> nn.Module:
 
 
 __all__ = [
-    "ConfigError", "DecoderModel", "EncoderDecoderModel", "EncoderModel", "ModelConfig",
-    "ModelOutput", "build", "get_config", "list_architectures",
+    "ConfigError",
+    "DecoderModel",
+    "EncoderDecoderModel",
+    "EncoderModel",
+    "ModelConfig",
+    "ModelOutput",
+    "build",
+    "get_config",
+    "list_architectures",
 ]

@@ -1,8 +1,8 @@
 """Command line: `python -m models list | info NAME [--json]`.
 
-    python -m models list
-    python -m models info gpt2
-    python -m models info t5-small --json
+python -m models list
+python -m models info gpt2
+python -m models info t5-small --json
 """
 
 from __future__ import annotations
@@ -23,8 +23,11 @@ def _info(args) -> int:
     else:
         width = max(map(len, info))
         for key, value in info.items():
-            print(f"{key:<{width}}  {value:,}" if isinstance(value, int) and not isinstance(
-                value, bool) else f"{key:<{width}}  {value}")
+            print(
+                f"{key:<{width}}  {value:,}"
+                if isinstance(value, int) and not isinstance(value, bool)
+                else f"{key:<{width}}  {value}"
+            )
     return 0
 
 

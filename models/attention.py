@@ -39,8 +39,9 @@ def _backend() -> str:
     return jax.default_backend()
 
 
-def reference_attention(q, k, v, *, mask=None, bias=None, scale=1.0, dropout_rate=0.0,
-                        dropout_rng=None):
+def reference_attention(
+    q, k, v, *, mask=None, bias=None, scale=1.0, dropout_rate=0.0, dropout_rng=None
+):
     """Plain XLA attention.
 
     Args:
@@ -59,21 +60,24 @@ def reference_attention(q, k, v, *, mask=None, bias=None, scale=1.0, dropout_rat
     logits = logits * scale  # (B, K, G, T, S)
     if bias is not None:  # (B|1, N, T, S) -> (B|1, K, G, T, S)
         logits = logits + bias.reshape(bias.shape[0], kv_heads, -1, *bias.shape[2:]).astype(
-            jnp.float32)
+            jnp.float32
+        )
     if mask is not None:  # (B|1, 1, T, S) -> (B|1, 1, 1, T, S)
         logits = jnp.where(mask[:, :, None], logits, _NEG_INF)
     probs = jax.nn.softmax(logits, axis=-1)
     if dropout_rate > 0.0 and dropout_rng is not None:
         keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, probs.shape)
         probs = jnp.where(keep, probs / (1.0 - dropout_rate), 0.0)
-    out = jnp.einsum("bkgts,bskh->btkgh", probs.astype(v.dtype), v,
-                     preferred_element_type=jnp.float32)
+    out = jnp.einsum(
+        "bkgts,bskh->btkgh", probs.astype(v.dtype), v, preferred_element_type=jnp.float32
+    )
     return out.reshape(b, t, n, h).astype(q.dtype)
 
 
 def _jax_attention(q, k, v, *, mask, bias, scale, implementation):
-    return jax.nn.dot_product_attention(q, k, v, bias=bias, mask=mask, scale=scale,
-                                        implementation=implementation)
+    return jax.nn.dot_product_attention(
+        q, k, v, bias=bias, mask=mask, scale=scale, implementation=implementation
+    )
 
 
 def _splash_attention(q, k, v, *, segment_ids, causal, scale):
@@ -90,18 +94,28 @@ def _splash_attention(q, k, v, *, segment_ids, causal, scale):
     v = jnp.repeat(v, groups, axis=2)
     shape = (t, k.shape[1])
     base = sm.CausalMask(shape=shape) if causal else sm.FullMask(shape)
-    kernel = sk.make_splash_mha(mask=sm.MultiHeadMask([base] * n), head_shards=1,
-                                q_seq_shards=1)
+    kernel = sk.make_splash_mha(mask=sm.MultiHeadMask([base] * n), head_shards=1, q_seq_shards=1)
     to_bnth = lambda x: jnp.transpose(x, (0, 2, 1, 3))  # noqa: E731  (B, N, T, H)
     seg = None if segment_ids is None else sk.SegmentIds(q=segment_ids, kv=segment_ids)
-    call = (lambda q_, k_, v_, s_: kernel(q_, k_, v_, segment_ids=s_))
+    call = lambda q_, k_, v_, s_: kernel(q_, k_, v_, segment_ids=s_)
     out = jax.vmap(call)(to_bnth(q * scale), to_bnth(k), to_bnth(v), seg)
     return jnp.transpose(out, (0, 2, 1, 3)).astype(q.dtype)
 
 
-def dot_product_attention(q, k, v, *, kernel: str = "auto", mask=None, bias=None,
-                          scale: float = 1.0, causal: bool = False, segment_ids=None,
-                          dropout_rate: float = 0.0, dropout_rng=None):
+def dot_product_attention(
+    q,
+    k,
+    v,
+    *,
+    kernel: str = "auto",
+    mask=None,
+    bias=None,
+    scale: float = 1.0,
+    causal: bool = False,
+    segment_ids=None,
+    dropout_rate: float = 0.0,
+    dropout_rng=None,
+):
     """One entry point for every kernel; shapes as in `reference_attention`.
 
     `causal` and `segment_ids` describe the mask structurally for kernels that take it that way
@@ -115,8 +129,11 @@ def dot_product_attention(q, k, v, *, kernel: str = "auto", mask=None, bias=None
     dropout = dropout_rate > 0.0 and dropout_rng is not None
     if kernel != "xla" and dropout:
         if not auto:
-            _warn_once(f"{kernel}-dropout", f"attention kernel {kernel!r} has no attention "
-                       "dropout; using the xla reference (set attention_dropout_rate=0 to avoid)")
+            _warn_once(
+                f"{kernel}-dropout",
+                f"attention kernel {kernel!r} has no attention "
+                "dropout; using the xla reference (set attention_dropout_rate=0 to avoid)",
+            )
         kernel = "xla"
     if kernel == "cudnn":
         reason = None
@@ -125,8 +142,9 @@ def dot_product_attention(q, k, v, *, kernel: str = "auto", mask=None, bias=None
         elif q.dtype not in (jnp.bfloat16, jnp.float16):
             reason = f"needs bfloat16/float16 inputs (got {q.dtype})"
         if reason is None:
-            return _jax_attention(q, k, v, mask=mask, bias=bias, scale=scale,
-                                  implementation="cudnn")
+            return _jax_attention(
+                q, k, v, mask=mask, bias=bias, scale=scale, implementation="cudnn"
+            )
         if not auto:
             _warn_once(f"cudnn-{reason}", f"attention kernel 'cudnn' {reason}; using xla")
         kernel = "xla"
@@ -139,16 +157,22 @@ def dot_product_attention(q, k, v, *, kernel: str = "auto", mask=None, bias=None
         elif q.shape[1] != k.shape[1] or q.shape[1] % 128:
             reason = "needs self-attention over a multiple of 128 tokens"
         if reason is None:
-            return _splash_attention(q, k, v, segment_ids=segment_ids, causal=causal,
-                                     scale=scale)
+            return _splash_attention(q, k, v, segment_ids=segment_ids, causal=causal, scale=scale)
         if not auto:
             _warn_once(f"splash-{reason}", f"attention kernel 'splash' {reason}; using xla")
         kernel = "xla"
     if kernel == "jax":
         return _jax_attention(q, k, v, mask=mask, bias=bias, scale=scale, implementation=None)
-    return reference_attention(q, k, v, mask=mask, bias=bias, scale=scale,
-                               dropout_rate=dropout_rate if dropout else 0.0,
-                               dropout_rng=dropout_rng)
+    return reference_attention(
+        q,
+        k,
+        v,
+        mask=mask,
+        bias=bias,
+        scale=scale,
+        dropout_rate=dropout_rate if dropout else 0.0,
+        dropout_rng=dropout_rng,
+    )
 
 
 class Attention(nn.Module):
@@ -163,15 +187,30 @@ class Attention(nn.Module):
     causal: bool = False  # structural hint for kernels; the mask is what is enforced
 
     @nn.compact
-    def __call__(self, x, kv=None, *, mask=None, bias=None, positions=None, kv_positions=None,
-                 segment_ids=None, cache_index=None, deterministic: bool = True,
-                 decode: bool = False):
+    def __call__(
+        self,
+        x,
+        kv=None,
+        *,
+        mask=None,
+        bias=None,
+        positions=None,
+        kv_positions=None,
+        segment_ids=None,
+        cache_index=None,
+        deterministic: bool = True,
+        decode: bool = False,
+    ):
         cfg = self.config
         dtype, param_dtype = dtypes(cfg)
         n, k_heads, h = cfg.num_heads, cfg.kv_heads, cfg.dim_per_head
-        proj = functools.partial(DenseGeneral, use_bias=cfg.use_bias, dtype=dtype,
-                                 param_dtype=param_dtype,
-                                 kernel_init=nn.initializers.normal(cfg.init_std))
+        proj = functools.partial(
+            DenseGeneral,
+            use_bias=cfg.use_bias,
+            dtype=dtype,
+            param_dtype=param_dtype,
+            kernel_init=nn.initializers.normal(cfg.init_std),
+        )
         source = x if kv is None else kv
         q = proj((n, h), (axes.EMBED, axes.HEADS, axes.KV), name="query")(x)  # (B, T, N, H)
         k = proj((k_heads, h), (axes.EMBED, axes.HEADS, axes.KV), name="key")(source)
@@ -188,10 +227,18 @@ class Attention(nn.Module):
         if not deterministic and cfg.attention_dropout_rate > 0.0:
             dropout_rng = self.make_rng("dropout")
         out = dot_product_attention(
-            q, k, v, kernel=cfg.attention_kernel, mask=mask, bias=bias,
-            scale=h ** -0.5 if cfg.scale_attention else 1.0,
-            causal=self.causal and not decode, segment_ids=segment_ids,
-            dropout_rate=cfg.attention_dropout_rate, dropout_rng=dropout_rng)  # (B, T, N, H)
+            q,
+            k,
+            v,
+            kernel=cfg.attention_kernel,
+            mask=mask,
+            bias=bias,
+            scale=h**-0.5 if cfg.scale_attention else 1.0,
+            causal=self.causal and not decode,
+            segment_ids=segment_ids,
+            dropout_rate=cfg.attention_dropout_rate,
+            dropout_rng=dropout_rng,
+        )  # (B, T, N, H)
         out = nn.with_logical_constraint(out, (axes.BATCH, axes.LENGTH, axes.HEADS, axes.KV))
         return proj(cfg.d_model, (axes.HEADS, axes.KV, axes.EMBED), contract=2, name="out")(out)
 
@@ -207,6 +254,7 @@ class Attention(nn.Module):
             return k, v
         start = (0, cache_index, 0, 0)
         for cached, new in ((cached_k, k), (cached_v, v)):
-            cached.value = jax.lax.dynamic_update_slice(cached.value,
-                                                        new.astype(cached.value.dtype), start)
+            cached.value = jax.lax.dynamic_update_slice(
+                cached.value, new.astype(cached.value.dtype), start
+            )
         return cached_k.value, cached_v.value

@@ -38,8 +38,20 @@ class TransformerBlock(nn.Module):
     cross_attention: bool = False
 
     @nn.compact
-    def __call__(self, x, mask, bias, positions, kv_positions, segment_ids, encoded,
-                 cross_mask, cache_index, deterministic, decode):
+    def __call__(
+        self,
+        x,
+        mask,
+        bias,
+        positions,
+        kv_positions,
+        segment_ids,
+        encoded,
+        cross_mask,
+        cache_index,
+        deterministic,
+        decode,
+    ):
         cfg = self.config
         x = nn.with_logical_constraint(x, axes.ACTIVATION)  # (B, T, D)
 
@@ -50,15 +62,30 @@ class TransformerBlock(nn.Module):
             x = x + h
             return x if cfg.pre_norm else norm(x)
 
-        x = residual(x, "self_attention", lambda h: Attention(
-            cfg, causal=self.causal, name="self_attention")(
-                h, mask=mask, bias=bias, positions=positions, kv_positions=kv_positions,
-                segment_ids=segment_ids, cache_index=cache_index,
-                deterministic=deterministic, decode=decode))
+        x = residual(
+            x,
+            "self_attention",
+            lambda h: Attention(cfg, causal=self.causal, name="self_attention")(
+                h,
+                mask=mask,
+                bias=bias,
+                positions=positions,
+                kv_positions=kv_positions,
+                segment_ids=segment_ids,
+                cache_index=cache_index,
+                deterministic=deterministic,
+                decode=decode,
+            ),
+        )
         x = checkpoint_name(x, "attention_out")
         if self.cross_attention:
-            x = residual(x, "cross_attention", lambda h: Attention(cfg, name="cross_attention")(
-                h, encoded, mask=cross_mask, deterministic=deterministic))
+            x = residual(
+                x,
+                "cross_attention",
+                lambda h: Attention(cfg, name="cross_attention")(
+                    h, encoded, mask=cross_mask, deterministic=deterministic
+                ),
+            )
         x = residual(x, "mlp", lambda h: MLP(cfg, name="mlp")(h, deterministic))
         return nn.with_logical_constraint(x, axes.ACTIVATION), None
 
@@ -73,18 +100,31 @@ class Embedding(nn.Module):
         cfg = self.config
         dtype, param_dtype = dtypes(cfg)
         if cfg.scale_embeddings:
-            x = x * jnp.asarray(cfg.d_model ** 0.5, dtype)
+            x = x * jnp.asarray(cfg.d_model**0.5, dtype)
         if cfg.position == "learned":
-            table = Embed(cfg.max_positions + cfg.position_offset, cfg.d_model, (None, axes.EMBED),
-                          dtype, param_dtype, nn.initializers.normal(cfg.init_std),
-                          name="position")
+            table = Embed(
+                cfg.max_positions + cfg.position_offset,
+                cfg.d_model,
+                (None, axes.EMBED),
+                dtype,
+                param_dtype,
+                nn.initializers.normal(cfg.init_std),
+                name="position",
+            )
             x = x + table(positions + cfg.position_offset)
         elif cfg.position == "sinusoidal":
             table = jnp.asarray(sinusoidal_table(cfg.max_positions, cfg.d_model))
             x = x + jnp.take(table, positions, axis=0).astype(dtype)
         if cfg.type_vocab_size:
-            types = Embed(cfg.type_vocab_size, cfg.d_model, (None, axes.EMBED), dtype,
-                          param_dtype, nn.initializers.normal(cfg.init_std), name="token_type")
+            types = Embed(
+                cfg.type_vocab_size,
+                cfg.d_model,
+                (None, axes.EMBED),
+                dtype,
+                param_dtype,
+                nn.initializers.normal(cfg.init_std),
+                name="token_type",
+            )
             x = x + types(jnp.zeros_like(positions) if token_type_ids is None else token_type_ids)
         if cfg.embed_norm:
             x = make_norm(cfg, name="norm")(x)
@@ -113,9 +153,20 @@ class TransformerStack(nn.Module):
     cross_attention: bool = False
 
     @nn.compact
-    def __call__(self, x, *, attention_mask=None, positions=None, segment_ids=None,
-                 token_type_ids=None, encoded=None, encoder_attention_mask=None,
-                 encoder_segment_ids=None, deterministic: bool = True, decode: bool = False):
+    def __call__(
+        self,
+        x,
+        *,
+        attention_mask=None,
+        positions=None,
+        segment_ids=None,
+        token_type_ids=None,
+        encoded=None,
+        encoder_attention_mask=None,
+        encoder_segment_ids=None,
+        deterministic: bool = True,
+        decode: bool = False,
+    ):
         cfg = self.config
         b, t = x.shape[:2]
         if decode and not self.causal:
@@ -133,10 +184,10 @@ class TransformerStack(nn.Module):
             positions = q_slots if positions is None else positions
             if initialised:
                 self._check_length(slot_valid.value.shape[1])
-                slot_valid.value = jax.lax.dynamic_update_slice(slot_valid.value, valid,
-                                                                 (0, start))
+                slot_valid.value = jax.lax.dynamic_update_slice(slot_valid.value, valid, (0, start))
                 slot_pos.value = jax.lax.dynamic_update_slice(
-                    slot_pos.value, positions.astype(jnp.int32), (0, start))
+                    slot_pos.value, positions.astype(jnp.int32), (0, start)
+                )
                 index.value = start + t
                 cache_index = start
                 k_valid, kv_positions = slot_valid.value, slot_pos.value
@@ -159,29 +210,52 @@ class TransformerStack(nn.Module):
         if self.cross_attention:
             cross_mask = masks.combine(
                 None if encoder_attention_mask is None else masks.key_mask(encoder_attention_mask),
-                None if segment_ids is None or encoder_segment_ids is None
-                else masks.segment_mask(segment_ids, encoder_segment_ids))
+                None
+                if segment_ids is None or encoder_segment_ids is None
+                else masks.segment_mask(segment_ids, encoder_segment_ids),
+            )
 
         bias = None
         if cfg.position == "relative":
             _, param_dtype = dtypes(cfg)
-            bias = RelativePositionBias(cfg.relative_buckets, cfg.relative_max_distance,
-                                        cfg.num_heads, bidirectional=not self.causal,
-                                        param_dtype=param_dtype, name="relative_bias")(
-                                            positions, kv_positions)  # (B, N, T, S)
+            bias = RelativePositionBias(
+                cfg.relative_buckets,
+                cfg.relative_max_distance,
+                cfg.num_heads,
+                bidirectional=not self.causal,
+                param_dtype=param_dtype,
+                name="relative_bias",
+            )(positions, kv_positions)  # (B, N, T, S)
 
         x = Embedding(cfg, name="embed")(x, positions, token_type_ids, deterministic)
-        args = (mask, bias, positions, kv_positions, segment_ids, encoded, cross_mask,
-                cache_index, deterministic, decode)
+        args = (
+            mask,
+            bias,
+            positions,
+            kv_positions,
+            segment_ids,
+            encoded,
+            cross_mask,
+            cache_index,
+            deterministic,
+            decode,
+        )
         block = TransformerBlock
         if cfg.remat_policy != "none":
-            block = nn.remat(block, policy=_REMAT_POLICIES[cfg.remat_policy],
-                             prevent_cse=not cfg.scan_layers, static_argnums=(10, 11))
+            block = nn.remat(
+                block,
+                policy=_REMAT_POLICIES[cfg.remat_policy],
+                prevent_cse=not cfg.scan_layers,
+                static_argnums=(10, 11),
+            )
         if cfg.scan_layers:
             x, _ = nn.scan(
-                block, variable_axes={"params": 0, "cache": 0},
-                split_rngs={"params": True, "dropout": True}, in_axes=(nn.broadcast,) * len(args),
-                length=self.num_layers, metadata_params={nn.PARTITION_NAME: axes.LAYERS},
+                block,
+                variable_axes={"params": 0, "cache": 0},
+                split_rngs={"params": True, "dropout": True},
+                in_axes=(nn.broadcast,) * len(args),
+                length=self.num_layers,
+                metadata_params={nn.PARTITION_NAME: axes.LAYERS},
             )(cfg, self.causal, self.cross_attention, name="layers")(x, *args)
         else:
             for i in range(self.num_layers):
@@ -195,4 +269,5 @@ class TransformerStack(nn.Module):
         if cfg.position in ("learned", "sinusoidal") and length > cfg.max_positions:
             raise ConfigError(
                 f"sequence length {length} exceeds max_positions={cfg.max_positions} of "
-                f"{cfg.name}'s position table; truncate the inputs or raise max_positions")
+                f"{cfg.name}'s position table; truncate the inputs or raise max_positions"
+            )

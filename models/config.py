@@ -28,7 +28,8 @@ class ConfigError(ValueError):
 def _choice(field: str, value: Any, allowed: tuple[str, ...]) -> None:
     if value not in allowed:
         raise ConfigError(
-            f"{field}={value!r} is not supported; allowed values: {', '.join(allowed)}")
+            f"{field}={value!r} is not supported; allowed values: {', '.join(allowed)}"
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -171,35 +172,81 @@ class ModelConfig:
 # tests check against.
 
 _BERT = dict(
-    family="encoder", vocab_size=30522, max_positions=512, type_vocab_size=2, norm_eps=1e-12,
-    pre_norm=False, final_norm=False, embed_norm=True, activation="gelu", pooler=True,
+    family="encoder",
+    vocab_size=30522,
+    max_positions=512,
+    type_vocab_size=2,
+    norm_eps=1e-12,
+    pre_norm=False,
+    final_norm=False,
+    embed_norm=True,
+    activation="gelu",
+    pooler=True,
 )
 _DISTILBERT = dict(_BERT, type_vocab_size=0, pooler=False)
 _GPT2 = dict(
-    family="decoder", vocab_size=50257, max_positions=1024, activation="gelu_new", head="lm",
+    family="decoder",
+    vocab_size=50257,
+    max_positions=1024,
+    activation="gelu_new",
+    head="lm",
 )
 _GPT3 = dict(_GPT2, max_positions=2048, dropout_rate=0.0, attention_dropout_rate=0.0)
 _LLAMA = dict(
-    family="decoder", position="rope", norm="rmsnorm", norm_eps=1e-5, activation="silu",
-    gated_mlp=True, use_bias=False, tie_embeddings=False, head="lm", dropout_rate=0.0,
+    family="decoder",
+    position="rope",
+    norm="rmsnorm",
+    norm_eps=1e-5,
+    activation="silu",
+    gated_mlp=True,
+    use_bias=False,
+    tie_embeddings=False,
+    head="lm",
+    dropout_rate=0.0,
     attention_dropout_rate=0.0,
 )
 _T5 = dict(
-    family="encoder_decoder", vocab_size=32128, max_positions=512, position="relative",
-    norm="rmsnorm", norm_eps=1e-6, activation="relu", use_bias=False, scale_attention=False,
-    head="lm", scale_tied_logits=True, head_dim=64, attention_dropout_rate=0.1,
+    family="encoder_decoder",
+    vocab_size=32128,
+    max_positions=512,
+    position="relative",
+    norm="rmsnorm",
+    norm_eps=1e-6,
+    activation="relu",
+    use_bias=False,
+    scale_attention=False,
+    head="lm",
+    scale_tied_logits=True,
+    head_dim=64,
+    attention_dropout_rate=0.1,
 )
-_T5_V1_1 = dict(_T5, activation="gelu_new", gated_mlp=True, tie_embeddings=False,
-                scale_tied_logits=False)
+_T5_V1_1 = dict(
+    _T5, activation="gelu_new", gated_mlp=True, tie_embeddings=False, scale_tied_logits=False
+)
 _BART = dict(
-    family="encoder_decoder", vocab_size=50265, max_positions=1024, position_offset=2,
-    pre_norm=False, final_norm=False, embed_norm=True, activation="gelu", head="lm",
+    family="encoder_decoder",
+    vocab_size=50265,
+    max_positions=1024,
+    position_offset=2,
+    pre_norm=False,
+    final_norm=False,
+    embed_norm=True,
+    activation="gelu",
+    head="lm",
     attention_dropout_rate=0.0,
 )
 _TRANSFORMER = dict(
-    family="encoder_decoder", vocab_size=37000, max_positions=1024, position="sinusoidal",
-    pre_norm=False, final_norm=False, activation="relu", scale_embeddings=True, head="lm",
-    norm_eps=1e-6, attention_dropout_rate=0.0,
+    family="encoder_decoder",
+    vocab_size=37000,
+    max_positions=1024,
+    position="sinusoidal",
+    pre_norm=False,
+    final_norm=False,
+    activation="relu",
+    scale_embeddings=True,
+    head="lm",
+    norm_eps=1e-6,
+    attention_dropout_rate=0.0,
 )
 
 _ARCHITECTURES: dict[str, dict[str, Any]] = {
@@ -207,8 +254,9 @@ _ARCHITECTURES: dict[str, dict[str, Any]] = {
     "bert-base-uncased": dict(_BERT),  # 109,482,240
     "bert-base-cased": dict(_BERT, vocab_size=28996),  # 108,310,272
     "bert-large-uncased": dict(_BERT, d_model=1024, num_heads=16, d_ff=4096, num_layers=24),
-    "bert-large-cased": dict(_BERT, vocab_size=28996, d_model=1024, num_heads=16, d_ff=4096,
-                             num_layers=24),
+    "bert-large-cased": dict(
+        _BERT, vocab_size=28996, d_model=1024, num_heads=16, d_ff=4096, num_layers=24
+    ),
     "distilbert-base-uncased": dict(_DISTILBERT, num_layers=6),  # 66,362,880
     "distilbert-base-cased": dict(_DISTILBERT, vocab_size=28996, num_layers=6),
     "minilm-l12-h384-uncased": dict(_BERT, d_model=384, num_heads=12, d_ff=1536, num_layers=12),
@@ -223,17 +271,31 @@ _ARCHITECTURES: dict[str, dict[str, Any]] = {
     "gpt3-medium": dict(_GPT3, d_model=1024, num_heads=16, d_ff=4096, num_layers=24),
     "gpt3-large": dict(_GPT3, d_model=1536, num_heads=16, d_ff=6144, num_layers=24),
     "gpt3-xl": dict(_GPT3, d_model=2048, num_heads=24, head_dim=128, d_ff=8192, num_layers=24),
-    "gpt3-2.7b": dict(_GPT3, d_model=2560, num_heads=32, head_dim=80, d_ff=10240,
-                      num_layers=32),
+    "gpt3-2.7b": dict(_GPT3, d_model=2560, num_heads=32, head_dim=80, d_ff=10240, num_layers=32),
     "gpt3-6.7b": dict(_GPT3, d_model=4096, num_heads=32, d_ff=16384, num_layers=32),
-    "gpt3-13b": dict(_GPT3, d_model=5140, num_heads=40, head_dim=128, d_ff=20560,
-                     num_layers=40),
+    "gpt3-13b": dict(_GPT3, d_model=5140, num_heads=40, head_dim=128, d_ff=20560, num_layers=40),
     "gpt3-175b": dict(_GPT3, d_model=12288, num_heads=96, d_ff=49152, num_layers=96),
     # Modern decoders: RoPE, RMSNorm, SwiGLU, grouped-query attention, untied head.
-    "llama2-7b": dict(_LLAMA, vocab_size=32000, d_model=4096, num_heads=32, d_ff=11008,
-                      num_layers=32, max_positions=4096),  # 6,738,415,616
-    "llama3-8b": dict(_LLAMA, vocab_size=128256, d_model=4096, num_heads=32, num_kv_heads=8,
-                      d_ff=14336, num_layers=32, max_positions=8192, rope_theta=500000.0),
+    "llama2-7b": dict(
+        _LLAMA,
+        vocab_size=32000,
+        d_model=4096,
+        num_heads=32,
+        d_ff=11008,
+        num_layers=32,
+        max_positions=4096,
+    ),  # 6,738,415,616
+    "llama3-8b": dict(
+        _LLAMA,
+        vocab_size=128256,
+        d_model=4096,
+        num_heads=32,
+        num_kv_heads=8,
+        d_ff=14336,
+        num_layers=32,
+        max_positions=8192,
+        rope_theta=500000.0,
+    ),
     # Encoder-decoder.
     "t5-small": dict(_T5, d_model=512, num_heads=8, d_ff=2048, num_layers=6),  # 60,506,624
     "t5-base": dict(_T5, d_model=768, num_heads=12, d_ff=3072, num_layers=12),  # 222,903,552
@@ -245,21 +307,37 @@ _ARCHITECTURES: dict[str, dict[str, Any]] = {
     "bart-large": dict(_BART, d_model=1024, num_heads=16, d_ff=4096, num_layers=12),
     # Vaswani et al. 2017, Table 3 (shared 37k BPE vocabulary).
     "transformer-base": dict(_TRANSFORMER, d_model=512, num_heads=8, d_ff=2048, num_layers=6),
-    "transformer-big": dict(_TRANSFORMER, d_model=1024, num_heads=16, d_ff=4096, num_layers=6,
-                            dropout_rate=0.3),
+    "transformer-big": dict(
+        _TRANSFORMER, d_model=1024, num_heads=16, d_ff=4096, num_layers=6, dropout_rate=0.3
+    ),
 }
 
 # Tiny variants for tests and smoke runs: same structure, toy sizes.
 _TINY = dict(vocab_size=128, d_model=32, num_heads=4, d_ff=64, num_layers=2, max_positions=64)
-for _base in ("bert-base-uncased", "distilbert-base-uncased", "gpt2", "llama3-8b", "t5-small",
-              "t5-v1_1-small", "bart-base", "transformer-base"):
+for _base in (
+    "bert-base-uncased",
+    "distilbert-base-uncased",
+    "gpt2",
+    "llama3-8b",
+    "t5-small",
+    "t5-v1_1-small",
+    "bart-base",
+    "transformer-base",
+):
     _tiny = dict(_ARCHITECTURES[_base], **_TINY)
     _tiny.pop("head_dim", None)
     if _base == "llama3-8b":
         _tiny["num_kv_heads"] = 2
-    _stem = {"bert-base-uncased": "bert", "distilbert-base-uncased": "distilbert",
-             "llama3-8b": "llama", "t5-v1_1-small": "t5-v1_1", "transformer-base": "transformer",
-             "bart-base": "bart", "t5-small": "t5", "gpt2": "gpt2"}[_base]
+    _stem = {
+        "bert-base-uncased": "bert",
+        "distilbert-base-uncased": "distilbert",
+        "llama3-8b": "llama",
+        "t5-v1_1-small": "t5-v1_1",
+        "transformer-base": "transformer",
+        "bart-base": "bart",
+        "t5-small": "t5",
+        "gpt2": "gpt2",
+    }[_base]
     _ARCHITECTURES[f"{_stem}-tiny"] = _tiny
 
 

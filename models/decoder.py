@@ -19,8 +19,15 @@ from models.layers import Embed, dtypes
 
 def token_embedding(cfg: ModelConfig) -> Embed:
     dtype, param_dtype = dtypes(cfg)
-    return Embed(cfg.vocab_size, cfg.d_model, (axes.VOCAB, axes.EMBED), dtype, param_dtype,
-                 nn.initializers.normal(cfg.init_std), name="token_embed")
+    return Embed(
+        cfg.vocab_size,
+        cfg.d_model,
+        (axes.VOCAB, axes.EMBED),
+        dtype,
+        param_dtype,
+        nn.initializers.normal(cfg.init_std),
+        name="token_embed",
+    )
 
 
 def last_token(hidden, attention_mask):
@@ -48,16 +55,28 @@ class DecoderModel(nn.Module):
         elif cfg.head == "token_classification":
             self.head = TokenClassificationHead(cfg)
 
-    def __call__(self, input_ids, attention_mask=None, positions=None, segment_ids=None,
-                 deterministic: bool = True, decode: bool = False) -> ModelOutput:
+    def __call__(
+        self,
+        input_ids,
+        attention_mask=None,
+        positions=None,
+        segment_ids=None,
+        deterministic: bool = True,
+        decode: bool = False,
+    ) -> ModelOutput:
         """input_ids (B, T) -> ModelOutput(last_hidden_state (B, T, D), logits (B, T, V)).
 
         With decode=True the call appends to the KV cache (see TransformerStack).
         """
         cfg = self.config
-        hidden = self.decoder(self.token_embed(input_ids), attention_mask=attention_mask,
-                              positions=positions, segment_ids=segment_ids,
-                              deterministic=deterministic, decode=decode)
+        hidden = self.decoder(
+            self.token_embed(input_ids),
+            attention_mask=attention_mask,
+            positions=positions,
+            segment_ids=segment_ids,
+            deterministic=deterministic,
+            decode=decode,
+        )
         logits = None
         if cfg.head == "lm":
             logits = self.head(hidden, self.token_embed)

@@ -19,8 +19,15 @@ from models.layers import Embed, dtypes
 
 def token_embedding(cfg: ModelConfig) -> Embed:
     dtype, param_dtype = dtypes(cfg)
-    return Embed(cfg.vocab_size, cfg.d_model, (axes.VOCAB, axes.EMBED), dtype, param_dtype,
-                 nn.initializers.normal(cfg.init_std), name="token_embed")
+    return Embed(
+        cfg.vocab_size,
+        cfg.d_model,
+        (axes.VOCAB, axes.EMBED),
+        dtype,
+        param_dtype,
+        nn.initializers.normal(cfg.init_std),
+        name="token_embed",
+    )
 
 
 class EncoderModel(nn.Module):
@@ -42,13 +49,25 @@ class EncoderModel(nn.Module):
         elif cfg.head == "token_classification":
             self.head = TokenClassificationHead(cfg)
 
-    def __call__(self, input_ids, attention_mask=None, token_type_ids=None, positions=None,
-                 segment_ids=None, deterministic: bool = True) -> ModelOutput:
+    def __call__(
+        self,
+        input_ids,
+        attention_mask=None,
+        token_type_ids=None,
+        positions=None,
+        segment_ids=None,
+        deterministic: bool = True,
+    ) -> ModelOutput:
         """input_ids (B, T) -> ModelOutput(last_hidden_state (B, T, D), logits, pooler_output)."""
         cfg = self.config
-        hidden = self.encoder(self.token_embed(input_ids), attention_mask=attention_mask,
-                              positions=positions, segment_ids=segment_ids,
-                              token_type_ids=token_type_ids, deterministic=deterministic)
+        hidden = self.encoder(
+            self.token_embed(input_ids),
+            attention_mask=attention_mask,
+            positions=positions,
+            segment_ids=segment_ids,
+            token_type_ids=token_type_ids,
+            deterministic=deterministic,
+        )
         pooled = self.pooler(hidden) if cfg.pooler else None
         logits = None
         if cfg.head == "mlm":

@@ -17,8 +17,15 @@ from models.layers import Embed, dtypes
 
 def token_embedding(cfg: ModelConfig) -> Embed:
     dtype, param_dtype = dtypes(cfg)
-    return Embed(cfg.vocab_size, cfg.d_model, (axes.VOCAB, axes.EMBED), dtype, param_dtype,
-                 nn.initializers.normal(cfg.init_std), name="token_embed")
+    return Embed(
+        cfg.vocab_size,
+        cfg.d_model,
+        (axes.VOCAB, axes.EMBED),
+        dtype,
+        param_dtype,
+        nn.initializers.normal(cfg.init_std),
+        name="token_embed",
+    )
 
 
 class EncoderDecoderModel(nn.Module):
@@ -30,21 +37,39 @@ class EncoderDecoderModel(nn.Module):
         cfg = self.config
         self.token_embed = token_embedding(cfg)
         self.encoder = TransformerStack(cfg, cfg.num_layers, causal=False)
-        self.decoder = TransformerStack(cfg, cfg.decoder_layers, causal=True,
-                                        cross_attention=True)
+        self.decoder = TransformerStack(cfg, cfg.decoder_layers, causal=True, cross_attention=True)
         if cfg.head == "lm":
             self.head = LMHead(cfg)
 
-    def encode(self, input_ids, attention_mask=None, positions=None, segment_ids=None,
-               deterministic: bool = True):
+    def encode(
+        self,
+        input_ids,
+        attention_mask=None,
+        positions=None,
+        segment_ids=None,
+        deterministic: bool = True,
+    ):
         """input_ids (B, S) -> encoder hidden states (B, S, D)."""
-        return self.encoder(self.token_embed(input_ids), attention_mask=attention_mask,
-                            positions=positions, segment_ids=segment_ids,
-                            deterministic=deterministic)
+        return self.encoder(
+            self.token_embed(input_ids),
+            attention_mask=attention_mask,
+            positions=positions,
+            segment_ids=segment_ids,
+            deterministic=deterministic,
+        )
 
-    def decode(self, decoder_input_ids, encoder_hidden_states, attention_mask=None,
-               decoder_attention_mask=None, decoder_positions=None, decoder_segment_ids=None,
-               segment_ids=None, deterministic: bool = True, decode: bool = False) -> ModelOutput:
+    def decode(
+        self,
+        decoder_input_ids,
+        encoder_hidden_states,
+        attention_mask=None,
+        decoder_attention_mask=None,
+        decoder_positions=None,
+        decoder_segment_ids=None,
+        segment_ids=None,
+        deterministic: bool = True,
+        decode: bool = False,
+    ) -> ModelOutput:
         """decoder_input_ids (B, T) attending to encoder_hidden_states (B, S, D) ->
         ModelOutput(last_hidden_state (B, T, D), logits (B, T, V)).
 
@@ -52,19 +77,42 @@ class EncoderDecoderModel(nn.Module):
         """
         cfg = self.config
         hidden = self.decoder(
-            self.token_embed(decoder_input_ids), attention_mask=decoder_attention_mask,
-            positions=decoder_positions, segment_ids=decoder_segment_ids,
-            encoded=encoder_hidden_states, encoder_attention_mask=attention_mask,
-            encoder_segment_ids=segment_ids, deterministic=deterministic, decode=decode)
+            self.token_embed(decoder_input_ids),
+            attention_mask=decoder_attention_mask,
+            positions=decoder_positions,
+            segment_ids=decoder_segment_ids,
+            encoded=encoder_hidden_states,
+            encoder_attention_mask=attention_mask,
+            encoder_segment_ids=segment_ids,
+            deterministic=deterministic,
+            decode=decode,
+        )
         logits = self.head(hidden, self.token_embed) if cfg.head == "lm" else None
         return ModelOutput(last_hidden_state=hidden, logits=logits)
 
-    def __call__(self, input_ids, decoder_input_ids, attention_mask=None,
-                 decoder_attention_mask=None, positions=None, decoder_positions=None,
-                 segment_ids=None, decoder_segment_ids=None, deterministic: bool = True,
-                 decode: bool = False) -> ModelOutput:
+    def __call__(
+        self,
+        input_ids,
+        decoder_input_ids,
+        attention_mask=None,
+        decoder_attention_mask=None,
+        positions=None,
+        decoder_positions=None,
+        segment_ids=None,
+        decoder_segment_ids=None,
+        deterministic: bool = True,
+        decode: bool = False,
+    ) -> ModelOutput:
         encoded = self.encode(input_ids, attention_mask, positions, segment_ids, deterministic)
-        out = self.decode(decoder_input_ids, encoded, attention_mask, decoder_attention_mask,
-                          decoder_positions, decoder_segment_ids, segment_ids, deterministic,
-                          decode)
+        out = self.decode(
+            decoder_input_ids,
+            encoded,
+            attention_mask,
+            decoder_attention_mask,
+            decoder_positions,
+            decoder_segment_ids,
+            segment_ids,
+            deterministic,
+            decode,
+        )
         return out.replace(encoder_last_hidden_state=encoded)

@@ -24,9 +24,15 @@ class ModelOutput:
 
 def _dense(cfg: ModelConfig, features: int, kernel_axes, name: str, use_bias: bool = True):
     dtype, param_dtype = dtypes(cfg)
-    return DenseGeneral(features, kernel_axes, use_bias=use_bias, dtype=dtype,
-                        param_dtype=param_dtype, kernel_init=nn.initializers.normal(cfg.init_std),
-                        name=name)
+    return DenseGeneral(
+        features,
+        kernel_axes,
+        use_bias=use_bias,
+        dtype=dtype,
+        param_dtype=param_dtype,
+        kernel_init=nn.initializers.normal(cfg.init_std),
+        name=name,
+    )
 
 
 class Pooler(nn.Module):
@@ -36,8 +42,9 @@ class Pooler(nn.Module):
 
     @nn.compact
     def __call__(self, hidden):
-        return jnp.tanh(_dense(self.config, self.config.d_model, (axes.EMBED, None), "dense")(
-            hidden[:, 0]))
+        return jnp.tanh(
+            _dense(self.config, self.config.d_model, (axes.EMBED, None), "dense")(hidden[:, 0])
+        )
 
 
 class LMHead(nn.Module):
@@ -50,15 +57,17 @@ class LMHead(nn.Module):
         cfg = self.config
         if cfg.tie_embeddings:
             if cfg.scale_tied_logits:
-                hidden = hidden * cfg.d_model ** -0.5
+                hidden = hidden * cfg.d_model**-0.5
             logits = token_embed.attend(hidden)
         else:
-            logits = _dense(cfg, cfg.vocab_size, (axes.EMBED, axes.VOCAB), "out",
-                            use_bias=False)(hidden).astype(jnp.float32)
+            logits = _dense(cfg, cfg.vocab_size, (axes.EMBED, axes.VOCAB), "out", use_bias=False)(
+                hidden
+            ).astype(jnp.float32)
         if cfg.lm_bias:
             _, param_dtype = dtypes(cfg)
-            logits = logits + param(self, "bias", nn.initializers.zeros, (cfg.vocab_size,),
-                                    (axes.VOCAB,), param_dtype)
+            logits = logits + param(
+                self, "bias", nn.initializers.zeros, (cfg.vocab_size,), (axes.VOCAB,), param_dtype
+            )
         return nn.with_logical_constraint(logits, axes.LOGITS)
 
 
@@ -72,10 +81,12 @@ class MLMHead(nn.Module):
         cfg = self.config
         _, param_dtype = dtypes(cfg)
         h = activation_fn(cfg.activation)(
-            _dense(cfg, cfg.d_model, (axes.EMBED, None), "transform")(hidden))
+            _dense(cfg, cfg.d_model, (axes.EMBED, None), "transform")(hidden)
+        )
         h = make_norm(cfg, name="norm")(h)
-        logits = token_embed.attend(h) + param(self, "bias", nn.initializers.zeros,
-                                               (cfg.vocab_size,), (axes.VOCAB,), param_dtype)
+        logits = token_embed.attend(h) + param(
+            self, "bias", nn.initializers.zeros, (cfg.vocab_size,), (axes.VOCAB,), param_dtype
+        )
         return nn.with_logical_constraint(logits, axes.LOGITS)
 
 
@@ -90,7 +101,8 @@ class ClassificationHead(nn.Module):
         cfg = self.config
         if pooled is None:
             pooled = activation_fn(cfg.classifier_activation)(
-                _dense(cfg, cfg.d_model, (axes.EMBED, None), "dense")(hidden[:, 0]))
+                _dense(cfg, cfg.d_model, (axes.EMBED, None), "dense")(hidden[:, 0])
+            )
         pooled = nn.Dropout(cfg.dropout_rate)(pooled, deterministic=deterministic)
         return _dense(cfg, cfg.num_labels, (None, None), "out")(pooled).astype(jnp.float32)
 

@@ -46,17 +46,27 @@ from models.hf_tables import (
 )
 
 __all__ = [
-    "SUPPORTED_TYPES", "CheckpointError", "config_from_hf", "config_to_hf", "convert_hf_to_params",
-    "convert_params_to_hf", "infer_model_type", "load_pretrained", "read_hf_config",
-    "read_state_dict", "save_pretrained",
+    "SUPPORTED_TYPES",
+    "CheckpointError",
+    "config_from_hf",
+    "config_to_hf",
+    "convert_hf_to_params",
+    "convert_params_to_hf",
+    "infer_model_type",
+    "load_pretrained",
+    "read_hf_config",
+    "read_state_dict",
+    "save_pretrained",
 ]
 log = logging.getLogger(__name__)
 
 
 def _spec(model_type: str) -> Spec:
     if model_type not in SPECS:
-        raise CheckpointError(f"model type {model_type!r} is not supported; supported types: "
-                              + ", ".join(SUPPORTED_TYPES))
+        raise CheckpointError(
+            f"model type {model_type!r} is not supported; supported types: "
+            + ", ".join(SUPPORTED_TYPES)
+        )
     return SPECS[model_type]
 
 
@@ -65,7 +75,7 @@ def _strip(spec: Spec, state: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]
     out = {}
     for key, value in state.items():
         if spec.prefix and key.startswith(spec.prefix):
-            key = key[len(spec.prefix):]
+            key = key[len(spec.prefix) :]
         if key.endswith((".gamma", ".beta")) and "LayerNorm" in key:
             key = key.rsplit(".", 1)[0] + (".weight" if key.endswith("gamma") else ".bias")
         out[key] = value
@@ -80,7 +90,8 @@ def _architecture(model_type: str, spec: Spec, hf_config: dict, keys) -> str:
     if listed:
         raise CheckpointError(
             f"architecture {listed[0]} of model type {model_type!r} is not supported; supported: "
-            + ", ".join(spec.architectures))
+            + ", ".join(spec.architectures)
+        )
     for name, (_, markers) in spec.architectures.items():
         if markers and all(m in keys for m in markers):
             return name
@@ -98,8 +109,9 @@ def _tying(spec: Spec, c: dict, head: str, state: dict | None) -> dict[str, Any]
         state = _strip(spec, state)
         embed = next((state[k] for k in spec.rules[0].hf if k in state), None)
         out = state.get(spec.output_embedding)
-    same = out is None or (embed is not None and out.shape == embed.shape
-                           and np.array_equal(out, embed))
+    same = out is None or (
+        embed is not None and out.shape == embed.shape and np.array_equal(out, embed)
+    )
     if spec.scaled_tie:  # T5: the tie flag also switches the d_model**-0.5 logit scale
         scale = c.get("scale_decoder_outputs", c.get("tie_word_embeddings", True) is not False)
         unsupported(bool(scale and not same), "a scaled T5 head with a separate lm_head")
@@ -109,8 +121,9 @@ def _tying(spec: Spec, c: dict, head: str, state: dict | None) -> dict[str, Any]
     return dict(tie_embeddings=tie)
 
 
-def config_from_hf(hf_config: Mapping[str, Any], state: dict | None = None,
-                   name: str = "custom") -> ModelConfig:
+def config_from_hf(
+    hf_config: Mapping[str, Any], state: dict | None = None, name: str = "custom"
+) -> ModelConfig:
     """The ModelConfig of an HF config.json dict.
 
     Args:
@@ -129,8 +142,11 @@ def config_from_hf(hf_config: Mapping[str, Any], state: dict | None = None,
     arch = _architecture(model_type, spec, c, keys)
     fields = dict(spec.to_ours(c), name=name, **spec.architectures[arch][0])
     if model_type == "bert":  # BertModel's pooler is optional (add_pooling_layer)
-        fields["pooler"] = (arch in ("BertModel", "BertForSequenceClassification")
-                            if state is None else "pooler.dense.weight" in _strip(spec, state))
+        fields["pooler"] = (
+            arch in ("BertModel", "BertForSequenceClassification")
+            if state is None
+            else "pooler.dense.weight" in _strip(spec, state)
+        )
     if fields["head"] in ("classification", "token_classification"):
         fields["num_labels"] = _num_labels(c)
     if fields["head"] in ("lm", "mlm"):
@@ -154,25 +170,40 @@ def config_to_hf(config: ModelConfig, model_type: str | None = None) -> dict[str
     """The HF config.json dict of a config (its architecture picked from `config.head`)."""
     model_type = model_type or infer_model_type(config)
     spec = _spec(model_type)
-    arch = next((a for a, (fields, _) in spec.architectures.items()
-                 if fields["head"] == config.head), None)
+    arch = next(
+        (a for a, (fields, _) in spec.architectures.items() if fields["head"] == config.head), None
+    )
     if arch is None:
-        raise CheckpointError(f"head={config.head!r} has no {model_type} architecture; "
-                              f"supported: {', '.join(spec.architectures)}")
+        raise CheckpointError(
+            f"head={config.head!r} has no {model_type} architecture; "
+            f"supported: {', '.join(spec.architectures)}"
+        )
     out = dict(spec.to_hf(config), model_type=model_type, architectures=[arch])
     if config.head in ("classification", "token_classification"):
         out["id2label"] = {str(i): f"LABEL_{i}" for i in range(config.num_labels)}
         out["label2id"] = {f"LABEL_{i}": i for i in range(config.num_labels)}
-    out["tie_word_embeddings"] = config.head != "lm" or config.tie_embeddings and (
-        config.scale_tied_logits or not spec.scaled_tie)
+    out["tie_word_embeddings"] = (
+        config.head != "lm"
+        or config.tie_embeddings
+        and (config.scale_tied_logits or not spec.scaled_tie)
+    )
     return out
 
 
 # Reading and writing tensors ---------------------------------------------------------------------
 
-_ST_DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": jnp.bfloat16,
-              "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8,
-              "BOOL": np.bool_}
+_ST_DTYPES = {
+    "F64": np.float64,
+    "F32": np.float32,
+    "F16": np.float16,
+    "BF16": jnp.bfloat16,
+    "I64": np.int64,
+    "I32": np.int32,
+    "I16": np.int16,
+    "I8": np.int8,
+    "U8": np.uint8,
+    "BOOL": np.bool_,
+}
 
 
 def _read_safetensors(file: str) -> dict[str, np.ndarray]:
@@ -180,14 +211,15 @@ def _read_safetensors(file: str) -> dict[str, np.ndarray]:
     out = {}
     with open(file, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
         size = int.from_bytes(buf[:8], "little")
-        header = json.loads(buf[8:8 + size])
+        header = json.loads(buf[8 : 8 + size])
         for key, info in header.items():
             if key == "__metadata__":
                 continue
             start, end = info["data_offsets"]
             dtype = np.dtype(_ST_DTYPES[info["dtype"]])
-            out[key] = np.frombuffer(buf[8 + size + start:8 + size + end], dtype).reshape(
-                info["shape"])
+            out[key] = np.frombuffer(buf[8 + size + start : 8 + size + end], dtype).reshape(
+                info["shape"]
+            )
     return out
 
 
@@ -195,8 +227,10 @@ def _read_torch(file: str) -> dict[str, np.ndarray]:
     try:
         import torch
     except ImportError as e:
-        raise CheckpointError(f"{file} is a PyTorch checkpoint and torch is not installed; "
-                              "install torch or convert the weights to safetensors") from e
+        raise CheckpointError(
+            f"{file} is a PyTorch checkpoint and torch is not installed; "
+            "install torch or convert the weights to safetensors"
+        ) from e
     state = torch.load(file, map_location="cpu", weights_only=True)
     return {k: (v.float() if v.dtype == torch.bfloat16 else v).numpy() for k, v in state.items()}
 
@@ -204,10 +238,10 @@ def _read_torch(file: str) -> dict[str, np.ndarray]:
 def read_state_dict(path: str) -> dict[str, np.ndarray]:
     """All tensors of an HF directory by raw name: model.safetensors, a sharded safetensors
     index, pytorch_model.bin or a sharded .bin index (first found in that order)."""
-    for single, index, reader in (("model.safetensors", "model.safetensors.index.json",
-                                   _read_safetensors),
-                                  ("pytorch_model.bin", "pytorch_model.bin.index.json",
-                                   _read_torch)):
+    for single, index, reader in (
+        ("model.safetensors", "model.safetensors.index.json", _read_safetensors),
+        ("pytorch_model.bin", "pytorch_model.bin.index.json", _read_torch),
+    ):
         if os.path.isfile(os.path.join(path, single)):
             return reader(os.path.join(path, single))
         index_file = os.path.join(path, index)
@@ -217,12 +251,15 @@ def read_state_dict(path: str) -> dict[str, np.ndarray]:
             state = {}
             for shard in shards:
                 if not os.path.isfile(os.path.join(path, shard)):
-                    raise CheckpointError(f"{os.path.join(path, shard)} (listed in {index_file}) "
-                                          "not found")
+                    raise CheckpointError(
+                        f"{os.path.join(path, shard)} (listed in {index_file}) not found"
+                    )
                 state.update(reader(os.path.join(path, shard)))
             return state
-    raise CheckpointError(f"no weights in {path}: expected model.safetensors, "
-                          "model.safetensors.index.json or pytorch_model.bin")
+    raise CheckpointError(
+        f"no weights in {path}: expected model.safetensors, "
+        "model.safetensors.index.json or pytorch_model.bin"
+    )
 
 
 def read_hf_config(path: str) -> dict[str, Any]:
@@ -265,15 +302,15 @@ def _expand(spec: Spec, config: ModelConfig, expected: Mapping[str, Any]):
 def _fused_hf_shape(kind: str, shapes: list[tuple[int, ...]]) -> tuple[int, ...]:
     parts = [hf_shape(kind, s) for s in shapes]
     axis = OUT_AXIS[kind]
-    return tuple(sum(p[axis] for p in parts) if a == axis else d
-                 for a, d in enumerate(parts[0]))
+    return tuple(sum(p[axis] for p in parts) if a == axis else d for a, d in enumerate(parts[0]))
 
 
 def _split(kind: str, tensor: np.ndarray, shapes: list[tuple[int, ...]]) -> list[np.ndarray]:
     axis = OUT_AXIS[kind]
     cuts = np.cumsum([hf_shape(kind, s)[axis] for s in shapes])[:-1]
-    return [from_hf_layout(kind, part, s) for part, s in
-            zip(np.split(tensor, cuts, axis=axis), shapes)]
+    return [
+        from_hf_layout(kind, part, s) for part, s in zip(np.split(tensor, cuts, axis=axis), shapes)
+    ]
 
 
 def _stack_layers(flat: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -304,8 +341,9 @@ def _unstack_layers(flat: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return out
 
 
-def convert_hf_to_params(config: ModelConfig, state: Mapping[str, np.ndarray],
-                         model_type: str | None = None) -> dict[str, Any]:
+def convert_hf_to_params(
+    config: ModelConfig, state: Mapping[str, np.ndarray], model_type: str | None = None
+) -> dict[str, Any]:
     """HF tensors (raw checkpoint names) -> our params for `config`.
 
     Args:
@@ -329,13 +367,15 @@ def convert_hf_to_params(config: ModelConfig, state: Mapping[str, np.ndarray],
     for rule, ours, hf_names in _expand(spec, config, expected):
         name = next((h for h in hf_names if h in state), None)
         if name is None:
-            raise CheckpointError(f"missing weight {hf_names[0]} (needed for {ours[0]} of "
-                                  f"this {model_type} config)")
+            raise CheckpointError(
+                f"missing weight {hf_names[0]} (needed for {ours[0]} of this {model_type} config)"
+            )
         shapes = [expected[p] for p in ours]
         want, got = _fused_hf_shape(rule.kind, shapes), tuple(state[name].shape)
         if got != want:
-            raise CheckpointError(f"weight {name} has shape {got} but the config needs {want} "
-                                  f"(for {ours[0]})")
+            raise CheckpointError(
+                f"weight {name} has shape {got} but the config needs {want} (for {ours[0]})"
+            )
         used.add(name)
         for path, part in zip(ours, _split(rule.kind, np.asarray(state[name]), shapes)):
             flat[path] = np.ascontiguousarray(part, dtype=dtype)
@@ -359,28 +399,34 @@ def _plain(params: Mapping[str, Any]) -> dict[str, np.ndarray]:
     return {"/".join(k): np.asarray(jax.device_get(v)) for k, v in flat.items()}
 
 
-def convert_params_to_hf(config: ModelConfig, params: Mapping[str, Any],
-                         model_type: str | None = None) -> dict[str, np.ndarray]:
+def convert_params_to_hf(
+    config: ModelConfig, params: Mapping[str, Any], model_type: str | None = None
+) -> dict[str, np.ndarray]:
     """Our params -> HF tensors (float32) named as in the HF class that `config_to_hf` picks.
 
     Raises:
       CheckpointError: a parameter is missing or has a shape the config does not fit.
     """
     flat = _plain(params)
-    return _flat_to_hf(config, _unstack_layers(flat) if config.scan_layers else flat,
-                       model_type or infer_model_type(config))
+    return _flat_to_hf(
+        config,
+        _unstack_layers(flat) if config.scan_layers else flat,
+        model_type or infer_model_type(config),
+    )
 
 
-def _flat_to_hf(config: ModelConfig, flat: dict[str, np.ndarray],
-                model_type: str) -> dict[str, np.ndarray]:
+def _flat_to_hf(
+    config: ModelConfig, flat: dict[str, np.ndarray], model_type: str
+) -> dict[str, np.ndarray]:
     spec = _spec(model_type)
     expected = _expected_shapes(config)
     for path, shape in expected.items():
         if path not in flat:
             raise CheckpointError(f"params lack {path} (shape {shape}) of this config")
         if flat[path].shape != shape:
-            raise CheckpointError(f"param {path} has shape {flat[path].shape} but the config "
-                                  f"needs {shape}")
+            raise CheckpointError(
+                f"param {path} has shape {flat[path].shape} but the config needs {shape}"
+            )
     prefix = spec.prefix if config.head != "none" else ""
     out = {}
     for rule, ours, hf_names in _expand(spec, config, expected):
@@ -423,15 +469,27 @@ def load_pretrained(path: str | os.PathLike, **overrides) -> tuple[ModelConfig, 
     return config, convert_hf_to_params(config, state, hf_config["model_type"])
 
 
-_NOT_FUNCTIONAL = ("name", "dropout_rate", "attention_dropout_rate", "init_std", "dtype",
-                   "param_dtype", "attention_kernel", "scan_layers", "remat_policy")
+_NOT_FUNCTIONAL = (
+    "name",
+    "dropout_rate",
+    "attention_dropout_rate",
+    "init_std",
+    "dtype",
+    "param_dtype",
+    "attention_kernel",
+    "scan_layers",
+    "remat_policy",
+)
 
 
 def _functional(config: ModelConfig, model_type: str) -> dict[str, Any]:
     """The config fields that change the network's function (for the expressibility check)."""
     d = config.to_dict()
-    d.update(head_dim=config.dim_per_head, num_kv_heads=config.kv_heads,
-             num_decoder_layers=config.decoder_layers)
+    d.update(
+        head_dim=config.dim_per_head,
+        num_kv_heads=config.kv_heads,
+        num_decoder_layers=config.decoder_layers,
+    )
     drop = set(_NOT_FUNCTIONAL)
     if config.head not in ("classification", "token_classification"):
         drop.add("num_labels")
@@ -462,8 +520,13 @@ def _untie(config: ModelConfig, flat: dict[str, np.ndarray]):
     return config.replace(tie_embeddings=False), flat
 
 
-def save_pretrained(config: ModelConfig, params: Mapping[str, Any], path: str | os.PathLike, *,
-                    model_type: str | None = None) -> None:
+def save_pretrained(
+    config: ModelConfig,
+    params: Mapping[str, Any],
+    path: str | os.PathLike,
+    *,
+    model_type: str | None = None,
+) -> None:
     """Writes config.json + model.safetensors (float32) that `transformers` loads.
 
     Args:
@@ -485,8 +548,12 @@ def save_pretrained(config: ModelConfig, params: Mapping[str, Any], path: str | 
     flat = _plain(params)
     if config.scan_layers:
         flat, config = _unstack_layers(flat), config.replace(scan_layers=False)
-    if spec.scaled_tie and config.head == "lm" and config.tie_embeddings and \
-            not config.scale_tied_logits:
+    if (
+        spec.scaled_tie
+        and config.head == "lm"
+        and config.tie_embeddings
+        and not config.scale_tied_logits
+    ):
         config, flat = _untie(config, flat)
     hf_config = config_to_hf(config, model_type)
     tensors = _flat_to_hf(config, flat, model_type)
@@ -496,7 +563,8 @@ def save_pretrained(config: ModelConfig, params: Mapping[str, Any], path: str | 
         if ours[field] != theirs.get(field):
             raise CheckpointError(
                 f"{field}={ours[field]!r} cannot be expressed as a Hugging Face {model_type} "
-                f"checkpoint (it would load as {field}={theirs.get(field)!r})")
+                f"checkpoint (it would load as {field}={theirs.get(field)!r})"
+            )
     path = os.fspath(path)
     os.makedirs(path, exist_ok=True)
     with open(os.path.join(path, "config.json"), "w") as f:

@@ -20,13 +20,20 @@ from models.config import ModelConfig
 Initializer = Callable[..., jax.Array]
 
 
-def param(module: nn.Module, name: str, init: Initializer, shape: Sequence[int],
-          logical_axes: Sequence[str | None], dtype) -> jax.Array:
+def param(
+    module: nn.Module,
+    name: str,
+    init: Initializer,
+    shape: Sequence[int],
+    logical_axes: Sequence[str | None],
+    dtype,
+) -> jax.Array:
     """Declares a parameter with its logical axis names (boxed as nn.LogicallyPartitioned)."""
     if len(shape) != len(logical_axes):
         raise ValueError(f"{name}: shape {tuple(shape)} vs logical axes {tuple(logical_axes)}")
-    return module.param(name, nn.with_logical_partitioning(init, tuple(logical_axes)),
-                        tuple(shape), dtype)
+    return module.param(
+        name, nn.with_logical_partitioning(init, tuple(logical_axes)), tuple(shape), dtype
+    )
 
 
 def activation_fn(name: str) -> Callable[[jax.Array], jax.Array]:
@@ -63,18 +70,31 @@ class DenseGeneral(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         features = (self.features,) if isinstance(self.features, int) else tuple(self.features)
-        in_shape = x.shape[-self.contract:]
-        kernel = param(self, "kernel", self.kernel_init, in_shape + features, self.kernel_axes,
-                       self.param_dtype)
+        in_shape = x.shape[-self.contract :]
+        kernel = param(
+            self,
+            "kernel",
+            self.kernel_init,
+            in_shape + features,
+            self.kernel_axes,
+            self.param_dtype,
+        )
         contract_x = tuple(range(x.ndim - self.contract, x.ndim))
         y = lax.dot_general(
-            x.astype(self.dtype), kernel.astype(self.dtype),
+            x.astype(self.dtype),
+            kernel.astype(self.dtype),
             ((contract_x, tuple(range(self.contract))), ((), ())),
             preferred_element_type=jnp.float32,
         )
         if self.use_bias:
-            bias = param(self, "bias", nn.initializers.zeros, features,
-                         self.kernel_axes[self.contract:], self.param_dtype)
+            bias = param(
+                self,
+                "bias",
+                nn.initializers.zeros,
+                features,
+                self.kernel_axes[self.contract :],
+                self.param_dtype,
+            )
             y = y + bias.astype(jnp.float32)
         return y.astype(self.dtype)
 
@@ -90,9 +110,14 @@ class Embed(nn.Module):
     embedding_init: Initializer = nn.initializers.normal(0.02)
 
     def setup(self):
-        self.embedding = param(self, "embedding", self.embedding_init,
-                               (self.num_embeddings, self.features), self.table_axes,
-                               self.param_dtype)
+        self.embedding = param(
+            self,
+            "embedding",
+            self.embedding_init,
+            (self.num_embeddings, self.features),
+            self.table_axes,
+            self.param_dtype,
+        )
 
     def __call__(self, ids: jax.Array) -> jax.Array:
         return jnp.take(self.embedding, ids, axis=0).astype(self.dtype)
@@ -100,8 +125,10 @@ class Embed(nn.Module):
     def attend(self, x: jax.Array) -> jax.Array:
         """x @ table.T with float32 accumulation: (..., D) -> (..., V)."""
         return lax.dot_general(
-            x.astype(self.dtype), self.embedding.astype(self.dtype),
-            (((x.ndim - 1,), (1,)), ((), ())), preferred_element_type=jnp.float32,
+            x.astype(self.dtype),
+            self.embedding.astype(self.dtype),
+            (((x.ndim - 1,), (1,)), ((), ())),
+            preferred_element_type=jnp.float32,
         )
 
 
@@ -125,8 +152,9 @@ class Norm(nn.Module):
             y = (x32 - mean) * lax.rsqrt(var + self.eps)
         y = y * param(self, "scale", nn.initializers.ones, (d,), (axes.EMBED,), self.param_dtype)
         if self.kind == "layernorm":
-            y = y + param(self, "bias", nn.initializers.zeros, (d,), (axes.EMBED,),
-                          self.param_dtype)
+            y = y + param(
+                self, "bias", nn.initializers.zeros, (d,), (axes.EMBED,), self.param_dtype
+            )
         return y.astype(self.dtype)
 
 
@@ -145,8 +173,14 @@ class MLP(nn.Module):
         cfg = self.config
         dtype, param_dtype = dtypes(cfg)
         dense = lambda features, kernel_axes, name: DenseGeneral(  # noqa: E731
-            features, kernel_axes, use_bias=cfg.use_bias, dtype=dtype, param_dtype=param_dtype,
-            kernel_init=nn.initializers.normal(cfg.init_std), name=name)
+            features,
+            kernel_axes,
+            use_bias=cfg.use_bias,
+            dtype=dtype,
+            param_dtype=param_dtype,
+            kernel_init=nn.initializers.normal(cfg.init_std),
+            name=name,
+        )
         h = activation_fn(cfg.activation)(dense(cfg.d_ff, (axes.EMBED, axes.MLP), "wi")(x))
         if cfg.gated_mlp:
             h = h * dense(cfg.d_ff, (axes.EMBED, axes.MLP), "wi_linear")(x)  # (B, T, F)

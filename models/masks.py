@@ -18,7 +18,7 @@ def key_mask(valid: jax.Array) -> jax.Array:
 
 def causal_mask(q_slots: jax.Array, k_slots: jax.Array) -> jax.Array:
     """(B, T) query and (B, S) key slot indices -> (B, 1, T, S), key slot <= query slot."""
-    return (k_slots[:, None, None, :] <= q_slots[:, None, :, None])
+    return k_slots[:, None, None, :] <= q_slots[:, None, :, None]
 
 
 def segment_mask(q_segments: jax.Array, k_segments: jax.Array) -> jax.Array:

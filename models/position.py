@@ -23,8 +23,9 @@ def sinusoidal_table(length: int, dim: int) -> np.ndarray:
     return table
 
 
-def relative_position_bucket(relative_position: jax.Array, bidirectional: bool, num_buckets: int,
-                             max_distance: int) -> jax.Array:
+def relative_position_bucket(
+    relative_position: jax.Array, bidirectional: bool, num_buckets: int, max_distance: int
+) -> jax.Array:
     """T5's bucketing of (key - query) offsets: exact for small offsets, log-spaced up to
     `max_distance`, one bucket beyond. Bidirectional uses half the buckets for each sign."""
     bucket = jnp.zeros_like(relative_position)
@@ -37,7 +38,8 @@ def relative_position_bucket(relative_position: jax.Array, bidirectional: bool, 
     max_exact = num_buckets // 2
     is_small = distance < max_exact
     scaled = jnp.log(jnp.maximum(distance, 1).astype(jnp.float32) / max_exact) / math.log(
-        max_distance / max_exact)
+        max_distance / max_exact
+    )
     large = max_exact + (scaled * (num_buckets - max_exact)).astype(relative_position.dtype)
     large = jnp.minimum(large, num_buckets - 1)
     return bucket + jnp.where(is_small, distance, large)
@@ -55,11 +57,18 @@ class RelativePositionBias(nn.Module):
     @nn.compact
     def __call__(self, q_positions: jax.Array, k_positions: jax.Array) -> jax.Array:
         """(B, T) query and (B, S) key positions -> bias (B, N, T, S) in float32."""
-        table = param(self, "embedding", nn.initializers.normal(0.02),
-                      (self.num_buckets, self.num_heads), (None, axes.HEADS), self.param_dtype)
+        table = param(
+            self,
+            "embedding",
+            nn.initializers.normal(0.02),
+            (self.num_buckets, self.num_heads),
+            (None, axes.HEADS),
+            self.param_dtype,
+        )
         rel = k_positions[:, None, :] - q_positions[:, :, None]  # (B, T, S)
-        buckets = relative_position_bucket(rel, self.bidirectional, self.num_buckets,
-                                           self.max_distance)
+        buckets = relative_position_bucket(
+            rel, self.bidirectional, self.num_buckets, self.max_distance
+        )
         bias = jnp.take(table, buckets, axis=0).astype(jnp.float32)  # (B, T, S, N)
         return jnp.transpose(bias, (0, 3, 1, 2))  # (B, N, T, S)
 

@@ -27,8 +27,9 @@ def abstract_params(config: ModelConfig):
 
 
 def count_params(config: ModelConfig) -> int:
-    return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(nn.meta.unbox(
-        abstract_params(config))))
+    return sum(
+        int(np.prod(x.shape)) for x in jax.tree.leaves(nn.meta.unbox(abstract_params(config)))
+    )
 
 
 def describe(config: ModelConfig) -> dict:

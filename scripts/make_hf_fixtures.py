@@ -24,54 +24,194 @@ VOCAB = 96
 # case -> (config class, config kwargs, model class). Sizes are deliberately unusual: odd head
 # counts, head_dim * heads != d_model (T5), d_ff not 4x, several activations and epsilons.
 CASES = {
-    "bert_mlm": (tf.BertConfig, dict(
-        hidden_size=24, num_attention_heads=3, intermediate_size=40, num_hidden_layers=2,
-        type_vocab_size=3, hidden_act="gelu_new", layer_norm_eps=1e-6, max_position_embeddings=40,
-        initializer_range=0.3), tf.BertForMaskedLM),
-    "bert_model": (tf.BertConfig, dict(
-        hidden_size=32, num_attention_heads=4, intermediate_size=48, num_hidden_layers=2,
-        hidden_act="gelu", max_position_embeddings=32, initializer_range=0.3), tf.BertModel),
-    "bert_seqcls": (tf.BertConfig, dict(
-        hidden_size=20, num_attention_heads=5, intermediate_size=36, num_hidden_layers=3,
-        hidden_act="relu", num_labels=3, max_position_embeddings=32, initializer_range=0.3),
-        tf.BertForSequenceClassification),
-    "bert_tokcls": (tf.BertConfig, dict(
-        hidden_size=24, num_attention_heads=2, intermediate_size=30, num_hidden_layers=2,
-        num_labels=5, type_vocab_size=1, max_position_embeddings=32, initializer_range=0.3),
-        tf.BertForTokenClassification),
-    "distilbert_model": (tf.DistilBertConfig, dict(
-        dim=24, n_heads=3, hidden_dim=56, n_layers=2, max_position_embeddings=32,
-        initializer_range=0.3), tf.DistilBertModel),
-    "distilbert_mlm": (tf.DistilBertConfig, dict(
-        dim=32, n_heads=4, hidden_dim=40, n_layers=3, activation="relu",
-        max_position_embeddings=32, initializer_range=0.3), tf.DistilBertForMaskedLM),
-    "distilbert_seqcls": (tf.DistilBertConfig, dict(
-        dim=24, n_heads=6, hidden_dim=32, n_layers=2, num_labels=4, max_position_embeddings=32,
-        initializer_range=0.3), tf.DistilBertForSequenceClassification),
-    "gpt2_model": (tf.GPT2Config, dict(
-        n_embd=24, n_head=3, n_inner=40, n_layer=2, n_positions=32, layer_norm_epsilon=1e-6,
-        initializer_range=0.3, bos_token_id=1, eos_token_id=1), tf.GPT2Model),
-    "gpt2_lm": (tf.GPT2Config, dict(
-        n_embd=32, n_head=4, n_layer=3, n_positions=40, activation_function="gelu",
-        initializer_range=0.3, bos_token_id=1, eos_token_id=1), tf.GPT2LMHeadModel),
-    "t5_v1_0": (tf.T5Config, dict(
-        d_model=16, d_kv=6, num_heads=3, d_ff=40, num_layers=2, num_decoder_layers=3,
-        relative_attention_num_buckets=16, relative_attention_max_distance=20,
-        feed_forward_proj="relu", tie_word_embeddings=True), tf.T5ForConditionalGeneration),
-    "t5_v1_1": (tf.T5Config, dict(
-        d_model=24, d_kv=8, num_heads=4, d_ff=36, num_layers=2, num_decoder_layers=2,
-        relative_attention_num_buckets=10, relative_attention_max_distance=24,
-        feed_forward_proj="gated-gelu", tie_word_embeddings=False, layer_norm_epsilon=1e-5),
-        tf.T5ForConditionalGeneration),
-    "bart_model": (tf.BartConfig, dict(
-        d_model=24, encoder_attention_heads=3, decoder_attention_heads=3, encoder_ffn_dim=40,
-        decoder_ffn_dim=40, encoder_layers=2, decoder_layers=2, max_position_embeddings=32,
-        init_std=0.3), tf.BartModel),
-    "bart_cg": (tf.BartConfig, dict(
-        d_model=32, encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=48,
-        decoder_ffn_dim=48, encoder_layers=2, decoder_layers=3, max_position_embeddings=40,
-        activation_function="gelu_new", scale_embedding=True, init_std=0.3),
-        tf.BartForConditionalGeneration),
+    "bert_mlm": (
+        tf.BertConfig,
+        dict(
+            hidden_size=24,
+            num_attention_heads=3,
+            intermediate_size=40,
+            num_hidden_layers=2,
+            type_vocab_size=3,
+            hidden_act="gelu_new",
+            layer_norm_eps=1e-6,
+            max_position_embeddings=40,
+            initializer_range=0.3,
+        ),
+        tf.BertForMaskedLM,
+    ),
+    "bert_model": (
+        tf.BertConfig,
+        dict(
+            hidden_size=32,
+            num_attention_heads=4,
+            intermediate_size=48,
+            num_hidden_layers=2,
+            hidden_act="gelu",
+            max_position_embeddings=32,
+            initializer_range=0.3,
+        ),
+        tf.BertModel,
+    ),
+    "bert_seqcls": (
+        tf.BertConfig,
+        dict(
+            hidden_size=20,
+            num_attention_heads=5,
+            intermediate_size=36,
+            num_hidden_layers=3,
+            hidden_act="relu",
+            num_labels=3,
+            max_position_embeddings=32,
+            initializer_range=0.3,
+        ),
+        tf.BertForSequenceClassification,
+    ),
+    "bert_tokcls": (
+        tf.BertConfig,
+        dict(
+            hidden_size=24,
+            num_attention_heads=2,
+            intermediate_size=30,
+            num_hidden_layers=2,
+            num_labels=5,
+            type_vocab_size=1,
+            max_position_embeddings=32,
+            initializer_range=0.3,
+        ),
+        tf.BertForTokenClassification,
+    ),
+    "distilbert_model": (
+        tf.DistilBertConfig,
+        dict(
+            dim=24,
+            n_heads=3,
+            hidden_dim=56,
+            n_layers=2,
+            max_position_embeddings=32,
+            initializer_range=0.3,
+        ),
+        tf.DistilBertModel,
+    ),
+    "distilbert_mlm": (
+        tf.DistilBertConfig,
+        dict(
+            dim=32,
+            n_heads=4,
+            hidden_dim=40,
+            n_layers=3,
+            activation="relu",
+            max_position_embeddings=32,
+            initializer_range=0.3,
+        ),
+        tf.DistilBertForMaskedLM,
+    ),
+    "distilbert_seqcls": (
+        tf.DistilBertConfig,
+        dict(
+            dim=24,
+            n_heads=6,
+            hidden_dim=32,
+            n_layers=2,
+            num_labels=4,
+            max_position_embeddings=32,
+            initializer_range=0.3,
+        ),
+        tf.DistilBertForSequenceClassification,
+    ),
+    "gpt2_model": (
+        tf.GPT2Config,
+        dict(
+            n_embd=24,
+            n_head=3,
+            n_inner=40,
+            n_layer=2,
+            n_positions=32,
+            layer_norm_epsilon=1e-6,
+            initializer_range=0.3,
+            bos_token_id=1,
+            eos_token_id=1,
+        ),
+        tf.GPT2Model,
+    ),
+    "gpt2_lm": (
+        tf.GPT2Config,
+        dict(
+            n_embd=32,
+            n_head=4,
+            n_layer=3,
+            n_positions=40,
+            activation_function="gelu",
+            initializer_range=0.3,
+            bos_token_id=1,
+            eos_token_id=1,
+        ),
+        tf.GPT2LMHeadModel,
+    ),
+    "t5_v1_0": (
+        tf.T5Config,
+        dict(
+            d_model=16,
+            d_kv=6,
+            num_heads=3,
+            d_ff=40,
+            num_layers=2,
+            num_decoder_layers=3,
+            relative_attention_num_buckets=16,
+            relative_attention_max_distance=20,
+            feed_forward_proj="relu",
+            tie_word_embeddings=True,
+        ),
+        tf.T5ForConditionalGeneration,
+    ),
+    "t5_v1_1": (
+        tf.T5Config,
+        dict(
+            d_model=24,
+            d_kv=8,
+            num_heads=4,
+            d_ff=36,
+            num_layers=2,
+            num_decoder_layers=2,
+            relative_attention_num_buckets=10,
+            relative_attention_max_distance=24,
+            feed_forward_proj="gated-gelu",
+            tie_word_embeddings=False,
+            layer_norm_epsilon=1e-5,
+        ),
+        tf.T5ForConditionalGeneration,
+    ),
+    "bart_model": (
+        tf.BartConfig,
+        dict(
+            d_model=24,
+            encoder_attention_heads=3,
+            decoder_attention_heads=3,
+            encoder_ffn_dim=40,
+            decoder_ffn_dim=40,
+            encoder_layers=2,
+            decoder_layers=2,
+            max_position_embeddings=32,
+            init_std=0.3,
+        ),
+        tf.BartModel,
+    ),
+    "bart_cg": (
+        tf.BartConfig,
+        dict(
+            d_model=32,
+            encoder_attention_heads=4,
+            decoder_attention_heads=4,
+            encoder_ffn_dim=48,
+            decoder_ffn_dim=48,
+            encoder_layers=2,
+            decoder_layers=3,
+            max_position_embeddings=40,
+            activation_function="gelu_new",
+            scale_embedding=True,
+            init_std=0.3,
+        ),
+        tf.BartForConditionalGeneration,
+    ),
 }
 
 
@@ -86,8 +226,9 @@ def perturb(model: torch.nn.Module, generator: torch.Generator) -> None:
             elif p.ndim == 1:  # norm scales
                 p.copy_(1.0 + 0.2 * noise)
         if hasattr(model, "final_logits_bias"):
-            model.final_logits_bias.copy_(0.5 * torch.randn(model.final_logits_bias.shape,
-                                                            generator=generator))
+            model.final_logits_bias.copy_(
+                0.5 * torch.randn(model.final_logits_bias.shape, generator=generator)
+            )
 
 
 def untie_lm_head(model: torch.nn.Module, generator: torch.Generator) -> None:
@@ -112,8 +253,9 @@ def make_inputs(config, seed: int) -> dict[str, np.ndarray]:
     if config.is_encoder_decoder:
         batch = padded_batch(rng, [24, 13, 5], config.vocab_size)
         dec = padded_batch(rng, [9, 22, 4], config.vocab_size)
-        batch.update(decoder_input_ids=dec["input_ids"], decoder_attention_mask=dec[
-            "attention_mask"])
+        batch.update(
+            decoder_input_ids=dec["input_ids"], decoder_attention_mask=dec["attention_mask"]
+        )
         return batch
     return padded_batch(rng, [17, 9, 3], config.vocab_size, getattr(config, "type_vocab_size", 0))
 
@@ -121,8 +263,11 @@ def make_inputs(config, seed: int) -> dict[str, np.ndarray]:
 def run(model: torch.nn.Module, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     with torch.no_grad():
         out = model(**{k: torch.as_tensor(v) for k, v in inputs.items()})
-    return {k: out[k].numpy() for k in ("logits", "last_hidden_state", "pooler_output",
-                                        "encoder_last_hidden_state") if out.get(k) is not None}
+    return {
+        k: out[k].numpy()
+        for k in ("logits", "last_hidden_state", "pooler_output", "encoder_last_hidden_state")
+        if out.get(k) is not None
+    }
 
 
 def build_case(name: str, seed: int):
@@ -151,8 +296,11 @@ def main() -> None:
         reloaded = type(model).from_pretrained(directory).eval()
         for key, value in run(reloaded, inputs).items():  # the saved directory is faithful
             np.testing.assert_allclose(value, outputs[key], atol=1e-6, err_msg=f"{name}/{key}")
-        np.savez_compressed(os.path.join(directory, "reference.npz"), **inputs,
-                            **{k: v.astype(np.float32) for k, v in outputs.items()})
+        np.savez_compressed(
+            os.path.join(directory, "reference.npz"),
+            **inputs,
+            **{k: v.astype(np.float32) for k, v in outputs.items()},
+        )
         print(f"{name}: {type(model).__name__}, outputs {sorted(outputs)}")
 
 

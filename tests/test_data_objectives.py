@@ -19,8 +19,9 @@ def _masking_counts(word_starts_fn=None, rows=40, length=512):
         ids[0], ids[-1] = 2, 3
         special = np.isin(ids, SPECIAL)
         starts = word_starts_fn(rng, length) if word_starts_fn else None
-        inputs, pick = ob.mask_tokens(ids, rng, mask_id=MASK, random_ids=RANDOM_IDS,
-                                      special=special, word_starts=starts)
+        inputs, pick = ob.mask_tokens(
+            ids, rng, mask_id=MASK, random_ids=RANDOM_IDS, special=special, word_starts=starts
+        )
         assert not pick[special].any()
         assert (inputs[~pick] == ids[~pick]).all()
         total += (~special).sum()
@@ -51,8 +52,14 @@ def test_whole_word_masking_takes_whole_words():
     rng = np.random.default_rng(3)
     ids = rng.integers(5, VOCAB, 400).astype(np.int32)
     word_starts = starts(rng, 400)
-    _, pick = ob.mask_tokens(ids, rng, mask_id=MASK, random_ids=RANDOM_IDS,
-                             special=np.zeros(400, bool), word_starts=word_starts)
+    _, pick = ob.mask_tokens(
+        ids,
+        rng,
+        mask_id=MASK,
+        random_ids=RANDOM_IDS,
+        special=np.zeros(400, bool),
+        word_starts=word_starts,
+    )
     words = np.cumsum(word_starts)
     for word in np.unique(words[pick]):
         assert pick[words == word].all(), f"word {word} only partly chosen"
@@ -61,11 +68,14 @@ def test_whole_word_masking_takes_whole_words():
     assert abs(chosen / total - 0.15) < 0.01
 
 
-@pytest.mark.parametrize("inputs_length,density,span,expected", [
-    (512, 0.15, 3.0, (568, 114)),
-    (626, 0.15, 3.0, (694, 140)),
-    (1024, 0.5, 3.0, (1534, 1024)),  # T5's density-0.5 rule trims one token
-])
+@pytest.mark.parametrize(
+    "inputs_length,density,span,expected",
+    [
+        (512, 0.15, 3.0, (568, 114)),
+        (626, 0.15, 3.0, (694, 140)),
+        (1024, 0.5, 3.0, (1534, 1024)),  # T5's density-0.5 rule trims one token
+    ],
+)
 def test_random_spans_helper_matches_t5(inputs_length, density, span, expected):
     assert ob.random_spans_helper(inputs_length, density, span) == expected
 
@@ -77,8 +87,9 @@ def test_span_corruption_lengths_order_and_round_trip():
         noise = ob.random_spans_noise_mask(568, 0.15, 3.0, np.random.default_rng(seed))
         assert noise.sum() == 85 and not noise[0]
         assert (np.diff(noise.astype(int)) == 1).sum() == 28  # 28 noise spans
-        inputs, targets = ob.span_corrupt(tokens, np.random.default_rng(seed),
-                                          sentinel_ids=sentinels, eos_id=1)
+        inputs, targets = ob.span_corrupt(
+            tokens, np.random.default_rng(seed), sentinel_ids=sentinels, eos_id=1
+        )
         assert inputs.size == 512 and targets.size == 114
         assert inputs[-1] == 1 and targets[-1] == 1
         used_in = inputs[np.isin(inputs, sentinels)]
@@ -92,8 +103,9 @@ def test_span_corruption_lengths_order_and_round_trip():
 def test_span_reconstruction_detects_a_wrong_target():
     sentinels = np.arange(900, 800, -1, dtype=np.int32)
     tokens = np.arange(10, 110, dtype=np.int32)
-    inputs, targets = ob.span_corrupt(tokens, np.random.default_rng(1), sentinel_ids=sentinels,
-                                      eos_id=1)
+    inputs, targets = ob.span_corrupt(
+        tokens, np.random.default_rng(1), sentinel_ids=sentinels, eos_id=1
+    )
     targets = targets.copy()
     targets[1] += 1
     assert not np.array_equal(ob.reconstruct_spans(inputs, targets, sentinels, 1), tokens)
@@ -121,8 +133,7 @@ def test_sentence_permutation_keeps_sentences_whole():
 def test_first_subtoken_labels_and_pairs():
     labels = ob.first_subtoken_labels(np.array([-1, 0, 1, 1, 2, 2, 2, -1]), [7, 8, 9])
     np.testing.assert_array_equal(labels, [-100, 7, 8, -100, 9, -100, -100, -100])
-    ids, types = ob.pair_ids(np.array([5, 6]), np.array([7]), begin=[101], middle=[102],
-                             end=[102])
+    ids, types = ob.pair_ids(np.array([5, 6]), np.array([7]), begin=[101], middle=[102], end=[102])
     np.testing.assert_array_equal(ids, [101, 5, 6, 102, 7, 102])
     np.testing.assert_array_equal(types, [0, 0, 0, 0, 1, 1])
     a, b = ob.truncate_pair(np.arange(10), np.arange(4), 8)

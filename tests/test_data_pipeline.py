@@ -17,8 +17,14 @@ SHAKESPEARE = SHARED / "tiny_shakespeare" / "input.txt"
 CONTRACT = {
     "clm": {"input_ids", "targets", "weights", "positions", "segment_ids", "attention_mask"},
     "mlm": {"input_ids", "attention_mask", "targets", "weights"},
-    "span": {"input_ids", "attention_mask", "decoder_input_ids", "decoder_attention_mask",
-             "targets", "weights"},
+    "span": {
+        "input_ids",
+        "attention_mask",
+        "decoder_input_ids",
+        "decoder_attention_mask",
+        "targets",
+        "weights",
+    },
 }
 CONTRACT["denoise"] = CONTRACT["span"]
 
@@ -32,15 +38,18 @@ def cfg(tmp_path_factory):
 def toks():
     texts = list(topics().values())
     t5 = tk.train_tokenizer(texts[:30], kind="unigram", family="t5", vocab_size=1500)
-    return {"clm": tk.train_tokenizer(texts, kind="bpe", family="gpt", vocab_size=2000),
-            "mlm": tk.train_tokenizer(texts, kind="wordpiece", family="bert", vocab_size=2000),
-            "span": t5,
-            "denoise": tk.train_tokenizer(texts, kind="bpe", family="bart", vocab_size=2000)}
+    return {
+        "clm": tk.train_tokenizer(texts, kind="bpe", family="gpt", vocab_size=2000),
+        "mlm": tk.train_tokenizer(texts, kind="wordpiece", family="bert", vocab_size=2000),
+        "span": t5,
+        "denoise": tk.train_tokenizer(texts, kind="bpe", family="bart", vocab_size=2000),
+    }
 
 
 def _make(cfg, tok, objective="clm", **kw):
-    args = dict(split="train", tokenizer=tok, global_batch_size=8, seq_len=128, seed=3,
-                objective=objective)
+    args = dict(
+        split="train", tokenizer=tok, global_batch_size=8, seq_len=128, seed=3, objective=objective
+    )
     args.update(kw)
     return pipeline.make_pipeline(cfg, **args)
 
@@ -78,7 +87,7 @@ def test_packed_segments_never_overlap(cfg, toks):
             ids = batch["input_ids"][row]
             live = seg > 0
             assert (np.flatnonzero(~live) >= live.sum()).all(), "padding only at the end"
-            runs = np.split(np.arange(live.sum()), np.flatnonzero(np.diff(seg[live]))+1)
+            runs = np.split(np.arange(live.sum()), np.flatnonzero(np.diff(seg[live])) + 1)
             run_ids = [int(seg[r[0]]) for r in runs]
             assert run_ids == list(range(1, len(runs) + 1)), "segment ids distinct, in order"
             for r in runs:
@@ -120,8 +129,9 @@ def test_resume_mid_epoch_gives_the_same_batches(cfg, toks, objective):
     resumed.set_state(state)
     _assert_same(_take(resumed, 7), reference[5:])
     other_seed = _take(_make(local, toks[objective], objective, **{**kw, "seed": 4}), 12)
-    assert any(not np.array_equal(a["input_ids"], b["input_ids"])
-               for a, b in zip(reference, other_seed))
+    assert any(
+        not np.array_equal(a["input_ids"], b["input_ids"]) for a, b in zip(reference, other_seed)
+    )
 
 
 def test_set_state_rejects_a_different_layout(cfg, toks):
@@ -132,7 +142,8 @@ def test_set_state_rejects_a_different_layout(cfg, toks):
 
 @pytest.mark.parametrize("objective", ["clm", "mlm"])
 def test_hosts_read_disjoint_shards_whose_union_is_the_global_batch(
-        cfg, toks, objective, monkeypatch):
+    cfg, toks, objective, monkeypatch
+):
     def run(index, count):
         seen = set()
 
@@ -152,8 +163,9 @@ def test_hosts_read_disjoint_shards_whose_union_is_the_global_batch(
     assert a[0]["input_ids"].shape[0] == 4
     _assert_same(one, [{k: np.concatenate([x[k], y[k]]) for k in x} for x, y in zip(a, b)])
     four = [run(i, 4)[0] for i in range(4)]
-    _assert_same(one, [{k: np.concatenate([h[s][k] for h in four]) for k in one[0]}
-                       for s in range(6)])
+    _assert_same(
+        one, [{k: np.concatenate([h[s][k] for h in four]) for k in one[0]} for s in range(6)]
+    )
 
 
 def test_masked_lm_pipeline_masks_15_percent(cfg, toks):
@@ -189,8 +201,9 @@ def test_denoise_pipeline_targets_are_clean_text(cfg, toks):
 
 
 def test_default_corpus_runs_offline_with_no_options(cfg, toks):
-    it = pipeline.make_pipeline(cfg, split="validation", tokenizer=toks["clm"],
-                                global_batch_size=2, seq_len=512)
+    it = pipeline.make_pipeline(
+        cfg, split="validation", tokenizer=toks["clm"], global_batch_size=2, seq_len=512
+    )
     batches = list(it)
     assert 5 < len(batches) < 200 and batches[-1]["attention_mask"].sum() > 0
     assert pipeline.default_config().objective == "clm"

@@ -20,15 +20,19 @@ def corpus():
     return list(topics().values())
 
 
-@pytest.mark.parametrize("kind,family,specials", [
-    ("bpe", "gpt", {"eos": "<|endoftext|>", "bos": "<|endoftext|>"}),
-    ("wordpiece", "bert", {"cls": "[CLS]", "sep": "[SEP]", "mask": "[MASK]", "pad": "[PAD]"}),
-    ("unigram", "t5", {"eos": "</s>", "pad": "<pad>"}),
-    ("bpe", "bart", {"mask": "<mask>", "bos": "<s>", "eos": "</s>"}),
-])
+@pytest.mark.parametrize(
+    "kind,family,specials",
+    [
+        ("bpe", "gpt", {"eos": "<|endoftext|>", "bos": "<|endoftext|>"}),
+        ("wordpiece", "bert", {"cls": "[CLS]", "sep": "[SEP]", "mask": "[MASK]", "pad": "[PAD]"}),
+        ("unigram", "t5", {"eos": "</s>", "pad": "<pad>"}),
+        ("bpe", "bart", {"mask": "<mask>", "bos": "<s>", "eos": "</s>"}),
+    ],
+)
 def test_train_save_load_round_trip(tmp_path, corpus, kind, family, specials):
-    tok = tk.train_tokenizer(corpus, kind=kind, family=family, vocab_size=2000,
-                             save_dir=str(tmp_path))
+    tok = tk.train_tokenizer(
+        corpus, kind=kind, family=family, vocab_size=2000, save_dir=str(tmp_path)
+    )
     assert (tmp_path / "tokenizer.json").exists()
     assert 1500 <= tok.vocab_size <= 2000
     for role, token in specials.items():
@@ -71,16 +75,25 @@ def test_load_real_minilm_vocabulary(path):
     assert ids.size == 4 and words.tolist() == [0, 1, 1, 1]
 
 
-@pytest.mark.skipif(importlib.util.find_spec("sentencepiece") is None,
-                    reason="sentencepiece is not installed")
+@pytest.mark.skipif(
+    importlib.util.find_spec("sentencepiece") is None, reason="sentencepiece is not installed"
+)
 def test_load_spiece_model_matches_sentencepiece(tmp_path, corpus):
     import sentencepiece as spm
 
     text = tmp_path / "corpus.txt"
     text.write_text("\n".join(corpus[:30]), encoding="utf-8")
     spm.SentencePieceTrainer.train(
-        input=str(text), model_prefix=str(tmp_path / "spiece"), vocab_size=1000,
-        model_type="unigram", pad_id=0, eos_id=1, unk_id=2, bos_id=-1, minloglevel=2)
+        input=str(text),
+        model_prefix=str(tmp_path / "spiece"),
+        vocab_size=1000,
+        model_type="unigram",
+        pad_id=0,
+        eos_id=1,
+        unk_id=2,
+        bos_id=-1,
+        minloglevel=2,
+    )
     processor = spm.SentencePieceProcessor(model_file=str(tmp_path / "spiece.model"))
     tok = tk.load_tokenizer(str(tmp_path / "spiece.model"), family="t5")
     assert tok.vocab_size == 1000 and (tok.pad_id, tok.eos_id) == (0, 1)

@@ -26,8 +26,17 @@ def _reference(case: str) -> dict[str, np.ndarray]:
 
 
 def _forward(config, params, ref: dict[str, np.ndarray]):
-    inputs = {k: ref[k] for k in ("input_ids", "attention_mask", "token_type_ids",
-                                  "decoder_input_ids", "decoder_attention_mask") if k in ref}
+    inputs = {
+        k: ref[k]
+        for k in (
+            "input_ids",
+            "attention_mask",
+            "token_type_ids",
+            "decoder_input_ids",
+            "decoder_attention_mask",
+        )
+        if k in ref
+    }
     return jax.jit(models.build(config).apply)({"params": params}, **inputs)
 
 
@@ -51,9 +60,21 @@ def max_diffs(config, params, ref: dict[str, np.ndarray]) -> dict[str, float]:
 
 
 def test_fixtures_present():
-    expected = {"bert_mlm", "bert_model", "bert_seqcls", "bert_tokcls", "distilbert_model",
-                "distilbert_mlm", "distilbert_seqcls", "gpt2_model", "gpt2_lm", "t5_v1_0",
-                "t5_v1_1", "bart_model", "bart_cg"}
+    expected = {
+        "bert_mlm",
+        "bert_model",
+        "bert_seqcls",
+        "bert_tokcls",
+        "distilbert_model",
+        "distilbert_mlm",
+        "distilbert_seqcls",
+        "gpt2_model",
+        "gpt2_lm",
+        "t5_v1_0",
+        "t5_v1_1",
+        "bart_model",
+        "bart_cg",
+    }
     assert expected <= set(CASES)
 
 
@@ -132,8 +153,11 @@ def test_unsupported_type_and_architecture(tmp_path):
     message = _raises("model type 'llama' is not supported", hf.load_pretrained, directory)
     assert "bert, distilbert, gpt2, t5, bart" in message
     _edit_config(directory, model_type="gpt2", architectures=["GPT2ForQuestionAnswering"])
-    _raises("architecture GPT2ForQuestionAnswering .* not supported; supported: GPT2Model",
-            hf.load_pretrained, directory)
+    _raises(
+        "architecture GPT2ForQuestionAnswering .* not supported; supported: GPT2Model",
+        hf.load_pretrained,
+        directory,
+    )
     _edit_config(directory, architectures=["GPT2LMHeadModel"], activation_function="quick_gelu")
     _raises("activation 'quick_gelu' is not supported", hf.load_pretrained, directory)
 
@@ -141,8 +165,12 @@ def test_unsupported_type_and_architecture(tmp_path):
 def test_weights_that_do_not_fit_the_config(tmp_path):
     directory = _copy_case("bert_model", tmp_path)
     _edit_config(directory, intermediate_size=50)
-    _raises(r"weight encoder.layer.0.intermediate.dense.weight has shape \(48, 32\) but the "
-            r"config needs \(50, 32\)", hf.load_pretrained, directory)
+    _raises(
+        r"weight encoder.layer.0.intermediate.dense.weight has shape \(48, 32\) but the "
+        r"config needs \(50, 32\)",
+        hf.load_pretrained,
+        directory,
+    )
 
 
 def test_missing_weights(tmp_path):
@@ -152,8 +180,11 @@ def test_missing_weights(tmp_path):
     state = hf.read_state_dict(directory)
     del state["decoder.block.1.layer.2.DenseReluDense.wi_1.weight"]
     save_file(state, os.path.join(directory, "model.safetensors"))
-    _raises("missing weight decoder.block.1.layer.2.DenseReluDense.wi_1.weight",
-            hf.load_pretrained, directory)
+    _raises(
+        "missing weight decoder.block.1.layer.2.DenseReluDense.wi_1.weight",
+        hf.load_pretrained,
+        directory,
+    )
 
 
 def test_pytorch_bin_needs_torch(tmp_path, monkeypatch):
@@ -161,8 +192,11 @@ def test_pytorch_bin_needs_torch(tmp_path, monkeypatch):
     os.remove(os.path.join(directory, "model.safetensors"))
     open(os.path.join(directory, "pytorch_model.bin"), "wb").close()
     monkeypatch.setitem(__import__("sys").modules, "torch", None)  # as if not installed
-    _raises("pytorch_model.bin is a PyTorch checkpoint and torch is not installed",
-            hf.load_pretrained, directory)
+    _raises(
+        "pytorch_model.bin is a PyTorch checkpoint and torch is not installed",
+        hf.load_pretrained,
+        directory,
+    )
 
 
 def test_sharded_safetensors(tmp_path):
@@ -172,8 +206,10 @@ def test_sharded_safetensors(tmp_path):
     state = hf.read_state_dict(directory)
     os.remove(os.path.join(directory, "model.safetensors"))
     names = sorted(state)
-    shards = {"model-00001-of-00002.safetensors": names[::2],
-              "model-00002-of-00002.safetensors": names[1::2]}
+    shards = {
+        "model-00001-of-00002.safetensors": names[::2],
+        "model-00002-of-00002.safetensors": names[1::2],
+    }
     for shard, keys in shards.items():
         save_file({k: state[k] for k in keys}, os.path.join(directory, shard))
     index = {"metadata": {}, "weight_map": {k: s for s, keys in shards.items() for k in keys}}
@@ -188,8 +224,11 @@ def _write_bf16_safetensors(state: dict[str, np.ndarray], file: str) -> None:
     header, blobs, offset = {}, [], 0
     for key, value in state.items():
         blob = np.ascontiguousarray(value, dtype=jax.numpy.bfloat16).tobytes()
-        header[key] = {"dtype": "BF16", "shape": list(value.shape),
-                       "data_offsets": [offset, offset + len(blob)]}
+        header[key] = {
+            "dtype": "BF16",
+            "shape": list(value.shape),
+            "data_offsets": [offset, offset + len(blob)],
+        }
         blobs.append(blob)
         offset += len(blob)
     text = json.dumps(header).encode()
@@ -201,31 +240,50 @@ def _write_bf16_safetensors(state: dict[str, np.ndarray], file: str) -> None:
 def test_bfloat16_checkpoint_and_param_dtype(tmp_path):
     directory = _copy_case("gpt2_model", tmp_path)
     _, params32 = hf.load_pretrained(directory)
-    _write_bf16_safetensors(hf.read_state_dict(directory),
-                            os.path.join(directory, "model.safetensors"))
+    _write_bf16_safetensors(
+        hf.read_state_dict(directory), os.path.join(directory, "model.safetensors")
+    )
     for param_dtype in ("float32", "bfloat16"):
         _, params = hf.load_pretrained(directory, param_dtype=param_dtype)
         leaf = params["decoder"]["layers_0"]["mlp"]["wi"]["kernel"]
         assert leaf.dtype == np.dtype(jax.numpy.dtype(param_dtype))
-        np.testing.assert_allclose(leaf.astype(np.float32),
-                                   params32["decoder"]["layers_0"]["mlp"]["wi"]["kernel"],
-                                   rtol=1e-2, atol=1e-6)
+        np.testing.assert_allclose(
+            leaf.astype(np.float32),
+            params32["decoder"]["layers_0"]["mlp"]["wi"]["kernel"],
+            rtol=1e-2,
+            atol=1e-6,
+        )
 
 
 def _init(config):
     """Zero params of the right shapes (the error comes from the config, not the values)."""
-    shapes = jax.eval_shape(models.build(config).init, jax.random.key(0),
-                            np.ones((1, 4), np.int32))
+    shapes = jax.eval_shape(models.build(config).init, jax.random.key(0), np.ones((1, 4), np.int32))
     return jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes)
 
 
 def test_save_rejects_configs_without_an_hf_equivalent(tmp_path):
     config = models.get_config("gpt2-tiny", pre_norm=False, final_norm=False)
-    _raises("pre_norm=False cannot be expressed as a Hugging Face gpt2 checkpoint",
-            hf.save_pretrained, config, _init(config), tmp_path / "out")
+    _raises(
+        "pre_norm=False cannot be expressed as a Hugging Face gpt2 checkpoint",
+        hf.save_pretrained,
+        config,
+        _init(config),
+        tmp_path / "out",
+    )
     config = models.get_config("llama-tiny")
-    _raises("cannot be expressed as a Hugging Face gpt2", hf.save_pretrained, config,
-            _init(config), tmp_path / "out")
+    _raises(
+        "cannot be expressed as a Hugging Face gpt2",
+        hf.save_pretrained,
+        config,
+        _init(config),
+        tmp_path / "out",
+    )
     config = models.get_config("gpt2-tiny")
-    _raises("head='lm' has no bert architecture", hf.save_pretrained, config, _init(config),
-            tmp_path / "out", model_type="bert")
+    _raises(
+        "head='lm' has no bert architecture",
+        hf.save_pretrained,
+        config,
+        _init(config),
+        tmp_path / "out",
+        model_type="bert",
+    )

@@ -56,16 +56,30 @@ def _compare(config, params, torch_model, batch) -> float:
 def _random_config(model_type: str, head: str, seed: int, **extra) -> models.ModelConfig:
     rng = np.random.default_rng(seed)
     heads, head_dim = int(rng.integers(1, 5)), int(rng.choice([4, 6, 8]))
-    base = {"bert": "bert-tiny", "distilbert": "distilbert-tiny", "gpt2": "gpt2-tiny",
-            "t5": "t5-tiny", "bart": "bart-tiny"}[model_type]
-    fields = dict(vocab_size=int(rng.integers(40, 100)), num_heads=heads,
-                  d_model=heads * head_dim, d_ff=int(rng.integers(8, 64)),
-                  num_layers=int(rng.integers(1, 4)), head=head, init_std=0.2)
+    base = {
+        "bert": "bert-tiny",
+        "distilbert": "distilbert-tiny",
+        "gpt2": "gpt2-tiny",
+        "t5": "t5-tiny",
+        "bart": "bart-tiny",
+    }[model_type]
+    fields = dict(
+        vocab_size=int(rng.integers(40, 100)),
+        num_heads=heads,
+        d_model=heads * head_dim,
+        d_ff=int(rng.integers(8, 64)),
+        num_layers=int(rng.integers(1, 4)),
+        head=head,
+        init_std=0.2,
+    )
     if model_type in ("t5", "bart"):
         fields["num_decoder_layers"] = int(rng.integers(1, 4))
     if model_type == "t5":
-        fields.update(head_dim=int(rng.choice([3, 5, 8])), relative_buckets=int(rng.choice(
-            [8, 16, 32])), relative_max_distance=int(rng.choice([12, 20, 128])))
+        fields.update(
+            head_dim=int(rng.choice([3, 5, 8])),
+            relative_buckets=int(rng.choice([8, 16, 32])),
+            relative_max_distance=int(rng.choice([12, 20, 128])),
+        )
     if model_type != "t5":
         fields["activation"] = str(rng.choice(["gelu", "gelu_new", "relu"]))
     if model_type in ("bert", "gpt2"):  # fixed in DistilBERT, BART and (per version) T5
@@ -95,8 +109,11 @@ OURS_TO_HF = [
     ("gpt2", "lm", dict(tie_embeddings=False, scan_layers=True)),
     ("gpt2", "none", dict(d_ff=40)),
     ("t5", "lm", {}),  # v1.0: relu, tied, scaled logits
-    ("t5", "lm", dict(activation="gelu_new", gated_mlp=True, tie_embeddings=False,
-                      scale_tied_logits=False)),  # v1.1
+    (
+        "t5",
+        "lm",
+        dict(activation="gelu_new", gated_mlp=True, tie_embeddings=False, scale_tied_logits=False),
+    ),  # v1.1
     ("t5", "lm", dict(scale_tied_logits=False)),  # tied without the scale: written untied
     ("bart", "lm", dict(lm_bias=True, scale_embeddings=True)),
     ("bart", "lm", dict(scan_layers=True)),
@@ -110,13 +127,20 @@ def test_ours_to_transformers(seed, case, tmp_path):
     config = _random_config(model_type, head, seed, **extra)
     params = _perturbed_init(config.replace(scan_layers=False), seed)
     if config.scan_layers:
-        params = hf.convert_hf_to_params(config, hf.convert_params_to_hf(
-            config.replace(scan_layers=False), params, model_type), model_type)
+        params = hf.convert_hf_to_params(
+            config,
+            hf.convert_params_to_hf(config.replace(scan_layers=False), params, model_type),
+            model_type,
+        )
     hf.save_pretrained(config, params, tmp_path)
     arch = hf.read_hf_config(str(tmp_path))["architectures"][0]
     torch_model = getattr(transformers, arch).from_pretrained(tmp_path).eval()
-    batch = _batch(np.random.default_rng(seed), config.vocab_size,
-                   config.family == "encoder_decoder", config.type_vocab_size)
+    batch = _batch(
+        np.random.default_rng(seed),
+        config.vocab_size,
+        config.family == "encoder_decoder",
+        config.type_vocab_size,
+    )
     assert _compare(config, params, torch_model, batch) < TOL
 
 
@@ -129,22 +153,54 @@ def _random_hf_model(arch: str, seed: int, **kwargs):
     heads, head_dim = int(rng.integers(2, 5)), int(rng.choice([4, 6]))
     d, ff, layers = heads * head_dim, int(rng.integers(8, 50)), int(rng.integers(1, 4))
     sizes = {
-        "Bert": dict(hidden_size=d, num_attention_heads=heads, intermediate_size=ff,
-                     num_hidden_layers=layers, max_position_embeddings=24, initializer_range=0.3),
-        "DistilBert": dict(dim=d, n_heads=heads, hidden_dim=ff, n_layers=layers,
-                           max_position_embeddings=24, initializer_range=0.3),
-        "GPT2": dict(n_embd=d, n_head=heads, n_inner=ff, n_layer=layers, n_positions=24,
-                     initializer_range=0.3, bos_token_id=1, eos_token_id=1),
-        "T5": dict(d_model=d, d_kv=int(rng.choice([3, 8])), num_heads=heads, d_ff=ff,
-                   num_layers=layers, num_decoder_layers=int(rng.integers(1, 4))),
-        "Bart": dict(d_model=d, encoder_attention_heads=heads, decoder_attention_heads=heads,
-                     encoder_ffn_dim=ff, decoder_ffn_dim=ff, encoder_layers=layers,
-                     decoder_layers=int(rng.integers(1, 4)), max_position_embeddings=24,
-                     init_std=0.3),
+        "Bert": dict(
+            hidden_size=d,
+            num_attention_heads=heads,
+            intermediate_size=ff,
+            num_hidden_layers=layers,
+            max_position_embeddings=24,
+            initializer_range=0.3,
+        ),
+        "DistilBert": dict(
+            dim=d,
+            n_heads=heads,
+            hidden_dim=ff,
+            n_layers=layers,
+            max_position_embeddings=24,
+            initializer_range=0.3,
+        ),
+        "GPT2": dict(
+            n_embd=d,
+            n_head=heads,
+            n_inner=ff,
+            n_layer=layers,
+            n_positions=24,
+            initializer_range=0.3,
+            bos_token_id=1,
+            eos_token_id=1,
+        ),
+        "T5": dict(
+            d_model=d,
+            d_kv=int(rng.choice([3, 8])),
+            num_heads=heads,
+            d_ff=ff,
+            num_layers=layers,
+            num_decoder_layers=int(rng.integers(1, 4)),
+        ),
+        "Bart": dict(
+            d_model=d,
+            encoder_attention_heads=heads,
+            decoder_attention_heads=heads,
+            encoder_ffn_dim=ff,
+            decoder_ffn_dim=ff,
+            encoder_layers=layers,
+            decoder_layers=int(rng.integers(1, 4)),
+            max_position_embeddings=24,
+            init_std=0.3,
+        ),
     }
     family = next(f for f in sizes if arch.startswith(f) and not arch.startswith(f + "2"))
-    config = getattr(transformers, f"{family}Config")(vocab_size=80, **{**sizes[family],
-                                                                         **kwargs})
+    config = getattr(transformers, f"{family}Config")(vocab_size=80, **{**sizes[family], **kwargs})
     model = getattr(transformers, arch)(config).eval()
     with torch.no_grad():
         for name, p in model.named_parameters():
@@ -166,10 +222,11 @@ HF_TO_OURS = [
     ("DistilBertForSequenceClassification", dict(num_labels=3)),
     ("GPT2Model", dict(activation_function="gelu")),
     ("GPT2LMHeadModel", dict(layer_norm_epsilon=1e-6)),
-    ("T5ForConditionalGeneration", dict(relative_attention_num_buckets=12,
-                                        relative_attention_max_distance=9)),
-    ("T5ForConditionalGeneration", dict(feed_forward_proj="gated-gelu",
-                                        tie_word_embeddings=False)),
+    (
+        "T5ForConditionalGeneration",
+        dict(relative_attention_num_buckets=12, relative_attention_max_distance=9),
+    ),
+    ("T5ForConditionalGeneration", dict(feed_forward_proj="gated-gelu", tie_word_embeddings=False)),
     ("T5Model", dict(feed_forward_proj="gated-relu")),
     ("BartModel", dict(scale_embedding=True)),
     ("BartForConditionalGeneration", dict(activation_function="relu")),
@@ -186,15 +243,23 @@ def test_transformers_to_ours(seed, case, weights, tmp_path):
         os.remove(tmp_path / "model.safetensors")
         torch.save(torch_model.state_dict(), tmp_path / "pytorch_model.bin")
     config, params = hf.load_pretrained(tmp_path)
-    batch = _batch(np.random.default_rng(seed), 80, config.family == "encoder_decoder",
-                   getattr(torch_model.config, "type_vocab_size", 0))
+    batch = _batch(
+        np.random.default_rng(seed),
+        80,
+        config.family == "encoder_decoder",
+        getattr(torch_model.config, "type_vocab_size", 0),
+    )
     assert _compare(config, params, torch_model, batch) < TOL
 
 
 # all-MiniLM-L6-v2 --------------------------------------------------------------------------------
 
-SENTENCES = ["A man is eating food.", "A man is eating a piece of bread.",
-             "A man is riding a horse.", "The new movie is awesome."]
+SENTENCES = [
+    "A man is eating food.",
+    "A man is eating a piece of bread.",
+    "A man is riding a horse.",
+    "The new movie is awesome.",
+]
 
 
 def _minilm_dir() -> str:
@@ -212,14 +277,18 @@ def test_all_minilm_l6_v2():
     tokenizer = Tokenizer.from_file(os.path.join(directory, "tokenizer.json"))
     tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")
     encodings = tokenizer.encode_batch(SENTENCES)
-    batch = {"input_ids": np.array([e.ids for e in encodings]),
-             "attention_mask": np.array([e.attention_mask for e in encodings]),
-             "token_type_ids": np.array([e.type_ids for e in encodings])}
-    hidden = np.asarray(models.build(config).apply({"params": params}, **batch)
-                        .last_hidden_state)
+    batch = {
+        "input_ids": np.array([e.ids for e in encodings]),
+        "attention_mask": np.array([e.attention_mask for e in encodings]),
+        "token_type_ids": np.array([e.type_ids for e in encodings]),
+    }
+    hidden = np.asarray(models.build(config).apply({"params": params}, **batch).last_hidden_state)
     with torch.no_grad():
-        reference = transformers.AutoModel.from_pretrained(directory).eval()(
-            **{k: torch.as_tensor(v) for k, v in batch.items()}).last_hidden_state.numpy()
+        reference = (
+            transformers.AutoModel.from_pretrained(directory)
+            .eval()(**{k: torch.as_tensor(v) for k, v in batch.items()})
+            .last_hidden_state.numpy()
+        )
     mask = batch["attention_mask"].astype(bool)
     assert np.abs(hidden - reference)[mask].max() < TOL
 

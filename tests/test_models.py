@@ -68,27 +68,38 @@ def test_every_architecture_builds_with_logical_axes(name):
 
 
 def test_info_cli_json_and_unknown_name():
-    out = subprocess.run([sys.executable, "-m", "models", "info", "distilbert-base-uncased",
-                          "--json"], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "models", "info", "distilbert-base-uncased", "--json"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     import json
 
     info = json.loads(out.stdout)
     assert (info["name"], info["family"], info["params"]) == (
-        "distilbert-base-uncased", "encoder", 66_362_880)
-    bad = subprocess.run([sys.executable, "-m", "models", "info", "no-such-model"],
-                         capture_output=True, text=True)
+        "distilbert-base-uncased",
+        "encoder",
+        66_362_880,
+    )
+    bad = subprocess.run(
+        [sys.executable, "-m", "models", "info", "no-such-model"], capture_output=True, text=True
+    )
     assert bad.returncode != 0
     assert bad.stderr.strip().count("\n") == 0 and "Traceback" not in bad.stderr
     assert "no-such-model" in bad.stderr and "gpt2" in bad.stderr
 
 
-@pytest.mark.parametrize("overrides,needle", [
-    (dict(d_model=100, num_heads=12), "num_heads=12 does not divide d_model=100"),
-    (dict(activation="swish2"), "activation='swish2' is not supported; allowed values"),
-    (dict(num_kv_heads=3), "num_kv_heads=3 does not divide num_heads=4"),
-    (dict(position="alibi"), "position='alibi'"),
-    (dict(no_such_field=1), "unknown model config field"),
-])
+@pytest.mark.parametrize(
+    "overrides,needle",
+    [
+        (dict(d_model=100, num_heads=12), "num_heads=12 does not divide d_model=100"),
+        (dict(activation="swish2"), "activation='swish2' is not supported; allowed values"),
+        (dict(num_kv_heads=3), "num_kv_heads=3 does not divide num_heads=4"),
+        (dict(position="alibi"), "position='alibi'"),
+        (dict(no_such_field=1), "unknown model config field"),
+    ],
+)
 def test_bad_config_errors(overrides, needle):
     with pytest.raises(models.ConfigError, match=needle.replace("(", r"\(")):
         models.get_config("gpt2-tiny", **overrides)
@@ -104,8 +115,11 @@ def test_sequence_longer_than_position_table(name):
     config, model, params = tiny(name)
     ids = jnp.ones((1, config.max_positions + 1), jnp.int32)
     kwargs = {"decoder_input_ids": ids[:, :4]} if config.family == "encoder_decoder" else {}
-    with pytest.raises(models.ConfigError, match=f"sequence length {config.max_positions + 1} "
-                       f"exceeds max_positions={config.max_positions}"):
+    with pytest.raises(
+        models.ConfigError,
+        match=f"sequence length {config.max_positions + 1} "
+        f"exceeds max_positions={config.max_positions}",
+    ):
         model.apply({"params": params}, ids, **kwargs)
 
 
@@ -125,7 +139,7 @@ def test_causality(name):
         changed = ids.at[:, t + 1].set((ids[:, t + 1] + 5) % config.vocab_size)
         out = _decoder_side(config, model, params, changed).logits
         np.testing.assert_allclose(out[:, : t + 1], base[:, : t + 1], atol=1e-6)
-        assert not np.allclose(out[:, t + 1:], base[:, t + 1:], atol=1e-4)
+        assert not np.allclose(out[:, t + 1 :], base[:, t + 1 :], atol=1e-4)
 
 
 @pytest.mark.parametrize("name", ALL_TINY)
@@ -141,8 +155,9 @@ def test_padding_invariance(name):
     kw_junk = dict(kw, decoder_input_ids=junk) if kw else {}
     b = run(model, params, input_ids=junk, attention_mask=mask, **kw_junk)
     real = np.asarray(mask, bool)
-    np.testing.assert_allclose(np.asarray(a.last_hidden_state)[real],
-                               np.asarray(b.last_hidden_state)[real], atol=1e-5)
+    np.testing.assert_allclose(
+        np.asarray(a.last_hidden_state)[real], np.asarray(b.last_hidden_state)[real], atol=1e-5
+    )
 
 
 @pytest.mark.parametrize("name", ALL_TINY)
@@ -154,13 +169,28 @@ def test_packing_equals_separate(name):
     positions = jnp.array([list(range(6)) + list(range(5)) + [0]], jnp.int32)
     mask = (segments > 0).astype(jnp.int32)
     if config.family == "encoder_decoder":
-        out = run(model, params, input_ids=packed, attention_mask=mask, segment_ids=segments,
-                  positions=positions, decoder_input_ids=packed, decoder_attention_mask=mask,
-                  decoder_segment_ids=segments, decoder_positions=positions)
+        out = run(
+            model,
+            params,
+            input_ids=packed,
+            attention_mask=mask,
+            segment_ids=segments,
+            positions=positions,
+            decoder_input_ids=packed,
+            decoder_attention_mask=mask,
+            decoder_segment_ids=segments,
+            decoder_positions=positions,
+        )
         sep = [run(model, params, input_ids=x, decoder_input_ids=x) for x in (a, b)]
     else:
-        out = run(model, params, input_ids=packed, attention_mask=mask, segment_ids=segments,
-                  positions=positions)
+        out = run(
+            model,
+            params,
+            input_ids=packed,
+            attention_mask=mask,
+            segment_ids=segments,
+            positions=positions,
+        )
         sep = [run(model, params, input_ids=x) for x in (a, b)]
     h = np.asarray(out.last_hidden_state)
     np.testing.assert_allclose(h[:, :6], sep[0].last_hidden_state, atol=1e-5)
@@ -176,25 +206,38 @@ def test_cached_decoding_equals_full_forward(name, scan):
     max_len = 12
     if config.family == "encoder_decoder":
         enc_ids = random_ids(7, (2, 9))
-        encoded = run(model, params, input_ids=enc_ids, decoder_input_ids=ids
-                      ).encoder_last_hidden_state
+        encoded = run(
+            model, params, input_ids=enc_ids, decoder_input_ids=ids
+        ).encoder_last_hidden_state
         step = lambda p, c, x: model.apply(  # noqa: E731
-            {"params": p, "cache": c}, x, encoded, decode=True, mutable=["cache"],
-            method=model.decode)
-        cache = model.init(jax.random.key(0), jnp.ones((2, max_len), jnp.int32), encoded,
-                           decode=True, method=model.decode)["cache"]
+            {"params": p, "cache": c},
+            x,
+            encoded,
+            decode=True,
+            mutable=["cache"],
+            method=model.decode,
+        )
+        cache = model.init(
+            jax.random.key(0),
+            jnp.ones((2, max_len), jnp.int32),
+            encoded,
+            decode=True,
+            method=model.decode,
+        )["cache"]
     else:
         step = lambda p, c, x: model.apply(  # noqa: E731
-            {"params": p, "cache": c}, x, decode=True, mutable=["cache"])
-        cache = model.init(jax.random.key(0), jnp.ones((2, max_len), jnp.int32),
-                           decode=True)["cache"]
+            {"params": p, "cache": c}, x, decode=True, mutable=["cache"]
+        )
+        cache = model.init(jax.random.key(0), jnp.ones((2, max_len), jnp.int32), decode=True)[
+            "cache"
+        ]
     step = jax.jit(step)
     # A 3-token prefill, then one token at a time.
     out, mutated = step(params, cache, ids[:, :3])
     logits = [out.logits]
     cache = mutated["cache"]
     for t in range(3, ids.shape[1]):
-        out, mutated = step(params, cache, ids[:, t:t + 1])
+        out, mutated = step(params, cache, ids[:, t : t + 1])
         logits.append(out.logits)
         cache = mutated["cache"]
     np.testing.assert_allclose(jnp.concatenate(logits, axis=1), full, atol=2e-5)
@@ -211,8 +254,13 @@ def test_cross_attention_ignores_padded_encoder_positions(name):
     b = run(model, params, input_ids=junk, attention_mask=enc_mask, decoder_input_ids=dec)
     np.testing.assert_allclose(a.logits, b.logits, atol=1e-5)
     # ...and that the encoder really is attended to: changing a real token changes the logits.
-    c = run(model, params, input_ids=enc.at[1, 2].set(enc[1, 2] % 100 + 1),
-            attention_mask=enc_mask, decoder_input_ids=dec)
+    c = run(
+        model,
+        params,
+        input_ids=enc.at[1, 2].set(enc[1, 2] % 100 + 1),
+        attention_mask=enc_mask,
+        decoder_input_ids=dec,
+    )
     assert not np.allclose(a.logits[1], c.logits[1], atol=1e-4)
 
 
@@ -262,19 +310,28 @@ def test_bf16_compute_keeps_f32_params():
 def test_dropout_only_when_not_deterministic():
     config, model, params = tiny("bert-tiny")
     ids = random_ids(13, (2, 8))
-    a, b = (model.apply({"params": params}, ids, deterministic=False,
-                        rngs={"dropout": jax.random.key(seed)}) for seed in (0, 1))
+    a, b = (
+        model.apply(
+            {"params": params}, ids, deterministic=False, rngs={"dropout": jax.random.key(seed)}
+        )
+        for seed in (0, 1)
+    )
     c = model.apply({"params": params}, ids)
     d = model.apply({"params": params}, ids)
     assert not np.allclose(a.last_hidden_state, b.last_hidden_state)
     np.testing.assert_array_equal(c.last_hidden_state, d.last_hidden_state)
 
 
-@pytest.mark.parametrize("name,head,shape", [
-    ("bert-tiny", "mlm", (2, 8, 128)), ("bert-tiny", "classification", (2, 3)),
-    ("distilbert-tiny", "classification", (2, 3)), ("bert-tiny", "token_classification", (2, 8, 3)),
-    ("gpt2-tiny", "classification", (2, 3)),
-])
+@pytest.mark.parametrize(
+    "name,head,shape",
+    [
+        ("bert-tiny", "mlm", (2, 8, 128)),
+        ("bert-tiny", "classification", (2, 3)),
+        ("distilbert-tiny", "classification", (2, 3)),
+        ("bert-tiny", "token_classification", (2, 8, 3)),
+        ("gpt2-tiny", "classification", (2, 3)),
+    ],
+)
 def test_heads_output_shapes(name, head, shape):
     config, model, params = tiny(name, head=head, num_labels=3)
     assert run(model, params, input_ids=random_ids(14, (2, 8))).logits.shape == shape

@@ -15,14 +15,23 @@ from train.optim import make_optimizer
 from train.state import abstract_state, create_train_state
 from train.step import make_train_step
 
-OPT = ml_collections.ConfigDict(dict(name="adamw", learning_rate=3e-3, warmup_steps=2,
-                                     schedule="cosine", end_factor=0.1, weight_decay=0.01,
-                                     grad_clip_norm=1.0))
+OPT = ml_collections.ConfigDict(
+    dict(
+        name="adamw",
+        learning_rate=3e-3,
+        warmup_steps=2,
+        schedule="cosine",
+        end_factor=0.1,
+        weight_decay=0.01,
+        grad_clip_norm=1.0,
+    )
+)
 
 
 def _model(**overrides):
-    config = models.get_config("gpt2-tiny", dropout_rate=0.0, attention_dropout_rate=0.0,
-                               **overrides)
+    config = models.get_config(
+        "gpt2-tiny", dropout_rate=0.0, attention_dropout_rate=0.0, **overrides
+    )
     return config, models.build(config)
 
 
@@ -31,8 +40,13 @@ def _batches(n, batch=8, length=16, seed=0):
     out = []
     for _ in range(n):
         ids = rng.integers(1, 128, (batch, length + 1)).astype(np.int32)
-        out.append({"input_ids": ids[:, :-1], "targets": ids[:, 1:],
-                    "weights": (rng.random((batch, length)) > 0.1).astype(np.float32)})
+        out.append(
+            {
+                "input_ids": ids[:, :-1],
+                "targets": ids[:, 1:],
+                "weights": (rng.random((batch, length)) > 0.1).astype(np.float32),
+            }
+        )
     return out
 
 
@@ -43,14 +57,20 @@ def _train(mesh_sizes, batches, devices=None, microbatches=1, steps=None, opt=OP
     tx, schedule = make_optimizer(opt, 10)
     state, shardings = create_train_state(model, config, tx, mesh, rules, jax.random.key(0))
     with partitioning.activate(mesh, rules):
-        step = jax.jit(make_train_step(model, tx, schedule, "causal_lm",
-                                       microbatches=microbatches, dropout=False),
-                       in_shardings=(shardings, None, None), out_shardings=(shardings, None),
-                       donate_argnums=(0,))
+        step = jax.jit(
+            make_train_step(
+                model, tx, schedule, "causal_lm", microbatches=microbatches, dropout=False
+            ),
+            in_shardings=(shardings, None, None),
+            out_shardings=(shardings, None),
+            donate_argnums=(0,),
+        )
         losses = []
         for batch in batches[:steps]:
-            device_batch = {k: jax.device_put(v, partitioning.batch_sharding(mesh, v.ndim))
-                            for k, v in batch.items()}
+            device_batch = {
+                k: jax.device_put(v, partitioning.batch_sharding(mesh, v.ndim))
+                for k, v in batch.items()
+            }
             state, metrics = step(state, device_batch, jax.random.key(1))
             losses.append(float(metrics["loss"]))
     return state, losses, mesh
@@ -105,8 +125,9 @@ def test_golden_partition_specs():
 def test_gradient_accumulation_equals_full_batch():
     # Plain SGD, so that parameters move by exactly the (accumulated) gradient; Adam would
     # blow up round-off in gradients that are zero in exact arithmetic.
-    sgd = ml_collections.ConfigDict(dict(name="sgd", learning_rate=0.5, momentum=0.0,
-                                         warmup_steps=0, schedule="constant"))
+    sgd = ml_collections.ConfigDict(
+        dict(name="sgd", learning_rate=0.5, momentum=0.0, warmup_steps=0, schedule="constant")
+    )
     batches = _batches(3, batch=16)
     mesh = {"data": 2, "fsdp": 2, "tensor": 2}
     full, full_losses, _ = _train(mesh, batches, opt=sgd)
@@ -115,15 +136,18 @@ def test_gradient_accumulation_equals_full_batch():
     init, _, _ = _train(mesh, batches, steps=0, opt=sgd)
     for a, b, p0 in zip(*(jax.tree.leaves(s.params) for s in (acc, full, init))):
         np.testing.assert_allclose(a - p0, b - p0, rtol=1e-4, atol=1e-7)
-    moved = max(float(jnp.abs(b - p0).max()) for b, p0 in zip(
-        jax.tree.leaves(full.params), jax.tree.leaves(init.params)))
+    moved = max(
+        float(jnp.abs(b - p0).max())
+        for b, p0 in zip(jax.tree.leaves(full.params), jax.tree.leaves(init.params))
+    )
     assert moved > 1e-3
 
 
 def test_one_batch_overfits():
     batch = _batches(1, batch=8, length=16)[0]
-    const = ml_collections.ConfigDict(dict(name="adamw", learning_rate=1e-2, warmup_steps=0,
-                                           schedule="constant"))
+    const = ml_collections.ConfigDict(
+        dict(name="adamw", learning_rate=1e-2, warmup_steps=0, schedule="constant")
+    )
     _, losses, _ = _train({"data": -1}, [batch] * 100, opt=const)
     assert losses[0] > 4.0
     assert losses[-1] < 0.25 * losses[0], losses[::20]
@@ -136,8 +160,10 @@ def test_restore_onto_other_meshes(tmp_path):
     ckpt.wait()
     config, model = _model()
     tx, _ = make_optimizer(OPT, 10)
-    for sizes, devices in (({"data": 1}, jax.devices()[:1]),
-                           ({"data": 4, "fsdp": 1, "tensor": 2}, None)):
+    for sizes, devices in (
+        ({"data": 1}, jax.devices()[:1]),
+        ({"data": 4, "fsdp": 1, "tensor": 2}, None),
+    ):
         target = partitioning.make_mesh(sizes, devices)
         abstract, _ = abstract_state(model, config, tx, target, partitioning.DEFAULT_RULES)
         restored, data_state, saved_config = ckpt.restore(2, abstract)

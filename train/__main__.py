@@ -9,61 +9,81 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from pathlib import Path
 
 from absl import app, flags
 from ml_collections import config_flags
 
+import configs
+
+_DEFAULT_CONFIG = str(Path(configs.__file__).parent / "gpt_lm.py")
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Experiment config file, e.g. configs/gpt_lm.py:smoke (default: gpt_lm).")
+    "config", None, "Experiment config file, e.g. configs/gpt_lm.py:smoke (default: gpt_lm)."
+)
 _WORKDIR = flags.DEFINE_string(
-    "workdir", None, "Run directory (checkpoints, metrics); an existing one is resumed. "
-    "Default: runs/<config>-<time>.")
-
-
-def _default_config():
-    from configs import gpt_lm
-
-    return gpt_lm.get_config()
+    "workdir",
+    None,
+    "Run directory (checkpoints, metrics); an existing one is resumed. "
+    "Default: runs/<config>-<time>.",
+)
 
 
 def main(argv) -> int:
     if len(argv) > 1:
-        print(f"error: unexpected arguments {argv[1:]}; use --config and --workdir",
-              file=sys.stderr)
+        print(
+            f"error: unexpected arguments {argv[1:]}; use --config and --workdir", file=sys.stderr
+        )
         return 2
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s",
-                        datefmt="%H:%M:%S")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S"
+    )
     for noisy in ("absl", "jax._src", "orbax", "tensorflow_datasets"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
     from data.errors import DataError
     from models.config import ConfigError
+    from models.hf import CheckpointError as HFCheckpointError
     from train.checkpoint import CheckpointError
     from train.loop import TrainingError, train_and_evaluate
     from train.objectives import ObjectiveError
     from train.optim import OptimizerError
     from train.partitioning import MeshError
 
-    config = _CONFIG.value if _CONFIG.value is not None else _default_config()
-    name = "gpt_lm"
-    if flags.FLAGS["config"].present:
-        name = flags.FLAGS["config"].config_filename.rsplit("/", 1)[-1].split(".py")[0]
+    config = _CONFIG.value
+    name = Path(flags.FLAGS["config"].config_filename).stem
     workdir = _WORKDIR.value or f"runs/{name}-{time.strftime('%Y%m%d-%H%M%S')}"
     try:
         summary = train_and_evaluate(config, workdir)
-    except (ConfigError, DataError, MeshError, CheckpointError, TrainingError, ObjectiveError,
-            OptimizerError) as e:
+    except (
+        ConfigError,
+        DataError,
+        MeshError,
+        CheckpointError,
+        HFCheckpointError,
+        TrainingError,
+        ObjectiveError,
+        OptimizerError,
+    ) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if "sample" in summary:
         print(f"\nsample: {summary['sample']}")
     final = summary.get("final", {})
-    print(f"\nstep {summary['steps']}: loss {final.get('loss', float('nan')):.4f}"
-          + (f", eval loss {summary['eval']['eval_loss']:.4f}" if summary.get("eval") else "")
-          + f" in {summary['wall_time_s']:.0f}s")
+    line = f"\nstep {summary['steps']}: loss {final.get('loss', float('nan')):.4f}"
+    if summary.get("eval"):
+        line += f", eval loss {summary['eval']['eval_loss']:.4f}"
+    print(line + f" in {summary['wall_time_s']:.0f}s")
     print(f"workdir: {summary['workdir']}")
     return 0
 
 
-if __name__ == "__main__":
+def run() -> None:
+    # Without --config the default experiment is used; naming it on the command line (rather
+    # than as the flag's default) keeps --config.key=value overrides working.
+    if not any(a == "--config" or a.startswith("--config=") for a in sys.argv[1:]):
+        sys.argv.insert(1, f"--config={_DEFAULT_CONFIG}")
     app.run(lambda argv: sys.exit(main(argv)))
+
+
+if __name__ == "__main__":
+    run()

@@ -19,8 +19,14 @@ from orbax.checkpoint import checkpoint_managers as policies
 log = logging.getLogger(__name__)
 
 # Fields of ModelConfig that only change how a model runs, not which weights it has.
-_EXECUTION_FIELDS = {"dtype", "attention_kernel", "remat_policy", "dropout_rate",
-                     "attention_dropout_rate", "init_std"}
+_EXECUTION_FIELDS = {
+    "dtype",
+    "attention_kernel",
+    "remat_policy",
+    "dropout_rate",
+    "attention_dropout_rate",
+    "init_std",
+}
 
 
 class CheckpointError(ValueError):
@@ -38,19 +44,35 @@ class Checkpointer:
       async_save: save in a background thread (the train loop goes on).
     """
 
-    def __init__(self, directory: str | Path, *, keep: int = 3, best_metric: str | None = None,
-                 best_mode: str = "min", async_save: bool = True):
+    def __init__(
+        self,
+        directory: str | Path,
+        *,
+        keep: int = 3,
+        best_metric: str | None = None,
+        best_mode: str = "min",
+        async_save: bool = True,
+    ):
         self.directory = Path(directory).absolute()
         keep_policies = [policies.LatestN(n=keep)]
         if best_metric:
-            keep_policies.append(policies.BestN(
-                get_metric_fn=lambda m: m[best_metric], reverse=best_mode == "min", n=1,
-                keep_checkpoints_without_metrics=False))
+            keep_policies.append(
+                policies.BestN(
+                    get_metric_fn=lambda m: m[best_metric],
+                    reverse=best_mode == "min",
+                    n=1,
+                    keep_checkpoints_without_metrics=False,
+                )
+            )
         options = ocp.CheckpointManagerOptions(
-            enable_async_checkpointing=async_save, create=True, cleanup_tmp_directories=True,
-            preservation_policy=policies.AnyPreservationPolicy(keep_policies))
-        self._manager = ocp.CheckpointManager(self.directory, options=options,
-                                              item_names=("state", "data", "config"))
+            enable_async_checkpointing=async_save,
+            create=True,
+            cleanup_tmp_directories=True,
+            preservation_policy=policies.AnyPreservationPolicy(keep_policies),
+        )
+        self._manager = ocp.CheckpointManager(
+            self.directory, options=options, item_names=("state", "data", "config")
+        )
 
     def latest_step(self) -> int | None:
         return self._manager.latest_step()
@@ -58,23 +80,38 @@ class Checkpointer:
     def all_steps(self) -> list[int]:
         return list(self._manager.all_steps())
 
-    def save(self, step: int, state, *, data_state: Any = None, config: dict | None = None,
-             metrics: dict | None = None) -> None:
+    def save(
+        self,
+        step: int,
+        state,
+        *,
+        data_state: Any = None,
+        config: dict | None = None,
+        metrics: dict | None = None,
+    ) -> None:
         """Starts saving `step` (asynchronously when enabled); `wait` blocks until done."""
-        self._manager.save(step, args=ocp.args.Composite(
-            state=ocp.args.StandardSave(state),
-            data=ocp.args.JsonSave(data_state if data_state is not None else {}),
-            config=ocp.args.JsonSave(config or {}),
-        ), metrics=metrics, force=True)
+        self._manager.save(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardSave(state),
+                data=ocp.args.JsonSave(data_state if data_state is not None else {}),
+                config=ocp.args.JsonSave(config or {}),
+            ),
+            metrics=metrics,
+            force=True,
+        )
 
     def restore(self, step: int, abstract_state) -> tuple[Any, Any, dict]:
         """(state, data_state, config) of `step`. `abstract_state` holds ShapeDtypeStructs with
         the target shardings, so a checkpoint restores onto any mesh or device count."""
-        restored = self._manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract_state),
-            data=ocp.args.JsonRestore(),
-            config=ocp.args.JsonRestore(),
-        ))
+        restored = self._manager.restore(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(abstract_state),
+                data=ocp.args.JsonRestore(),
+                config=ocp.args.JsonRestore(),
+            ),
+        )
         return restored["state"], restored["data"], restored["config"]
 
     def saved_config(self, step: int | None = None) -> dict | None:
@@ -85,8 +122,9 @@ class Checkpointer:
         path = self.directory / str(step) / "config" / "metadata"
         if path.exists():
             return json.loads(path.read_text())
-        restored = self._manager.restore(step, args=ocp.args.Composite(
-            config=ocp.args.JsonRestore()))
+        restored = self._manager.restore(
+            step, args=ocp.args.Composite(config=ocp.args.JsonRestore())
+        )
         return restored["config"]
 
     def wait(self) -> None:
@@ -99,9 +137,13 @@ class Checkpointer:
 
 def check_same_architecture(saved_model: dict, model: dict, workdir: str | Path) -> None:
     """Refuses to resume (and so to overwrite) a workdir trained with another architecture."""
-    diffs = [f"{k}: saved {saved_model.get(k)!r} vs now {v!r}" for k, v in model.items()
-             if k not in _EXECUTION_FIELDS and k in saved_model and saved_model[k] != v]
+    diffs = [
+        f"{k}: saved {saved_model.get(k)!r} vs now {v!r}"
+        for k, v in model.items()
+        if k not in _EXECUTION_FIELDS and k in saved_model and saved_model[k] != v
+    ]
     if diffs:
         raise CheckpointError(
             f"workdir {workdir} holds checkpoints of another architecture "
-            f"({saved_model.get('name')!r}; {diffs[0]}); use a new --workdir or the same model")
+            f"({saved_model.get('name')!r}; {diffs[0]}); use a new --workdir or the same model"
+        )

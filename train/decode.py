@@ -27,8 +27,11 @@ def sample_logits(logits, rng, *, temperature: float = 0.0, top_k: int = 0, top_
         sorted_logits = jnp.take_along_axis(logits, order, axis=-1)
         probs = jax.nn.softmax(sorted_logits, axis=-1)
         drop_sorted = jnp.cumsum(probs, axis=-1) - probs > top_p  # keep the smallest nucleus
-        drop = jnp.zeros_like(drop_sorted).at[jnp.arange(logits.shape[0])[:, None], order].set(
-            drop_sorted)
+        drop = (
+            jnp.zeros_like(drop_sorted)
+            .at[jnp.arange(logits.shape[0])[:, None], order]
+            .set(drop_sorted)
+        )
         logits = jnp.where(drop, -jnp.inf, logits)
     return jax.random.categorical(rng, logits).astype(jnp.int32)
 
@@ -39,16 +42,27 @@ def _empty_cache(init_fn):
     return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
 
 
-@functools.partial(jax.jit, static_argnames=("model", "max_new_tokens", "temperature", "top_k",
-                                             "top_p", "eos_id"))
-def _generate_decoder(model, params, prompt, mask, rng, *, max_new_tokens, temperature, top_k,
-                      top_p, eos_id):
+@functools.partial(
+    jax.jit, static_argnames=("model", "max_new_tokens", "temperature", "top_k", "top_p", "eos_id")
+)
+def _generate_decoder(
+    model, params, prompt, mask, rng, *, max_new_tokens, temperature, top_k, top_p, eos_id
+):
     b, p = prompt.shape
-    cache = _empty_cache(lambda: model.init(jax.random.key(0), jnp.ones(
-        (b, p + max_new_tokens), jnp.int32), decode=True))
+    cache = _empty_cache(
+        lambda: model.init(
+            jax.random.key(0), jnp.ones((b, p + max_new_tokens), jnp.int32), decode=True
+        )
+    )
     positions = jnp.maximum(jnp.cumsum(mask, axis=1) - 1, 0)
-    out, state = model.apply({"params": params, "cache": cache}, prompt, attention_mask=mask,
-                             positions=positions, decode=True, mutable=["cache"])
+    out, state = model.apply(
+        {"params": params, "cache": cache},
+        prompt,
+        attention_mask=mask,
+        positions=positions,
+        decode=True,
+        mutable=["cache"],
+    )
     last_pos = positions[:, -1]
 
     def step(carry, rng_t):
@@ -56,8 +70,13 @@ def _generate_decoder(model, params, prompt, mask, rng, *, max_new_tokens, tempe
         token = sample_logits(logits, rng_t, temperature=temperature, top_k=top_k, top_p=top_p)
         token = jnp.where(done, eos_id if eos_id is not None else 0, token)
         pos = pos + 1
-        out, state = model.apply({"params": params, "cache": cache}, token[:, None],
-                                 positions=pos[:, None], decode=True, mutable=["cache"])
+        out, state = model.apply(
+            {"params": params, "cache": cache},
+            token[:, None],
+            positions=pos[:, None],
+            decode=True,
+            mutable=["cache"],
+        )
         if eos_id is not None:
             done = done | (token == eos_id)
         return (state["cache"], out.logits[:, -1], pos, done), token
@@ -67,30 +86,57 @@ def _generate_decoder(model, params, prompt, mask, rng, *, max_new_tokens, tempe
     return tokens.T  # (B, max_new_tokens)
 
 
-@functools.partial(jax.jit, static_argnames=("model", "max_new_tokens", "temperature", "top_k",
-                                             "top_p", "eos_id", "start_id"))
-def _generate_encoder_decoder(model, params, inputs, mask, rng, *, max_new_tokens, temperature,
-                              top_k, top_p, eos_id, start_id):
+@functools.partial(
+    jax.jit,
+    static_argnames=(
+        "model",
+        "max_new_tokens",
+        "temperature",
+        "top_k",
+        "top_p",
+        "eos_id",
+        "start_id",
+    ),
+)
+def _generate_encoder_decoder(
+    model, params, inputs, mask, rng, *, max_new_tokens, temperature, top_k, top_p, eos_id, start_id
+):
     b = inputs.shape[0]
     encoded = model.apply({"params": params}, inputs, mask, method=model.encode)
-    cache = _empty_cache(lambda: model.init(
-        jax.random.key(0), jnp.ones((b, max_new_tokens), jnp.int32), encoded, mask,
-        decode=True, method=model.decode))
+    cache = _empty_cache(
+        lambda: model.init(
+            jax.random.key(0),
+            jnp.ones((b, max_new_tokens), jnp.int32),
+            encoded,
+            mask,
+            decode=True,
+            method=model.decode,
+        )
+    )
 
     def step(carry, rng_t):
         cache, token, done = carry
-        out, state = model.apply({"params": params, "cache": cache}, token[:, None], encoded,
-                                 mask, decode=True, mutable=["cache"], method=model.decode)
-        new = sample_logits(out.logits[:, -1], rng_t, temperature=temperature, top_k=top_k,
-                            top_p=top_p)
+        out, state = model.apply(
+            {"params": params, "cache": cache},
+            token[:, None],
+            encoded,
+            mask,
+            decode=True,
+            mutable=["cache"],
+            method=model.decode,
+        )
+        new = sample_logits(
+            out.logits[:, -1], rng_t, temperature=temperature, top_k=top_k, top_p=top_p
+        )
         new = jnp.where(done, eos_id if eos_id is not None else 0, new)
         if eos_id is not None:
             done = done | (new == eos_id)
         return (state["cache"], new, done), new
 
     start = jnp.full((b,), start_id, jnp.int32)
-    _, tokens = jax.lax.scan(step, (cache, start, jnp.zeros((b,), bool)),
-                             jax.random.split(rng, max_new_tokens))
+    _, tokens = jax.lax.scan(
+        step, (cache, start, jnp.zeros((b,), bool)), jax.random.split(rng, max_new_tokens)
+    )
     return tokens.T
 
 
@@ -101,14 +147,25 @@ def left_pad(sequences: list[np.ndarray], pad_id: int = 0) -> tuple[np.ndarray, 
     mask = np.zeros((len(sequences), width), np.int32)
     for i, s in enumerate(sequences):
         if len(s):
-            ids[i, width - len(s):] = s
-            mask[i, width - len(s):] = 1
+            ids[i, width - len(s) :] = s
+            mask[i, width - len(s) :] = 1
     return ids, mask
 
 
-def generate(model, params, inputs, *, attention_mask=None, max_new_tokens: int = 32,
-             rng=None, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
-             eos_id: int | None = None, decoder_start_id: int = 0) -> np.ndarray:
+def generate(
+    model,
+    params,
+    inputs,
+    *,
+    attention_mask=None,
+    max_new_tokens: int = 32,
+    rng=None,
+    temperature: float = 0.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    eos_id: int | None = None,
+    decoder_start_id: int = 0,
+) -> np.ndarray:
     """Generates `max_new_tokens` tokens per row (after EOS a row repeats EOS).
 
     Args:
@@ -121,14 +178,21 @@ def generate(model, params, inputs, *, attention_mask=None, max_new_tokens: int 
       (B, max_new_tokens) int32 numpy array of new tokens.
     """
     inputs = jnp.asarray(inputs, jnp.int32)
-    mask = jnp.ones_like(inputs) if attention_mask is None else jnp.asarray(attention_mask,
-                                                                            jnp.int32)
+    mask = (
+        jnp.ones_like(inputs) if attention_mask is None else jnp.asarray(attention_mask, jnp.int32)
+    )
     rng = jax.random.key(0) if rng is None else rng
-    kw = dict(max_new_tokens=max_new_tokens, temperature=float(temperature), top_k=int(top_k),
-              top_p=float(top_p), eos_id=eos_id)
+    kw = dict(
+        max_new_tokens=max_new_tokens,
+        temperature=float(temperature),
+        top_k=int(top_k),
+        top_p=float(top_p),
+        eos_id=eos_id,
+    )
     if model.config.family == "encoder_decoder":
-        out = _generate_encoder_decoder(model, params, inputs, mask, rng,
-                                        start_id=int(decoder_start_id), **kw)
+        out = _generate_encoder_decoder(
+            model, params, inputs, mask, rng, start_id=int(decoder_start_id), **kw
+        )
     else:
         out = _generate_decoder(model, params, inputs, mask, rng, **kw)
     return np.asarray(out)

@@ -34,9 +34,15 @@ from train.writers import MetricWriter
 log = logging.getLogger("train")
 
 # data.objective -> the loss objective of train/objectives.py
-LOSS_OBJECTIVE = {"clm": "causal_lm", "mlm": "masked_lm", "span": "seq2seq",
-                  "denoise": "seq2seq", "seq2seq": "seq2seq", "classify": "classification",
-                  "tag": "token_classification"}
+LOSS_OBJECTIVE = {
+    "clm": "causal_lm",
+    "mlm": "masked_lm",
+    "span": "seq2seq",
+    "denoise": "seq2seq",
+    "seq2seq": "seq2seq",
+    "classify": "classification",
+    "tag": "token_classification",
+}
 
 
 class TrainingError(RuntimeError):
@@ -49,16 +55,24 @@ def get_tokenizer(config, workdir: Path):
     if (saved / "tokenizer.json").exists():
         return load_tokenizer(str(saved))
     family = config.tokenizer.family or {"encoder": "bert", "decoder": "gpt"}.get(
-        models.get_config(config.model.name).family, "t5")
+        models.get_config(config.model.name).family, "t5"
+    )
     if config.tokenizer.path:
         tok = load_tokenizer(config.tokenizer.path)
     else:
-        log.info("training a %s tokenizer (vocab %d) on the training split",
-                 config.tokenizer.kind, config.tokenizer.vocab_size)
+        log.info(
+            "training a %s tokenizer (vocab %d) on the training split",
+            config.tokenizer.kind,
+            config.tokenizer.vocab_size,
+        )
         texts = iter_texts(config.data, "train", limit=config.tokenizer.train_examples)
-        tok = train_tokenizer(texts, kind=config.tokenizer.kind,
-                              vocab_size=config.tokenizer.vocab_size, family=family,
-                              lowercase=config.tokenizer.lowercase)
+        tok = train_tokenizer(
+            texts,
+            kind=config.tokenizer.kind,
+            vocab_size=config.tokenizer.vocab_size,
+            family=family,
+            lowercase=config.tokenizer.lowercase,
+        )
     if jax.process_index() == 0:
         tok.save(str(saved))
     return tok
@@ -72,8 +86,12 @@ def resolve_model_config(section, tokenizer) -> models.ModelConfig:
 
 
 def _device_batch(batch: dict, mesh) -> dict:
-    return {k: jax.make_array_from_process_local_data(
-        partitioning.batch_sharding(mesh, np.ndim(v)), np.asarray(v)) for k, v in batch.items()}
+    return {
+        k: jax.make_array_from_process_local_data(
+            partitioning.batch_sharding(mesh, np.ndim(v)), np.asarray(v)
+        )
+        for k, v in batch.items()
+    }
 
 
 class _Preemption:
@@ -100,10 +118,17 @@ class _Preemption:
 
 def evaluate(eval_step, params, config, tokenizer, mesh, objective) -> dict:
     """Mean metrics over up to `config.eval_batches` batches of the validation split."""
-    it = make_pipeline(config.data, split="validation", tokenizer=tokenizer,
-                       global_batch_size=config.batch_size, seq_len=config.seq_len,
-                       seed=config.seed, process_index=jax.process_index(),
-                       process_count=jax.process_count(), objective=objective)
+    it = make_pipeline(
+        config.data,
+        split="validation",
+        tokenizer=tokenizer,
+        global_batch_size=config.batch_size,
+        seq_len=config.seq_len,
+        seed=config.seed,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+        objective=objective,
+    )
     total = None
     for _, batch in zip(range(config.eval_batches), it):
         sums = eval_step(params, _device_batch(batch, mesh))
@@ -128,12 +153,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     data_objective = config.data.objective
     objective = LOSS_OBJECTIVE.get(data_objective)
     if objective is None:
-        raise ValueError(f"data.objective={data_objective!r} is not supported; allowed values: "
-                         + ", ".join(LOSS_OBJECTIVE))
+        raise ValueError(
+            f"data.objective={data_objective!r} is not supported; allowed values: "
+            + ", ".join(LOSS_OBJECTIVE)
+        )
 
-    ckpt = Checkpointer(workdir / "checkpoints", keep=config.keep_checkpoints,
-                        best_metric=config.best_metric or None,
-                        async_save=config.async_checkpoints)
+    ckpt = Checkpointer(
+        workdir / "checkpoints",
+        keep=config.keep_checkpoints,
+        best_metric=config.best_metric or None,
+        async_save=config.async_checkpoints,
+    )
     latest = ckpt.latest_step()
     tokenizer = get_tokenizer(config, workdir)
     model_config = resolve_model_config(config.model, tokenizer)
@@ -145,20 +175,29 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     tx, schedule = make_optimizer(config.optimizer, config.steps)
     abstract, shardings = abstract_state(model, model_config, tx, mesh, rules)
 
-    train_iter = make_pipeline(config.data, split="train", tokenizer=tokenizer,
-                               global_batch_size=config.batch_size, seq_len=config.seq_len,
-                               seed=config.seed, process_index=jax.process_index(),
-                               process_count=jax.process_count(), objective=data_objective)
+    train_iter = make_pipeline(
+        config.data,
+        split="train",
+        tokenizer=tokenizer,
+        global_batch_size=config.batch_size,
+        seq_len=config.seq_len,
+        seed=config.seed,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+        objective=data_objective,
+    )
     if latest is not None:
         state, data_state, _ = ckpt.restore(latest, abstract)
         train_iter.set_state(data_state)
         log.info("resuming from step %d of %s", latest, ckpt.directory)
     else:
-        state, _ = create_train_state(model, model_config, tx, mesh, rules,
-                                      jax.random.key(config.seed))
+        state, _ = create_train_state(
+            model, model_config, tx, mesh, rules, jax.random.key(config.seed)
+        )
     num_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params))
-    log.info("model %s: %s parameters; mesh %s", model_config.name, f"{num_params:,}",
-             dict(mesh.shape))
+    log.info(
+        "model %s: %s parameters; mesh %s", model_config.name, f"{num_params:,}", dict(mesh.shape)
+    )
 
     saved_config = {"run": config.to_dict(), "resolved_model": model_config.to_dict()}
     if jax.process_index() == 0:
@@ -166,11 +205,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
 
     with partitioning.activate(mesh, rules):
         train_step = jax.jit(
-            make_train_step(model, tx, schedule, objective, microbatches=config.microbatches,
-                            label_smoothing=config.label_smoothing, z_loss=config.z_loss,
-                            dropout=config.dropout),
-            in_shardings=(shardings, None, None), out_shardings=(shardings, None),
-            donate_argnums=(0,))
+            make_train_step(
+                model,
+                tx,
+                schedule,
+                objective,
+                microbatches=config.microbatches,
+                label_smoothing=config.label_smoothing,
+                z_loss=config.z_loss,
+                dropout=config.dropout,
+            ),
+            in_shardings=(shardings, None, None),
+            out_shardings=(shardings, None),
+            donate_argnums=(0,),
+        )
         eval_step = jax.jit(make_eval_step(model, objective))
 
     writer = MetricWriter(workdir, enabled=jax.process_index() == 0)
@@ -180,13 +228,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     metrics, eval_metrics = {}, {}
     tokens_seen = 0
     window_start, window_tokens = time.time(), 0
-    progress = tqdm(total=config.steps, initial=step, disable=jax.process_index() != 0,
-                    dynamic_ncols=True, desc="train")
+    progress = tqdm(
+        total=config.steps,
+        initial=step,
+        disable=jax.process_index() != 0,
+        dynamic_ncols=True,
+        desc="train",
+    )
 
     def save(step, state, metrics_for_best):
         nonlocal last_good
-        ckpt.save(step, state, data_state=train_iter.get_state(), config=saved_config,
-                  metrics=metrics_for_best or None)
+        ckpt.save(
+            step,
+            state,
+            data_state=train_iter.get_state(),
+            config=saved_config,
+            metrics=metrics_for_best or None,
+        )
         last_good = step
 
     with _Preemption() as preemption, partitioning.activate(mesh, rules):
@@ -208,21 +266,26 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
                     raise TrainingError(
                         f"non-finite loss ({metrics['loss']}) or gradient norm at step {step}; "
                         f"stopped without saving. Last good checkpoint: "
-                        f"{'none' if last_good is None else f'step {last_good}'} (kept)")
+                        f"{'none' if last_good is None else f'step {last_good}'} (kept)"
+                    )
             if due_log:
                 elapsed = max(time.time() - window_start, 1e-9)
                 metrics["tokens_per_s"] = window_tokens / elapsed
                 window_start, window_tokens = time.time(), 0
                 writer.write(step, metrics)
-                progress.set_postfix(loss=f"{metrics['loss']:.3f}",
-                                     tok_s=f"{metrics['tokens_per_s']:.0f}")
+                progress.set_postfix(
+                    loss=f"{metrics['loss']:.3f}", tok_s=f"{metrics['tokens_per_s']:.0f}"
+                )
             if due_eval:
-                eval_metrics = evaluate(eval_step, state.params, config, tokenizer, mesh,
-                                        data_objective)
+                eval_metrics = evaluate(
+                    eval_step, state.params, config, tokenizer, mesh, data_objective
+                )
                 if eval_metrics:
                     writer.write(step, eval_metrics)
-                    progress.write(f"step {step}: " + ", ".join(
-                        f"{k}={v:.4g}" for k, v in eval_metrics.items()))
+                    progress.write(
+                        f"step {step}: "
+                        + ", ".join(f"{k}={v:.4g}" for k, v in eval_metrics.items())
+                    )
             if due_ckpt:
                 best = {k: v for k, v in eval_metrics.items() if k == config.best_metric}
                 save(step, state, best)
@@ -260,9 +323,16 @@ def sample_text(model, params, tokenizer, config) -> str:
         bos = tokenizer.id_of("bos") or tokenizer.id_of("eos")
         if bos is not None:
             prompt = np.concatenate([[bos], prompt]).astype(np.int32)
-    tokens = generate(model, params, prompt[None], max_new_tokens=config.sample_tokens,
-                      rng=jax.random.key(config.seed), temperature=0.8, top_k=40,
-                      eos_id=tokenizer.id_of("eos"),
-                      decoder_start_id=tokenizer.decoder_start_id)
+    tokens = generate(
+        model,
+        params,
+        prompt[None],
+        max_new_tokens=config.sample_tokens,
+        rng=jax.random.key(config.seed),
+        temperature=0.8,
+        top_k=40,
+        eos_id=tokenizer.id_of("eos"),
+        decoder_start_id=tokenizer.decoder_start_id,
+    )
     body = tokenizer.decode(tokens[0])
     return (config.sample_prompt + body) if model.config.family == "decoder" else body

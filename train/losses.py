@@ -7,8 +7,9 @@ import jax
 import jax.numpy as jnp
 
 
-def cross_entropy_sums(logits, targets, weights=None, *, label_smoothing: float = 0.0,
-                       z_loss: float = 0.0) -> dict[str, jax.Array]:
+def cross_entropy_sums(
+    logits, targets, weights=None, *, label_smoothing: float = 0.0, z_loss: float = 0.0
+) -> dict[str, jax.Array]:
     """Token-level softmax cross entropy.
 
     Args:
@@ -21,8 +22,9 @@ def cross_entropy_sums(logits, targets, weights=None, *, label_smoothing: float 
       dict of sums: loss (including z-loss), nll (plain cross entropy), z_loss, correct, weight.
     """
     logits = logits.astype(jnp.float32)
-    weights = jnp.ones(targets.shape, jnp.float32) if weights is None else weights.astype(
-        jnp.float32)
+    weights = (
+        jnp.ones(targets.shape, jnp.float32) if weights is None else weights.astype(jnp.float32)
+    )
     log_z = jax.nn.logsumexp(logits, axis=-1)
     target_logit = jnp.take_along_axis(logits, targets[..., None].astype(jnp.int32), -1)[..., 0]
     nll = log_z - target_logit

@@ -24,8 +24,15 @@ from train.losses import cross_entropy_sums
 OBJECTIVES = ("causal_lm", "masked_lm", "seq2seq", "classification", "token_classification")
 
 _INPUTS = (
-    "input_ids", "attention_mask", "token_type_ids", "positions", "segment_ids",
-    "decoder_input_ids", "decoder_attention_mask", "decoder_positions", "decoder_segment_ids",
+    "input_ids",
+    "attention_mask",
+    "token_type_ids",
+    "positions",
+    "segment_ids",
+    "decoder_input_ids",
+    "decoder_attention_mask",
+    "decoder_positions",
+    "decoder_segment_ids",
 )
 
 
@@ -35,15 +42,22 @@ class ObjectiveError(ValueError):
 
 def check_objective(objective: str, model_config) -> None:
     """Refuses pairs that cannot train (e.g. masked LM on a model without an MLM head)."""
-    need_head = {"causal_lm": "lm", "seq2seq": "lm", "masked_lm": "mlm",
-                 "classification": "classification",
-                 "token_classification": "token_classification"}
+    need_head = {
+        "causal_lm": "lm",
+        "seq2seq": "lm",
+        "masked_lm": "mlm",
+        "classification": "classification",
+        "token_classification": "token_classification",
+    }
     if objective not in need_head:
-        raise ObjectiveError(f"objective={objective!r} is not supported; allowed values: "
-                             + ", ".join(OBJECTIVES))
+        raise ObjectiveError(
+            f"objective={objective!r} is not supported; allowed values: " + ", ".join(OBJECTIVES)
+        )
     if model_config.head != need_head[objective]:
-        raise ObjectiveError(f"objective={objective!r} needs model.head={need_head[objective]!r} "
-                             f"(model {model_config.name!r} has head={model_config.head!r})")
+        raise ObjectiveError(
+            f"objective={objective!r} needs model.head={need_head[objective]!r} "
+            f"(model {model_config.name!r} has head={model_config.head!r})"
+        )
     if objective == "seq2seq" and model_config.family != "encoder_decoder":
         raise ObjectiveError("objective='seq2seq' needs an encoder-decoder model")
     if objective == "causal_lm" and model_config.family != "decoder":
@@ -64,13 +78,23 @@ def targets_and_weights(objective: str, batch: dict):
     return targets, batch["weights"]
 
 
-def loss_sums(model: nn.Module, params, batch: dict, objective: str, *, rng=None,
-              deterministic: bool = True, label_smoothing: float = 0.0,
-              z_loss: float = 0.0) -> dict[str, jax.Array]:
+def loss_sums(
+    model: nn.Module,
+    params,
+    batch: dict,
+    objective: str,
+    *,
+    rng=None,
+    deterministic: bool = True,
+    label_smoothing: float = 0.0,
+    z_loss: float = 0.0,
+) -> dict[str, jax.Array]:
     """Runs the model on `batch` and returns the cross-entropy sums (see losses.py)."""
     rngs = None if deterministic else {"dropout": rng}
-    out = model.apply({"params": params}, **model_inputs(model, batch),
-                      deterministic=deterministic, rngs=rngs)
+    out = model.apply(
+        {"params": params}, **model_inputs(model, batch), deterministic=deterministic, rngs=rngs
+    )
     targets, weights = targets_and_weights(objective, batch)
-    return cross_entropy_sums(out.logits, targets, weights, label_smoothing=label_smoothing,
-                              z_loss=z_loss)
+    return cross_entropy_sums(
+        out.logits, targets, weights, label_smoothing=label_smoothing, z_loss=z_loss
+    )

@@ -38,8 +38,10 @@ def learning_rate_schedule(opt, total_steps: int) -> optax.Schedule:
     elif kind == "constant":
         after = optax.constant_schedule(peak)
     else:
-        raise OptimizerError(f"optimizer.schedule={kind!r} is not supported; allowed values: "
-                             "cosine, linear, rsqrt, constant")
+        raise OptimizerError(
+            f"optimizer.schedule={kind!r} is not supported; allowed values: "
+            "cosine, linear, rsqrt, constant"
+        )
     if not warmup:
         return after
     return optax.join_schedules([optax.linear_schedule(0.0, peak, warmup), after], [warmup])
@@ -56,17 +58,27 @@ def make_optimizer(opt, total_steps: int) -> tuple[optax.GradientTransformation,
     name = opt.get("name", "adamw")
     wd = float(opt.get("weight_decay", 0.0))
     if name == "adamw":
-        core = optax.adamw(schedule, b1=opt.get("b1", 0.9), b2=opt.get("b2", 0.999),
-                           eps=opt.get("eps", 1e-8), weight_decay=wd, mask=decay_mask)
+        core = optax.adamw(
+            schedule,
+            b1=opt.get("b1", 0.9),
+            b2=opt.get("b2", 0.999),
+            eps=opt.get("eps", 1e-8),
+            weight_decay=wd,
+            mask=decay_mask,
+        )
     elif name == "adafactor":
-        core = optax.adafactor(schedule, weight_decay_rate=wd or None,
-                               weight_decay_mask=decay_mask if wd else None)
+        core = optax.adafactor(
+            schedule, weight_decay_rate=wd or None, weight_decay_mask=decay_mask if wd else None
+        )
     elif name == "sgd":
-        core = optax.chain(optax.add_decayed_weights(wd, decay_mask) if wd else optax.identity(),
-                           optax.sgd(schedule, momentum=opt.get("momentum", 0.9) or None))
+        core = optax.chain(
+            optax.add_decayed_weights(wd, decay_mask) if wd else optax.identity(),
+            optax.sgd(schedule, momentum=opt.get("momentum", 0.9) or None),
+        )
     else:
-        raise OptimizerError(f"optimizer.name={name!r} is not supported; allowed values: "
-                             "adamw, adafactor, sgd")
+        raise OptimizerError(
+            f"optimizer.name={name!r} is not supported; allowed values: adamw, adafactor, sgd"
+        )
     clip = float(opt.get("grad_clip_norm", 0.0))
     tx = optax.chain(optax.clip_by_global_norm(clip), core) if clip else core
     return tx, schedule

@@ -45,14 +45,17 @@ def mesh_shape(sizes: dict[str, int], num_devices: int) -> tuple[int, int, int]:
     known = math.prod(s for s in shape if s != -1)
     if -1 in shape:
         if num_devices % known:
-            raise MeshError(f"mesh {dict(zip(MESH_AXES, shape))}: {num_devices} devices are not "
-                            f"divisible by {known}; change config.mesh")
+            raise MeshError(
+                f"mesh {dict(zip(MESH_AXES, shape))}: {num_devices} devices are not "
+                f"divisible by {known}; change config.mesh"
+            )
         shape[shape.index(-1)] = num_devices // known
     if math.prod(shape) != num_devices:
         raise MeshError(
             f"mesh data={shape[0]} x fsdp={shape[1]} x tensor={shape[2]} = {math.prod(shape)} "
             f"devices, but {num_devices} are available; set config.mesh so the product is "
-            f"{num_devices} (use -1 for one axis to take the rest)")
+            f"{num_devices} (use -1 for one axis to take the rest)"
+        )
     return tuple(shape)
 
 
@@ -64,8 +67,7 @@ def make_mesh(sizes: dict[str, int], devices: Sequence[jax.Device] | None = None
     try:
         return jax.make_mesh(shape, MESH_AXES, axis_types=(AxisType.Auto,) * 3, devices=devices)
     except Exception:  # make_mesh rejects some device orders; a plain reshape always works
-        return Mesh(np.asarray(devices).reshape(shape), MESH_AXES,
-                    axis_types=(AxisType.Auto,) * 3)
+        return Mesh(np.asarray(devices).reshape(shape), MESH_AXES, axis_types=(AxisType.Auto,) * 3)
 
 
 def rules_from_config(rules) -> tuple:
@@ -97,7 +99,8 @@ def check_batch(global_batch: int, mesh: Mesh, microbatches: int = 1) -> None:
     if global_batch % (shards * microbatches):
         raise MeshError(
             f"batch_size={global_batch} is not divisible by data x fsdp = {shards} shards x "
-            f"{microbatches} microbatches; change config.batch_size or config.mesh")
+            f"{microbatches} microbatches; change config.batch_size or config.mesh"
+        )
 
 
 class activate:  # noqa: N801  (a context manager used as `with activate(mesh, rules):`)

@@ -30,8 +30,9 @@ class TrainState:
 def _init_fn(model: nn.Module, model_config, tx: optax.GradientTransformation):
     def init(rng):
         params = model.init(rng, **dummy_inputs(model_config))["params"]
-        opt_state = jax.tree.map(_fix_box, tx.init(params),
-                                 is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned))
+        opt_state = jax.tree.map(
+            _fix_box, tx.init(params), is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned)
+        )
         return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=opt_state)
 
     return init
@@ -49,8 +50,11 @@ def abstract_state(model, model_config, tx, mesh, rules):
     """(abstract unboxed state as ShapeDtypeStructs with shardings, the shardings tree)."""
     boxed = jax.eval_shape(_init_fn(model, model_config, tx), jax.random.key(0))
     shardings = partitioning.logical_shardings(boxed, mesh, rules)
-    abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                            nn.meta.unbox(boxed), shardings)
+    abstract = jax.tree.map(
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+        nn.meta.unbox(boxed),
+        shardings,
+    )
     return abstract, shardings
 
 

@@ -13,13 +13,20 @@ from train.objectives import loss_sums
 def _split_microbatches(batch: dict, n: int) -> dict:
     """(B, ...) -> (n, B/n, ...) taking every n-th row, so that each microbatch is spread over
     all the batch shards instead of living on a few devices."""
-    return jax.tree.map(lambda x: x.reshape(x.shape[0] // n, n, *x.shape[1:]).swapaxes(0, 1),
-                        batch)
+    return jax.tree.map(lambda x: x.reshape(x.shape[0] // n, n, *x.shape[1:]).swapaxes(0, 1), batch)
 
 
-def make_train_step(model, tx: optax.GradientTransformation, schedule, objective: str, *,
-                    microbatches: int = 1, label_smoothing: float = 0.0, z_loss: float = 0.0,
-                    dropout: bool = True):
+def make_train_step(
+    model,
+    tx: optax.GradientTransformation,
+    schedule,
+    objective: str,
+    *,
+    microbatches: int = 1,
+    label_smoothing: float = 0.0,
+    z_loss: float = 0.0,
+    dropout: bool = True,
+):
     """train_step(state, batch, rng) -> (state, metrics).
 
     The loss is the weighted token sum divided by the total weight of the whole batch, so
@@ -28,8 +35,16 @@ def make_train_step(model, tx: optax.GradientTransformation, schedule, objective
 
     def grads_and_sums(params, batch, rng):
         def loss_fn(p):
-            sums = loss_sums(model, p, batch, objective, rng=rng, deterministic=not dropout,
-                             label_smoothing=label_smoothing, z_loss=z_loss)
+            sums = loss_sums(
+                model,
+                p,
+                batch,
+                objective,
+                rng=rng,
+                deterministic=not dropout,
+                label_smoothing=label_smoothing,
+                z_loss=z_loss,
+            )
             return sums["loss"], sums
 
         return jax.grad(loss_fn, has_aux=True)(params)
@@ -39,18 +54,26 @@ def make_train_step(model, tx: optax.GradientTransformation, schedule, objective
         if microbatches == 1:
             grads, sums = grads_and_sums(state.params, batch, rng)
         else:
+
             def body(acc, xs):
                 micro, i = xs
                 g, s = grads_and_sums(state.params, micro, jax.random.fold_in(rng, i))
                 return jax.tree.map(jnp.add, acc, (g, s)), None
 
-            zero_sums = jax.eval_shape(lambda: grads_and_sums(
-                state.params, jax.tree.map(lambda x: x[0], _split_microbatches(
-                    batch, microbatches)), rng)[1])
-            init = (jax.tree.map(jnp.zeros_like, state.params),
-                    jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), zero_sums))
+            zero_sums = jax.eval_shape(
+                lambda: grads_and_sums(
+                    state.params,
+                    jax.tree.map(lambda x: x[0], _split_microbatches(batch, microbatches)),
+                    rng,
+                )[1]
+            )
+            init = (
+                jax.tree.map(jnp.zeros_like, state.params),
+                jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), zero_sums),
+            )
             (grads, sums), _ = jax.lax.scan(
-                body, init, (_split_microbatches(batch, microbatches), jnp.arange(microbatches)))
+                body, init, (_split_microbatches(batch, microbatches), jnp.arange(microbatches))
+            )
         weight = jnp.maximum(sums["weight"], 1.0)
         grads = jax.tree.map(lambda g: g / weight, grads)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)

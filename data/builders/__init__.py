@@ -14,5 +14,14 @@ from data.builders.local import (
 )
 from data.builders.pydoc import PydocTopics, split_topics, topics
 
-__all__ = ["BUILDERS", "LocalConll", "LocalParallel", "LocalTable", "LocalText", "PydocTopics",
-           "prepare", "split_topics", "topics"]
+__all__ = [
+    "BUILDERS",
+    "LocalConll",
+    "LocalParallel",
+    "LocalTable",
+    "LocalText",
+    "PydocTopics",
+    "prepare",
+    "split_topics",
+    "topics",
+]

@@ -126,8 +126,9 @@ def read_records(
             if header:
                 continue
         if len(row) <= max(columns.values()):
-            raise DataError(f"{path}:{number}: expected {max(columns.values()) + 1} columns, "
-                            f"found {len(row)}")
+            raise DataError(
+                f"{path}:{number}: expected {max(columns.values()) + 1} columns, found {len(row)}"
+            )
         yield number, {name: row[index] for name, index in columns.items()}
 
 

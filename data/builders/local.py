@@ -48,14 +48,16 @@ class _LocalBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         return None
 
     def __init__(self, *, files: Mapping[str, object], data_dir: str | None = None, **options):
-        self._files = {_check_split(split): self._resolve(split, spec)
-                       for split, spec in files.items()}
+        self._files = {
+            _check_split(split): self._resolve(split, spec) for split, spec in files.items()
+        }
         self._options = options
         self._setup()
         digest = filelib.fingerprint(_flat_all(self._files), sorted(options.items()))
         name = f"{self.KIND}_{digest}"
-        super().__init__(config=tfds.core.BuilderConfig(name=name), data_dir=data_dir,
-                         file_format="array_record")
+        super().__init__(
+            config=tfds.core.BuilderConfig(name=name), data_dir=data_dir, file_format="array_record"
+        )
 
     def _resolve(self, split: str, spec):
         del split
@@ -69,8 +71,11 @@ class _LocalBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
     def _info(self) -> tfds.core.DatasetInfo:
         return tfds.core.DatasetInfo(
-            builder=self, features=tfds.features.FeaturesDict(self._features()),
-            disable_shuffling=True, description=f"Local files: {self._files}")
+            builder=self,
+            features=tfds.features.FeaturesDict(self._features()),
+            disable_shuffling=True,
+            description=f"Local files: {self._files}",
+        )
 
     def _split_generators(self, dl_manager):
         del dl_manager
@@ -96,8 +101,9 @@ class LocalText(_LocalBuilder):
 
     def _setup(self):
         if self._options.get("mode", "lines") not in ("lines", "files"):
-            raise DataError(f"data.text_mode must be 'lines' or 'files', got "
-                            f"{self._options['mode']!r}")
+            raise DataError(
+                f"data.text_mode must be 'lines' or 'files', got {self._options['mode']!r}"
+            )
 
     def _features(self):
         return {"text": tfds.features.Text()}
@@ -126,15 +132,17 @@ class LocalTable(_LocalBuilder):
             raise DataError("data.fields: name at least one text field for a table")
         names = opts.get("label_names")
         if self._label_field and not names:
-            names = sorted({r[self._label_field].strip() for _, _, r in self._rows()},
-                           key=_label_order)
+            names = sorted(
+                {r[self._label_field].strip() for _, _, r in self._rows()}, key=_label_order
+            )
         self._label_names = [str(n) for n in names] if names else None
 
     def _rows(self, paths: Sequence[str] | None = None):
         fields = self._text_fields + ([self._label_field] if self._label_field else [])
         for path in paths if paths is not None else _flat_all(self._files):
             for number, record in filelib.read_records(
-                    path, fields, table_format=self._options.get("table_format", "auto")):
+                path, fields, table_format=self._options.get("table_format", "auto")
+            ):
                 yield path, number, record
 
     def _features(self):
@@ -149,8 +157,9 @@ class LocalTable(_LocalBuilder):
             if self._label_field:
                 label = record[self._label_field].strip()
                 if label not in allowed:
-                    raise DataError(f"{path}:{number}: label {label!r} is not one of "
-                                    f"{sorted(allowed)}")
+                    raise DataError(
+                        f"{path}:{number}: label {label!r} is not one of {sorted(allowed)}"
+                    )
                 record[self._label_field] = label
             yield f"{path}:{number}", record
 
@@ -179,21 +188,26 @@ class LocalConll(_LocalBuilder):
     def _sentences(self, paths: Sequence[str] | None = None):
         for path in paths if paths is not None else _flat_all(self._files):
             for number, tokens, tags in filelib.read_conll(
-                    path, token_column=self._options.get("token_column", 0),
-                    tag_column=self._options.get("tag_column", -1)):
+                path,
+                token_column=self._options.get("token_column", 0),
+                tag_column=self._options.get("tag_column", -1),
+            ):
                 yield path, number, tokens, tags
 
     def _features(self):
-        return {"tokens": tfds.features.Sequence(tfds.features.Text()),
-                "tags": tfds.features.Sequence(tfds.features.ClassLabel(names=self._tag_names))}
+        return {
+            "tokens": tfds.features.Sequence(tfds.features.Text()),
+            "tags": tfds.features.Sequence(tfds.features.ClassLabel(names=self._tag_names)),
+        }
 
     def _generate_examples(self, paths):
         allowed = set(self._tag_names)
         for path, number, tokens, tags in self._sentences(paths):
             for offset, tag in enumerate(tags):
                 if tag not in allowed:
-                    raise DataError(f"{path}:{number + offset}: tag {tag!r} is not one of "
-                                    f"{sorted(allowed)}")
+                    raise DataError(
+                        f"{path}:{number + offset}: tag {tag!r} is not one of {sorted(allowed)}"
+                    )
             yield f"{path}:{number}", {"tokens": tokens, "tags": tags}
 
 
@@ -204,8 +218,9 @@ class LocalParallel(_LocalBuilder):
 
     def _resolve(self, split, spec):
         if not isinstance(spec, Mapping) or set(spec) != {"source", "target"}:
-            raise DataError(f"data.files[{split!r}]: parallel text needs "
-                            "{'source': path, 'target': path}")
+            raise DataError(
+                f"data.files[{split!r}]: parallel text needs {{'source': path, 'target': path}}"
+            )
         return {side: filelib.expand(spec[side]) for side in ("source", "target")}
 
     def _features(self):
@@ -215,18 +230,20 @@ class LocalParallel(_LocalBuilder):
         if len(paths["source"]) != len(paths["target"]):
             raise DataError(f"{paths['source']} and {paths['target']}: different file counts")
         for src_path, tgt_path in zip(paths["source"], paths["target"]):
-            pairs = itertools.zip_longest(filelib.read_lines(src_path),
-                                          filelib.read_lines(tgt_path))
+            pairs = itertools.zip_longest(
+                filelib.read_lines(src_path), filelib.read_lines(tgt_path)
+            )
             for source, target in pairs:
                 if source is None or target is None:
                     number = (source or target)[0]
-                    raise DataError(f"{src_path} and {tgt_path}: line counts differ (line "
-                                    f"{number} has no partner)")
+                    raise DataError(
+                        f"{src_path} and {tgt_path}: line counts differ (line "
+                        f"{number} has no partner)"
+                    )
                 yield f"{src_path}:{source[0]}", {"source": source[1], "target": target[1]}
 
 
-BUILDERS = {"text": LocalText, "table": LocalTable, "conll": LocalConll,
-            "parallel": LocalParallel}
+BUILDERS = {"text": LocalText, "table": LocalTable, "conll": LocalConll, "parallel": LocalParallel}
 
 
 def prepare(builder: tfds.core.DatasetBuilder) -> tfds.core.DatasetBuilder:

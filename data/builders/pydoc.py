@@ -45,9 +45,12 @@ class PydocTopics(tfds.core.GeneratorBasedBuilder):
     """CPython's `pydoc_data.topics` as a TFDS dataset (no download)."""
 
     VERSION = tfds.core.Version("1.0.0")
-    BUILDER_CONFIGS = [tfds.core.BuilderConfig(
-        name=f"py{sys.version_info.major}{sys.version_info.minor}",
-        description="Topics of the running CPython version.")]
+    BUILDER_CONFIGS = [
+        tfds.core.BuilderConfig(
+            name=f"py{sys.version_info.major}{sys.version_info.minor}",
+            description="Topics of the running CPython version.",
+        )
+    ]
 
     @tfds.core.utils.classproperty
     @classmethod
@@ -60,7 +63,8 @@ class PydocTopics(tfds.core.GeneratorBasedBuilder):
             builder=self,
             description="The CPython language reference (pydoc_data.topics), one topic an example.",
             features=tfds.features.FeaturesDict(
-                {"title": tfds.features.Text(), "text": tfds.features.Text()}),
+                {"title": tfds.features.Text(), "text": tfds.features.Text()}
+            ),
             disable_shuffling=True,
             homepage="https://docs.python.org/3/reference/",
         )

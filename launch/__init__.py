@@ -1,0 +1,1 @@
+"""Launchers: local multi-process runs and cluster scripts (SLURM, TPU VM pods, GKE)."""

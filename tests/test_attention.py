@@ -1,0 +1,130 @@
+"""Attention kernels against the XLA reference, wherever each can run, and the fallback."""
+
+import logging
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import models
+from models import attention, masks
+
+BACKEND = jax.default_backend()
+
+
+def _inputs(dtype=jnp.float32, b=2, t=128, n=8, k=2, h=64, seed=0):
+    keys = jax.random.split(jax.random.key(seed), 3)
+    q = jax.random.normal(keys[0], (b, t, n, h), dtype)
+    kk = jax.random.normal(keys[1], (b, t, k, h), dtype)
+    v = jax.random.normal(keys[2], (b, t, k, h), dtype)
+    valid = jnp.arange(t)[None, :] < jnp.array([[t], [2 * t // 3]])
+    slots = masks.arange_slots(b, t)
+    mask = masks.combine(masks.key_mask(valid), masks.causal_mask(slots, slots))
+    return q, kk, v, mask
+
+
+def _relative_bias(b, n, t):
+    rel = jnp.arange(t)[None, :] - jnp.arange(t)[:, None]
+    return jnp.broadcast_to(
+        jnp.sin(rel / 7.0)[None, None] * jnp.arange(1, n + 1)[None, :, None, None] / n, (b, n, t, t)
+    ).astype(jnp.float32)
+
+
+def test_reference_matches_naive_softmax():
+    q, k, v, mask = _inputs(t=16, n=4, k=4, h=8)
+    out = attention.reference_attention(q, k, v, mask=mask, scale=8**-0.5)
+    logits = jnp.einsum("btnh,bsnh->bnts", q, k) * 8**-0.5
+    logits = jnp.where(mask, logits, -jnp.inf)
+    naive = jnp.einsum("bnts,bsnh->btnh", jax.nn.softmax(logits, -1), v)
+    np.testing.assert_allclose(out, naive, atol=1e-5)
+
+
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_jax_kernel_matches_reference(with_bias):
+    q, k, v, mask = _inputs()
+    bias = _relative_bias(2, 8, 128) if with_bias else None
+    ref = attention.reference_attention(q, k, v, mask=mask, bias=bias, scale=0.125)
+    out = attention.dot_product_attention(q, k, v, kernel="jax", mask=mask, bias=bias, scale=0.125)
+    np.testing.assert_allclose(out, ref, atol=2e-5)
+
+
+@pytest.mark.skipif(BACKEND != "gpu", reason="cuDNN attention needs an NVIDIA GPU")
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_cudnn_kernel_matches_reference(with_bias):
+    q, k, v, mask = _inputs(jnp.bfloat16)
+    bias = _relative_bias(2, 8, 128) if with_bias else None
+    ref = attention.reference_attention(
+        q.astype(jnp.float32),
+        k.astype(jnp.float32),
+        v.astype(jnp.float32),
+        mask=mask,
+        bias=bias,
+        scale=0.125,
+    )
+    out = jax.jit(
+        lambda q, k, v: attention.dot_product_attention(
+            q, k, v, kernel="cudnn", mask=mask, bias=bias, scale=0.125
+        )
+    )(q, k, v)
+    assert (
+        "cudnn"
+        in jax.jit(
+            lambda q, k, v: attention.dot_product_attention(
+                q, k, v, kernel="cudnn", mask=mask, bias=bias, scale=0.125
+            )
+        )
+        .lower(q, k, v)
+        .compile()
+        .as_text()
+        .lower()
+    )
+    np.testing.assert_allclose(out.astype(jnp.float32), ref, atol=3e-2)
+
+
+@pytest.mark.skipif(BACKEND != "tpu", reason="splash attention needs a TPU")
+def test_splash_kernel_matches_reference():
+    q, k, v, mask = _inputs(jnp.bfloat16, k=8)
+    seg = jnp.ones(q.shape[:2], jnp.int32)
+    ref = attention.reference_attention(q, k, v, mask=mask, scale=0.125)
+    out = attention.dot_product_attention(
+        q, k, v, kernel="splash", mask=mask, scale=0.125, causal=True, segment_ids=seg
+    )
+    np.testing.assert_allclose(out.astype(jnp.float32), ref.astype(jnp.float32), atol=3e-2)
+
+
+@pytest.mark.skipif(BACKEND != "cpu", reason="checks the fallback on a machine without the kernels")
+@pytest.mark.parametrize("kernel", ["cudnn", "splash"])
+def test_missing_kernel_falls_back_with_one_warning(kernel, caplog):
+    attention._WARNED.clear()
+    q, k, v, mask = _inputs(t=16, n=4, k=4, h=8)
+    ref = attention.reference_attention(q, k, v, mask=mask, scale=0.3)
+    with caplog.at_level(logging.WARNING, logger="models.attention"):
+        for _ in range(3):
+            out = attention.dot_product_attention(q, k, v, kernel=kernel, mask=mask, scale=0.3)
+            np.testing.assert_array_equal(out, ref)
+    warnings = [r for r in caplog.records if kernel in r.getMessage()]
+    assert len(warnings) == 1 and "using xla" in warnings[0].getMessage()
+
+
+@pytest.mark.parametrize("kernel", ["jax", "cudnn"])
+def test_model_outputs_do_not_depend_on_the_kernel(kernel):
+    """A whole model (padding + causal masks, T5 relative bias) gives the same logits."""
+    if kernel == "cudnn" and BACKEND != "gpu":
+        pytest.skip("cuDNN attention needs an NVIDIA GPU")
+    dtype, atol = ("bfloat16", 5e-2) if kernel == "cudnn" else ("float32", 2e-5)
+    for name in ("gpt2-tiny", "t5-tiny"):
+        config = models.get_config(name, dtype=dtype)
+        ids = jnp.asarray(np.random.default_rng(0).integers(1, 128, (2, 16)), jnp.int32)
+        mask = jnp.array([[1] * 16, [1] * 11 + [0] * 5], jnp.int32)
+        kw = {"decoder_input_ids": ids} if config.family == "encoder_decoder" else {}
+        ref_model = models.build(config.replace(attention_kernel="xla"))
+        params = ref_model.init(jax.random.key(0), ids, **kw)["params"]
+        ref = ref_model.apply({"params": params}, ids, attention_mask=mask, **kw).logits
+        out = (
+            models.build(config.replace(attention_kernel=kernel))
+            .apply({"params": params}, ids, attention_mask=mask, **kw)
+            .logits
+        )
+        real = np.asarray(mask, bool)
+        np.testing.assert_allclose(np.asarray(out)[real], np.asarray(ref)[real], atol=atol)

@@ -1,0 +1,139 @@
+"""`python -m train` end to end: exact resume after SIGKILL, failing runs that keep the
+checkpoints untouched, and every config's smoke variant."""
+
+import hashlib
+import importlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SMOKE = ["--config", str(ROOT / "configs" / "gpt_lm.py") + ":smoke"]
+
+
+def _train(workdir, *flags, wait=True, devices=1):
+    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+               PYTHONPATH=str(ROOT))
+    cmd = [sys.executable, "-m", "train", *SMOKE, "--workdir", str(workdir), *flags]
+    if not wait:
+        return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True)
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+
+
+def _losses(workdir):
+    """The last logged loss of every step (a resumed run re-logs the steps it redoes)."""
+    out = {}
+    for line in (Path(workdir) / "metrics.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        if "loss" in record:
+            out[record["step"]] = record["loss"]
+    return out
+
+
+def _digest(directory):
+    files = sorted(p for p in Path(directory).rglob("*") if p.is_file())
+    return {str(p.relative_to(directory)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in files}
+
+
+RESUME_FLAGS = ["--config.steps=120", "--config.log_every_steps=1",
+                "--config.checkpoint_every_steps=8", "--config.eval_every_steps=0",
+                "--config.sample_tokens=0"]
+
+
+def test_sigkill_then_resume_is_bit_exact(tmp_path):
+    reference = _train(tmp_path / "a", *RESUME_FLAGS)
+    assert reference.returncode == 0, reference.stderr[-2000:]
+    proc = _train(tmp_path / "b", *RESUME_FLAGS, wait=False)
+    deadline = time.time() + 240
+    while not (tmp_path / "b" / "checkpoints" / "16").exists():
+        assert proc.poll() is None, proc.stderr.read()[-2000:]
+        assert time.time() < deadline
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / "b" / "summary.json").exists(), "the run finished before the kill"
+    resumed = _train(tmp_path / "b", *RESUME_FLAGS)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resuming from step" in resumed.stderr
+    a, b = _losses(tmp_path / "a"), _losses(tmp_path / "b")
+    assert sorted(a) == list(range(1, 121)) and sorted(b) == sorted(a)
+    assert [b[s] for s in sorted(a)] == [a[s] for s in sorted(a)]  # bit for bit
+    summary = json.loads((tmp_path / "b" / "summary.json").read_text())
+    assert summary["steps"] == 120
+
+
+def test_sigterm_saves_and_exits_cleanly(tmp_path):
+    proc = _train(tmp_path, *RESUME_FLAGS[:-1], "--config.steps=100000",
+                  "--config.checkpoint_every_steps=1000", wait=False)
+    deadline = time.time() + 240
+    while not (tmp_path / "metrics.jsonl").exists() or len(_losses(tmp_path)) < 20:
+        assert proc.poll() is None and time.time() < deadline
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=120) == 0
+    saved = [int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()]
+    assert saved and 20 <= max(saved) < 1000
+
+
+def _one_line_error(result, needle):
+    assert result.returncode != 0
+    lines = [line for line in result.stderr.strip().splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and needle in lines[0], result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+
+
+@pytest.fixture(scope="module")
+def trained_workdir(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("good")
+    result = _train(workdir, "--config.steps=4", "--config.sample_tokens=0")
+    assert result.returncode == 0, result.stderr[-2000:]
+    return workdir
+
+
+@pytest.mark.parametrize("flags,needle", [
+    (["--config.steps=8", "--config.optimizer.learning_rate=1e30",
+      "--config.optimizer.warmup_steps=0", "--config.optimizer.grad_clip_norm=0"],
+     "non-finite loss"),
+    (["--config.model.name=bert-tiny", "--config.model.head=mlm", "--config.data.objective=mlm"],
+     "holds checkpoints of another architecture"),
+    (["--config.mesh.data=3"], "= 3 devices, but 1 are available"),
+    (["--config.data.name=no_such_dataset"], "no_such_dataset"),
+    (["--config.model.name=gpt5"], "unknown architecture 'gpt5'"),
+])
+def test_failing_runs_keep_checkpoints(trained_workdir, flags, needle):
+    before = _digest(trained_workdir / "checkpoints")
+    assert any(name.startswith("4/") for name in before)
+    result = _train(trained_workdir, *flags)
+    _one_line_error(result, needle)
+    assert _digest(trained_workdir / "checkpoints") == before
+
+
+@pytest.mark.parametrize("name", ["gpt_lm", "bert_mlm", "t5_span", "bart_denoise",
+                                  "transformer_translate"])
+def test_every_config_loads_and_smoke_trains(tmp_path, name):
+    module = importlib.import_module(f"configs.{name}")
+    full = module.get_config()
+    assert full.steps > 0 and full.model.name
+    config = module.get_config("smoke")
+    if name == "transformer_translate":
+        files = config.data.files["train"]["source"]
+        if not Path(files).exists():
+            pytest.skip(f"Multi30k files not found at {files}")
+    from train.loop import train_and_evaluate
+
+    summary = train_and_evaluate(config, tmp_path)
+    assert summary["steps"] == config.steps
+    assert summary["final"]["loss"] < 10.0 and summary["eval"]["eval_loss"] < 10.0
+    assert (tmp_path / "checkpoints" / str(config.steps)).exists()
+    records = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "loss" in r] == list(
+        range(config.log_every_steps, config.steps + 1, config.log_every_steps))
+    assert list((tmp_path / "tensorboard").iterdir())
