@@ -13,6 +13,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
@@ -147,3 +149,61 @@ def check_same_architecture(saved_model: dict, model: dict, workdir: str | Path)
             f"workdir {workdir} holds checkpoints of another architecture "
             f"({saved_model.get('name')!r}; {diffs[0]}); use a new --workdir or the same model"
         )
+
+
+# Parameter-only checkpoints: what `python -m models convert` writes and reads. A directory with
+# `model_config.json` (a ModelConfig) and `params/` (an Orbax PyTree of the parameters).
+
+MODEL_CONFIG_FILE = "model_config.json"
+
+
+def save_params(directory: str | Path, config_dict: dict, params) -> Path:
+    """Writes `directory/model_config.json` and `directory/params/` (refuses to overwrite)."""
+    directory = Path(directory).absolute()
+    if (directory / "params").exists():
+        raise CheckpointError(f"{directory / 'params'} already exists; choose a new directory")
+    directory.mkdir(parents=True, exist_ok=True)
+    with ocp.StandardCheckpointer() as ckptr:
+        ckptr.save(directory / "params", params)
+        ckptr.wait_until_finished()
+    (directory / MODEL_CONFIG_FILE).write_text(json.dumps(config_dict, indent=2))
+    return directory
+
+
+def _restore_numpy(path: Path, subtree: str | None = None):
+    """Restores an Orbax PyTree at `path` as numpy arrays (only `subtree` when given)."""
+    ckptr = ocp.PyTreeCheckpointer()
+    tree = ckptr.metadata(path).item_metadata.tree
+    if subtree is not None:
+        tree = {subtree: tree[subtree]}
+    args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
+    restored = ckptr.restore(
+        path,
+        args=ocp.args.PyTreeRestore(
+            item=tree, restore_args=args, partial_restore=subtree is not None
+        ),
+    )
+    return restored if subtree is None else restored[subtree]
+
+
+def load_params(directory: str | Path) -> tuple[dict, Any]:
+    """(model config dict, params as numpy) from a `save_params` directory or a training workdir
+    (its latest checkpoint)."""
+    directory = Path(directory).absolute()
+    if (directory / "params").is_dir() and (directory / MODEL_CONFIG_FILE).exists():
+        config = json.loads((directory / MODEL_CONFIG_FILE).read_text())
+        return config, _restore_numpy(directory / "params")
+    if (directory / "checkpoints").is_dir():
+        ckpt = Checkpointer(directory / "checkpoints", async_save=False)
+        step = ckpt.latest_step()
+        if step is None:
+            raise CheckpointError(f"{directory / 'checkpoints'} holds no complete checkpoint")
+        config = (ckpt.saved_config(step) or {}).get("resolved_model")
+        ckpt.close()
+        if not config:
+            raise CheckpointError(f"{directory}: checkpoint {step} has no model config")
+        return config, _restore_numpy(directory / "checkpoints" / str(step) / "state", "params")
+    raise CheckpointError(
+        f"{directory} is neither a converted checkpoint (model_config.json + params/) nor a "
+        "training workdir (checkpoints/)"
+    )
