@@ -51,6 +51,8 @@ class ModelConfig:
     d_ff: int = 3072
     num_layers: int = 12
     num_decoder_layers: int | None = None  # encoder-decoders; None = num_layers
+    decoder_num_heads: int | None = None  # encoder-decoders (BART allows its own); None = same
+    decoder_d_ff: int | None = None  # encoder-decoders; None = d_ff
     max_positions: int = 1024
 
     # Positions: learned table (BERT, GPT-2, BART), sinusoidal (2017 Transformer), T5 relative
@@ -114,6 +116,15 @@ class ModelConfig:
                 f"num_heads={self.num_heads} does not divide d_model={self.d_model}; choose "
                 f"num_heads among the divisors of d_model or set head_dim explicitly"
             )
+        if (
+            self.decoder_num_heads
+            and self.head_dim is None
+            and self.d_model % (self.decoder_num_heads)
+        ):
+            raise ConfigError(
+                f"decoder_num_heads={self.decoder_num_heads} does not divide "
+                f"d_model={self.d_model}; choose a divisor or set head_dim explicitly"
+            )
         if self.num_heads % self.kv_heads:
             raise ConfigError(
                 f"num_kv_heads={self.num_kv_heads} does not divide num_heads={self.num_heads}; "
@@ -144,6 +155,17 @@ class ModelConfig:
     @property
     def decoder_layers(self) -> int:
         return self.num_decoder_layers or self.num_layers
+
+    def decoder_config(self) -> ModelConfig:
+        """The config the decoder stack of an encoder-decoder runs with (its own head count and
+        MLP width where they differ from the encoder's)."""
+        return self.replace(
+            num_heads=self.decoder_num_heads or self.num_heads,
+            d_ff=self.decoder_d_ff or self.d_ff,
+            num_kv_heads=None if self.decoder_num_heads else self.num_kv_heads,
+            decoder_num_heads=None,
+            decoder_d_ff=None,
+        )
 
     # Conversions ---------------------------------------------------------------------------------
 

@@ -37,7 +37,9 @@ class EncoderDecoderModel(nn.Module):
         cfg = self.config
         self.token_embed = token_embedding(cfg)
         self.encoder = TransformerStack(cfg, cfg.num_layers, causal=False)
-        self.decoder = TransformerStack(cfg, cfg.decoder_layers, causal=True, cross_attention=True)
+        self.decoder = TransformerStack(
+            cfg.decoder_config(), cfg.decoder_layers, causal=True, cross_attention=True
+        )
         if cfg.head == "lm":
             self.head = LMHead(cfg)
 

@@ -72,7 +72,8 @@ class LMHead(nn.Module):
 
 
 class MLMHead(nn.Module):
-    """BERT/DistilBERT masked-LM head: dense -> act -> norm -> tied decoder + bias."""
+    """BERT/DistilBERT masked-LM head: dense -> act -> norm -> decoder (tied to the token table
+    unless tie_embeddings=False) + bias."""
 
     config: ModelConfig
 
@@ -84,7 +85,12 @@ class MLMHead(nn.Module):
             _dense(cfg, cfg.d_model, (axes.EMBED, None), "transform")(hidden)
         )
         h = make_norm(cfg, name="norm")(h)
-        logits = token_embed.attend(h) + param(
+        if cfg.tie_embeddings:
+            logits = token_embed.attend(h)
+        else:
+            decoder = _dense(cfg, cfg.vocab_size, (axes.EMBED, axes.VOCAB), "decoder", False)
+            logits = decoder(h).astype(jnp.float32)
+        logits = logits + param(
             self, "bias", nn.initializers.zeros, (cfg.vocab_size,), (axes.VOCAB,), param_dtype
         )
         return nn.with_logical_constraint(logits, axes.LOGITS)

@@ -117,7 +117,6 @@ def _tying(spec: Spec, c: dict, head: str, state: dict | None) -> dict[str, Any]
         unsupported(bool(scale and not same), "a scaled T5 head with a separate lm_head")
         return dict(tie_embeddings=bool(scale), scale_tied_logits=bool(scale))
     tie = bool(c.get("tie_word_embeddings", True)) and same
-    unsupported(head == "mlm" and not tie, "an untied masked-LM decoder")
     return dict(tie_embeddings=tie)
 
 

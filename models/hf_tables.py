@@ -121,7 +121,8 @@ def _bert_rules() -> list[Rule]:
         *_dense("pooler/dense", "pooler.dense"),
         *_dense("head/transform", "cls.predictions.transform.dense"),
         *_norm("head/norm", "cls.predictions.transform.LayerNorm"),
-        _rule("head/bias", ("cls.predictions.bias", "cls.predictions.decoder.bias"), "flat"),
+        _rule("head/bias", ("cls.predictions.decoder.bias", "cls.predictions.bias"), "flat"),
+        _rule("head/decoder/kernel", "cls.predictions.decoder.weight", "linear"),
         *_dense("head/out", "classifier"),
     ]
 
@@ -142,6 +143,7 @@ def _distilbert_rules() -> list[Rule]:
         *_dense("head/transform", "vocab_transform"),
         *_norm("head/norm", "vocab_layer_norm"),
         _rule("head/bias", "vocab_projector.bias", "flat"),
+        _rule("head/decoder/kernel", "vocab_projector.weight", "linear"),
         *_dense("head/dense", "pre_classifier"),
         *_dense("head/out", "classifier"),
     ]
@@ -441,12 +443,11 @@ def _t5_to_hf(cfg: ModelConfig) -> dict:
     )
 
 
+def _if_differs(value, default):
+    return None if value == default else value
+
+
 def _bart_to_ours(c: dict) -> dict:
-    for field in ("layers", "ffn_dim", "attention_heads"):
-        unsupported(
-            field != "layers" and c[f"encoder_{field}"] != c[f"decoder_{field}"],
-            f"encoder_{field} != decoder_{field}",
-        )
     return dict(
         family="encoder_decoder",
         vocab_size=c["vocab_size"],
@@ -455,6 +456,8 @@ def _bart_to_ours(c: dict) -> dict:
         d_ff=c["encoder_ffn_dim"],
         num_layers=c["encoder_layers"],
         num_decoder_layers=c["decoder_layers"],
+        decoder_num_heads=_if_differs(c["decoder_attention_heads"], c["encoder_attention_heads"]),
+        decoder_d_ff=_if_differs(c["decoder_ffn_dim"], c["encoder_ffn_dim"]),
         max_positions=c["max_position_embeddings"],
         position_offset=2,
         norm_eps=1e-5,
@@ -474,9 +477,9 @@ def _bart_to_hf(cfg: ModelConfig) -> dict:
         vocab_size=cfg.vocab_size,
         d_model=cfg.d_model,
         encoder_attention_heads=cfg.num_heads,
-        decoder_attention_heads=cfg.num_heads,
+        decoder_attention_heads=cfg.decoder_num_heads or cfg.num_heads,
         encoder_ffn_dim=cfg.d_ff,
-        decoder_ffn_dim=cfg.d_ff,
+        decoder_ffn_dim=cfg.decoder_d_ff or cfg.d_ff,
         encoder_layers=cfg.num_layers,
         decoder_layers=cfg.decoder_layers,
         max_position_embeddings=cfg.max_positions,

@@ -118,6 +118,8 @@ OURS_TO_HF = [
     ("bart", "lm", dict(lm_bias=True, scale_embeddings=True)),
     ("bart", "lm", dict(scan_layers=True)),
     ("bart", "none", {}),
+    ("bert", "mlm", dict(pooler=False, tie_embeddings=False)),
+    ("bart", "lm", dict(decoder_num_heads=2, decoder_d_ff=21)),
 ]
 
 
@@ -230,6 +232,9 @@ HF_TO_OURS = [
     ("T5Model", dict(feed_forward_proj="gated-relu")),
     ("BartModel", dict(scale_embedding=True)),
     ("BartForConditionalGeneration", dict(activation_function="relu")),
+    ("BertForMaskedLM", dict(tie_word_embeddings=False)),
+    ("DistilBertForMaskedLM", dict(tie_word_embeddings=False)),
+    ("BartForConditionalGeneration", dict(decoder_attention_heads=1, decoder_ffn_dim=23)),
 ]
 
 

@@ -95,6 +95,7 @@ def test_info_cli_json_and_unknown_name():
     [
         (dict(d_model=100, num_heads=12), "num_heads=12 does not divide d_model=100"),
         (dict(activation="swish2"), "activation='swish2' is not supported; allowed values"),
+        (dict(decoder_num_heads=3), "decoder_num_heads=3 does not divide d_model=32"),
         (dict(num_kv_heads=3), "num_kv_heads=3 does not divide num_heads=4"),
         (dict(position="alibi"), "position='alibi'"),
         (dict(no_such_field=1), "unknown model config field"),

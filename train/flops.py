@@ -47,12 +47,13 @@ def forward_flops_per_sequence(
         return seq_len * (per_token + head)
     t = target_len or seq_len
     encoder = seq_len * cfg.num_layers * (_layer_matmul_flops(cfg) + _attention_flops(cfg, seq_len))
+    dec = cfg.decoder_config()
     decoder = t * (
         cfg.decoder_layers
         * (
-            _layer_matmul_flops(cfg, cross=True)
-            + _attention_flops(cfg, t / 2)
-            + _attention_flops(cfg, seq_len)
+            _layer_matmul_flops(dec, cross=True)
+            + _attention_flops(dec, t / 2)
+            + _attention_flops(dec, seq_len)
         )
         + head
     )
