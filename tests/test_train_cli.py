@@ -18,12 +18,16 @@ SMOKE = ["--config", str(ROOT / "configs" / "gpt_lm.py") + ":smoke"]
 
 
 def _train(workdir, *flags, wait=True, devices=1):
-    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
-               PYTHONPATH=str(ROOT))
+    env = dict(
+        os.environ,
+        XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+        PYTHONPATH=str(ROOT),
+    )
     cmd = [sys.executable, "-m", "train", *SMOKE, "--workdir", str(workdir), *flags]
     if not wait:
-        return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                text=True)
+        return subprocess.Popen(
+            cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
 
 
@@ -39,13 +43,18 @@ def _losses(workdir):
 
 def _digest(directory):
     files = sorted(p for p in Path(directory).rglob("*") if p.is_file())
-    return {str(p.relative_to(directory)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in files}
+    return {
+        str(p.relative_to(directory)): hashlib.sha256(p.read_bytes()).hexdigest() for p in files
+    }
 
 
-RESUME_FLAGS = ["--config.steps=120", "--config.log_every_steps=1",
-                "--config.checkpoint_every_steps=8", "--config.eval_every_steps=0",
-                "--config.sample_tokens=0"]
+RESUME_FLAGS = [
+    "--config.steps=120",
+    "--config.log_every_steps=1",
+    "--config.checkpoint_every_steps=8",
+    "--config.eval_every_steps=0",
+    "--config.sample_tokens=0",
+]
 
 
 def test_sigkill_then_resume_is_bit_exact(tmp_path):
@@ -71,8 +80,13 @@ def test_sigkill_then_resume_is_bit_exact(tmp_path):
 
 
 def test_sigterm_saves_and_exits_cleanly(tmp_path):
-    proc = _train(tmp_path, *RESUME_FLAGS[:-1], "--config.steps=100000",
-                  "--config.checkpoint_every_steps=1000", wait=False)
+    proc = _train(
+        tmp_path,
+        *RESUME_FLAGS[:-1],
+        "--config.steps=100000",
+        "--config.checkpoint_every_steps=1000",
+        wait=False,
+    )
     deadline = time.time() + 240
     while not (tmp_path / "metrics.jsonl").exists() or len(_losses(tmp_path)) < 20:
         assert proc.poll() is None and time.time() < deadline
@@ -98,16 +112,30 @@ def trained_workdir(tmp_path_factory):
     return workdir
 
 
-@pytest.mark.parametrize("flags,needle", [
-    (["--config.steps=8", "--config.optimizer.learning_rate=1e30",
-      "--config.optimizer.warmup_steps=0", "--config.optimizer.grad_clip_norm=0"],
-     "non-finite loss"),
-    (["--config.model.name=bert-tiny", "--config.model.head=mlm", "--config.data.objective=mlm"],
-     "holds checkpoints of another architecture"),
-    (["--config.mesh.data=3"], "= 3 devices, but 1 are available"),
-    (["--config.data.name=no_such_dataset"], "no_such_dataset"),
-    (["--config.model.name=gpt5"], "unknown architecture 'gpt5'"),
-])
+@pytest.mark.parametrize(
+    "flags,needle",
+    [
+        (
+            [
+                "--config.steps=8",
+                "--config.optimizer.learning_rate=1e30",
+                "--config.optimizer.warmup_steps=0",
+            ],
+            "non-finite loss",
+        ),
+        (
+            [
+                "--config.model.name=bert-tiny",
+                "--config.model.head=mlm",
+                "--config.data.objective=mlm",
+            ],
+            "holds checkpoints of another architecture",
+        ),
+        (["--config.mesh.data=3"], "= 3 devices, but 1 are available"),
+        (["--config.data.name=no_such_dataset"], "no_such_dataset"),
+        (["--config.model.name=gpt5"], "unknown architecture 'gpt5'"),
+    ],
+)
 def test_failing_runs_keep_checkpoints(trained_workdir, flags, needle):
     before = _digest(trained_workdir / "checkpoints")
     assert any(name.startswith("4/") for name in before)
@@ -116,8 +144,9 @@ def test_failing_runs_keep_checkpoints(trained_workdir, flags, needle):
     assert _digest(trained_workdir / "checkpoints") == before
 
 
-@pytest.mark.parametrize("name", ["gpt_lm", "bert_mlm", "t5_span", "bart_denoise",
-                                  "transformer_translate"])
+@pytest.mark.parametrize(
+    "name", ["gpt_lm", "bert_mlm", "t5_span", "bart_denoise", "transformer_translate"]
+)
 def test_every_config_loads_and_smoke_trains(tmp_path, name):
     module = importlib.import_module(f"configs.{name}")
     full = module.get_config()
@@ -135,5 +164,6 @@ def test_every_config_loads_and_smoke_trains(tmp_path, name):
     assert (tmp_path / "checkpoints" / str(config.steps)).exists()
     records = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if "loss" in r] == list(
-        range(config.log_every_steps, config.steps + 1, config.log_every_steps))
+        range(config.log_every_steps, config.steps + 1, config.log_every_steps)
+    )
     assert list((tmp_path / "tensorboard").iterdir())
