@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import models
-from train.decode import generate, left_pad, sample_logits
+from train.decode import beam_search, generate, left_pad, sample_logits
 
 
 def _model(name):
@@ -77,3 +77,27 @@ def test_eos_ends_a_row():
     out = generate(model, params, prompt, max_new_tokens=6, eos_id=eos)
     first = list(out[0]).index(eos)
     assert first <= 1 and (out[0, first:] == eos).all()
+
+
+@pytest.mark.parametrize("name", ["gpt2-tiny", "t5-tiny"])
+def test_beam_size_one_equals_greedy(name):
+    model, params = _model(name)
+    ids = np.random.default_rng(1).integers(2, 128, (3, 6)).astype(np.int32)
+    greedy = generate(model, params, ids, max_new_tokens=7)
+    assert (beam_search(model, params, ids, beams=1, max_new_tokens=7) == greedy).all()
+    eos = int(greedy[0, 2])  # an EOS that the greedy path meets in row 0
+    greedy_eos = generate(model, params, ids, max_new_tokens=7, eos_id=eos)
+    beam_eos = beam_search(model, params, ids, beams=1, max_new_tokens=7, eos_id=eos)
+    np.testing.assert_array_equal(beam_eos, greedy_eos)
+
+
+def test_beam_search_with_all_beams_is_exhaustive():
+    """With as many beams as tokens, two steps of beam search are an exhaustive search."""
+    model, params = _model("gpt2-tiny")
+    prompt = np.array([[5, 9, 17]], np.int32)
+    out = beam_search(model, params, prompt, beams=128, max_new_tokens=2, length_penalty=0.0)
+    first = jax.nn.log_softmax(model.apply({"params": params}, prompt).logits[0, -1])  # (V,)
+    seqs = np.concatenate([np.repeat(prompt, 128, 0), np.arange(128)[:, None]], 1)
+    second = jax.nn.log_softmax(model.apply({"params": params}, seqs).logits[:, -1])  # (V, V)
+    best = np.unravel_index(np.argmax(first[:, None] + second), (128, 128))
+    assert tuple(out[0]) == tuple(int(x) for x in best)
