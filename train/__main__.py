@@ -26,6 +26,11 @@ _WORKDIR = flags.DEFINE_string(
     "Run directory (checkpoints, metrics); an existing one is resumed. "
     "Default: runs/<config>-<time>.",
 )
+# Multi-host: these override JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID (see
+# launch/distributed.py for SLURM, TPU pod and GKE detection).
+_COORDINATOR = flags.DEFINE_string("coordinator", None, "host:port of process 0 (multi-host).")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in the run (multi-host).")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index (multi-host).")
 
 
 def main(argv) -> int:
@@ -39,6 +44,24 @@ def main(argv) -> int:
     )
     for noisy in ("absl", "jax._src", "orbax", "tensorflow_datasets"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+
+    from launch import distributed
+
+    try:  # before anything touches a device
+        distributed.initialize(
+            distributed.detect(
+                coordinator=_COORDINATOR.value,
+                num_processes=_NUM_PROCESSES.value,
+                process_id=_PROCESS_ID.value,
+            )
+        )
+    except distributed.DistributedError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    import jax
+
+    if jax.process_index() != 0:  # logs and progress from process 0 only
+        logging.getLogger().setLevel(logging.WARNING)
 
     from data.errors import DataError
     from models.config import ConfigError
@@ -63,9 +86,12 @@ def main(argv) -> int:
         TrainingError,
         ObjectiveError,
         OptimizerError,
+        distributed.DistributedError,
     ) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if jax.process_index() != 0:
+        return 0
     if "sample" in summary:
         print(f"\nsample: {summary['sample']}")
     final = summary.get("final", {})

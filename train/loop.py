@@ -22,9 +22,11 @@ from tqdm import tqdm
 
 import models
 from data.pipeline import iter_texts, make_pipeline
+from data.sources import load_source
 from data.tokenizers import load_tokenizer, train_tokenizer
+from launch import distributed
 from train import partitioning
-from train.checkpoint import Checkpointer, check_same_architecture
+from train.checkpoint import Checkpointer, CheckpointError, check_same_architecture
 from train.objectives import check_objective
 from train.optim import make_optimizer
 from train.state import abstract_state, create_train_state
@@ -130,7 +132,11 @@ def evaluate(eval_step, params, config, tokenizer, mesh, objective) -> dict:
         objective=objective,
     )
     total = None
-    for _, batch in zip(range(config.eval_batches), it):
+    for _ in range(config.eval_batches):
+        # hosts' packed streams end at different batches; keep them in step (multi-host)
+        batch = distributed.next_in_step(it, config.batch_size // jax.process_count())
+        if batch is None:
+            break
         sums = eval_step(params, _device_batch(batch, mesh))
         total = sums if total is None else jax.tree.map(jnp.add, total, sums)
     if total is None:
@@ -147,6 +153,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     start_time = time.time()
+    distributed.check_same_config({"config": config.to_dict(), "workdir": str(workdir)})
     mesh = partitioning.make_mesh(config.mesh.to_dict())
     rules = partitioning.rules_from_config(config.get("partitioning_rules"))
     partitioning.check_batch(config.batch_size, mesh, config.microbatches)
@@ -165,7 +172,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         async_save=config.async_checkpoints,
     )
     latest = ckpt.latest_step()
-    tokenizer = get_tokenizer(config, workdir)
+    # Process 0 trains and saves the tokenizer and prepares the dataset (TFDS preparation is not
+    # safe to run concurrently); the others then load both.
+    with distributed.process_zero_first("tokenizer and data"):
+        tokenizer = get_tokenizer(config, workdir)
+        if jax.process_count() > 1:
+            load_source(config.data, "train", data_objective)
     model_config = resolve_model_config(config.model, tokenizer)
     if latest is not None:
         saved = ckpt.saved_config(latest) or {}
@@ -187,8 +199,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         objective=data_objective,
     )
     if latest is not None:
-        state, data_state, _ = ckpt.restore(latest, abstract)
-        train_iter.set_state(data_state)
+        try:
+            state, data_state, _ = ckpt.restore(latest, abstract)
+        except ValueError as e:  # Orbax: the saved tree does not fit this run's state
+            raise CheckpointError(
+                f"checkpoint step {latest} in {ckpt.directory} does not fit this run's state "
+                f"(optimizer or model settings changed?): {str(e).splitlines()[0]}; use a new "
+                "--workdir or the settings it was trained with"
+            ) from e
+        train_iter.set_state(
+            distributed.local_data_state(data_state, jax.process_index(), jax.process_count())
+        )
         log.info("resuming from step %d of %s", latest, ckpt.directory)
     else:
         state, _ = create_train_state(
@@ -241,59 +262,66 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         ckpt.save(
             step,
             state,
-            data_state=train_iter.get_state(),
+            data_state=distributed.global_data_state(train_iter.get_state()),
             config=saved_config,
             metrics=metrics_for_best or None,
         )
         last_good = step
 
     with _Preemption() as preemption, partitioning.activate(mesh, rules):
-        while step < config.steps:
-            batch = next(train_iter)
-            batch_tokens = int(np.sum(batch.get("weights", batch.get("attention_mask", 0))))
-            state, step_metrics = train_step(state, _device_batch(batch, mesh), rng)
-            step += 1
-            tokens_seen += batch_tokens * jax.process_count()
-            window_tokens += batch_tokens * jax.process_count()
-            progress.update(1)
-            is_last = step == config.steps
-            due_log = step % config.log_every_steps == 0 or is_last
-            due_ckpt = step % config.checkpoint_every_steps == 0 or is_last or preemption.requested
-            due_eval = config.eval_every_steps and (step % config.eval_every_steps == 0 or is_last)
-            if due_log or due_ckpt:
-                metrics = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
-                if not all(math.isfinite(metrics[k]) for k in ("loss", "grad_norm")):
-                    raise TrainingError(
-                        f"non-finite loss ({metrics['loss']}) or gradient norm at step {step}; "
-                        f"stopped without saving. Last good checkpoint: "
-                        f"{'none' if last_good is None else f'step {last_good}'} (kept)"
-                    )
-            if due_log:
-                elapsed = max(time.time() - window_start, 1e-9)
-                metrics["tokens_per_s"] = window_tokens / elapsed
-                window_start, window_tokens = time.time(), 0
-                writer.write(step, metrics)
-                progress.set_postfix(
-                    loss=f"{metrics['loss']:.3f}", tok_s=f"{metrics['tokens_per_s']:.0f}"
+        try:
+            while step < config.steps:
+                batch = next(train_iter)
+                batch_tokens = int(np.sum(batch.get("weights", batch.get("attention_mask", 0))))
+                state, step_metrics = train_step(state, _device_batch(batch, mesh), rng)
+                step += 1
+                tokens_seen += batch_tokens * jax.process_count()
+                window_tokens += batch_tokens * jax.process_count()
+                progress.update(1)
+                is_last = step == config.steps
+                due_log = step % config.log_every_steps == 0 or is_last
+                due_ckpt = (
+                    step % config.checkpoint_every_steps == 0 or is_last or preemption.requested
                 )
-            if due_eval:
-                eval_metrics = evaluate(
-                    eval_step, state.params, config, tokenizer, mesh, data_objective
+                due_eval = config.eval_every_steps and (
+                    step % config.eval_every_steps == 0 or is_last
                 )
-                if eval_metrics:
-                    writer.write(step, eval_metrics)
-                    progress.write(
-                        f"step {step}: "
-                        + ", ".join(f"{k}={v:.4g}" for k, v in eval_metrics.items())
+                if due_log or due_ckpt:
+                    metrics = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
+                    if not all(math.isfinite(metrics[k]) for k in ("loss", "grad_norm")):
+                        raise TrainingError(
+                            f"non-finite loss ({metrics['loss']}) or gradient norm at step {step}; "
+                            f"stopped without saving. Last good checkpoint: "
+                            f"{'none' if last_good is None else f'step {last_good}'} (kept)"
+                        )
+                if due_log:
+                    elapsed = max(time.time() - window_start, 1e-9)
+                    metrics["tokens_per_s"] = window_tokens / elapsed
+                    window_start, window_tokens = time.time(), 0
+                    writer.write(step, metrics)
+                    progress.set_postfix(
+                        loss=f"{metrics['loss']:.3f}", tok_s=f"{metrics['tokens_per_s']:.0f}"
                     )
-            if due_ckpt:
-                best = {k: v for k, v in eval_metrics.items() if k == config.best_metric}
-                save(step, state, best)
-            if preemption.requested:
-                log.warning("SIGTERM: saved step %d, exiting", step)
-                break
-        progress.close()
-        ckpt.close()
+                if due_eval:
+                    eval_metrics = evaluate(
+                        eval_step, state.params, config, tokenizer, mesh, data_objective
+                    )
+                    if eval_metrics:
+                        writer.write(step, eval_metrics)
+                        if jax.process_index() == 0:  # tqdm.write prints even when disabled
+                            progress.write(
+                                f"step {step}: "
+                                + ", ".join(f"{k}={v:.4g}" for k, v in eval_metrics.items())
+                            )
+                if due_ckpt:
+                    best = {k: v for k, v in eval_metrics.items() if k == config.best_metric}
+                    save(step, state, best)
+                if preemption.requested:
+                    log.warning("SIGTERM: saved step %d, exiting", step)
+                    break
+        finally:  # on errors too: end the progress line, let in-flight saves finish
+            progress.close()
+            ckpt.close()
 
     summary = {
         "steps": step,

@@ -10,9 +10,16 @@ config.optimizer keys:
   b1, b2, eps     Adam moments
   weight_decay    decoupled; masked off norms, biases and other vectors (ndim < 2)
   grad_clip_norm  global-norm clipping; 0 = off
+  freeze          parameter paths to keep fixed: regexes matched at the start of the
+                  '/'-joined path (e.g. "token_embed", "encoder/layers_[0-5]/"), or "body" for
+                  everything outside the task head; frozen parameters stay bit-identical
+  body_lr_factor  learning-rate multiplier for everything outside `head/` (fine-tuning a
+                  pretrained body more gently than a fresh head); 1 = same rate
 """
 
 from __future__ import annotations
+
+import re
 
 import jax
 import optax
@@ -52,13 +59,11 @@ def decay_mask(params):
     return jax.tree.map(lambda p: p.ndim >= 2, params)
 
 
-def make_optimizer(opt, total_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
-    """(optimizer, learning-rate schedule) from config.optimizer."""
-    schedule = learning_rate_schedule(opt, total_steps)
+def _core(opt, schedule) -> optax.GradientTransformation:
     name = opt.get("name", "adamw")
     wd = float(opt.get("weight_decay", 0.0))
     if name == "adamw":
-        core = optax.adamw(
+        return optax.adamw(
             schedule,
             b1=opt.get("b1", 0.9),
             b2=opt.get("b2", 0.999),
@@ -66,19 +71,59 @@ def make_optimizer(opt, total_steps: int) -> tuple[optax.GradientTransformation,
             weight_decay=wd,
             mask=decay_mask,
         )
-    elif name == "adafactor":
-        core = optax.adafactor(
+    if name == "adafactor":
+        return optax.adafactor(
             schedule, weight_decay_rate=wd or None, weight_decay_mask=decay_mask if wd else None
         )
-    elif name == "sgd":
-        core = optax.chain(
+    if name == "sgd":
+        return optax.chain(
             optax.add_decayed_weights(wd, decay_mask) if wd else optax.identity(),
             optax.sgd(schedule, momentum=opt.get("momentum", 0.9) or None),
         )
-    else:
-        raise OptimizerError(
-            f"optimizer.name={name!r} is not supported; allowed values: adamw, adafactor, sgd"
-        )
+    raise OptimizerError(
+        f"optimizer.name={name!r} is not supported; allowed values: adamw, adafactor, sgd"
+    )
+
+
+def _path(path) -> str:
+    return "/".join(str(k.key) for k in path if hasattr(k, "key"))
+
+
+def param_labels(freeze, body_lr_factor: float):
+    """A function params -> tree of 'frozen' | 'body' | 'train' labels."""
+    patterns = [re.compile("(?!head/)" if p == "body" else p) for p in (freeze or ())]
+
+    def label(path, _):
+        name = _path(path)
+        if any(p.match(name) for p in patterns):
+            return "frozen"
+        return "body" if body_lr_factor != 1.0 and not name.startswith("head/") else "train"
+
+    return lambda params: jax.tree_util.tree_map_with_path(label, params)
+
+
+def make_optimizer(opt, total_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
+    """(optimizer, learning-rate schedule) from config.optimizer."""
+    schedule = learning_rate_schedule(opt, total_steps)
+    freeze = list(opt.get("freeze", None) or ())
+    body_factor = float(opt.get("body_lr_factor", 1.0))
     clip = float(opt.get("grad_clip_norm", 0.0))
-    tx = optax.chain(optax.clip_by_global_norm(clip), core) if clip else core
-    return tx, schedule
+    if not freeze and body_factor == 1.0:
+        core = _core(opt, schedule)
+        return (optax.chain(optax.clip_by_global_norm(clip), core) if clip else core), schedule
+    labels = param_labels(freeze, body_factor)
+    frozen = optax.set_to_zero()
+    zero_frozen = optax.multi_transform(
+        {"frozen": frozen, "body": optax.identity(), "train": optax.identity()}, labels
+    )
+    groups = optax.multi_transform(
+        {
+            "frozen": frozen,
+            "train": _core(opt, schedule),
+            "body": _core(opt, lambda step: body_factor * schedule(step)),
+        },
+        labels,
+    )
+    # Frozen gradients are zeroed before clipping, so freezing does not change the clip scale.
+    parts = [zero_frozen] + ([optax.clip_by_global_norm(clip)] if clip else []) + [groups]
+    return optax.chain(*parts), schedule

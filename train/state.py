@@ -40,8 +40,13 @@ def _init_fn(model: nn.Module, model_config, tx: optax.GradientTransformation):
 
 def _fix_box(box):
     """Optimizer statistics of another shape than their parameter (Adafactor's factored row
-    and column moments) inherit its box; they are small, so they are replicated."""
-    if isinstance(box, nn.LogicallyPartitioned) and len(box.names) != len(box.value.shape):
+    and column moments) inherit its box; they are small, so they are replicated. Placeholders
+    without an array (optax's MaskedNode for parameters outside a masked group) are unboxed."""
+    if not isinstance(box, nn.LogicallyPartitioned):
+        return box
+    if not hasattr(box.value, "shape"):
+        return box.value
+    if len(box.names) != len(box.value.shape):
         return box.replace(names=(None,) * len(box.value.shape))
     return box
 

@@ -1,0 +1,473 @@
+"""Ahead-of-time memory and speed plan for a training config on a mesh of N devices.
+
+    python -m launch.plan --config configs/gpt_lm.py:gpt2 --config.model.name=gpt2-xl \\
+        --devices 8 --mesh data=1,fsdp=8,tensor=1 --chip h100 [--json]
+
+The train step of `train/step.py` is compiled ahead of time for N simulated CPU devices
+(`jax.jit(step).lower(abstract state, ShapeDtypeStruct batch, rng).compile()`), nothing is
+allocated, and the report gives per device:
+
+- memory: parameters and optimizer state (from their shardings), the batch, XLA's
+  `memory_analysis()` (arguments, outputs, temporaries = activations, gradients and workspace)
+  and the peak, against the chip's HBM;
+- FLOPs per step: XLA's `cost_analysis()` and the analytic 6 * N * tokens + attention
+  (12 * layers * d_attn * seq * tokens, PaLM appendix B), times 4/3 for full remat when timing;
+- a roofline step time for the chip (its published dense peak FLOP/s for the compute dtype, HBM
+  bandwidth, interconnect bandwidth): max(compute, memory traffic, collectives), where memory
+  traffic is the state's (parameters, gradients, optimizer) and XLA:CPU's `bytes accessed`
+  is shown as an upper bound, and the time at 50% model-FLOPs utilisation as a realistic guess.
+
+XLA:CPU's buffer assignment stands in for the GPU/TPU compilers, which fuse more: treat the
+memory figure as a close upper estimate and keep the headroom the report asks for. XLA counts a
+scanned layer stack (`scan_layers=True`) once, so its FLOPs are then per-iteration; the roofline
+always uses the analytic count.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import sys
+from dataclasses import asdict, dataclass
+
+from absl import app, flags
+from ml_collections import config_flags
+
+
+@dataclass(frozen=True)
+class Chip:
+    name: str
+    peak_bf16: float  # dense FLOP/s, bf16 inputs
+    peak_f32: float  # dense FLOP/s for float32 matmuls as XLA runs them (TF32 on GPUs)
+    hbm_bytes: float
+    hbm_bandwidth: float  # bytes/s
+    link_bandwidth: float  # bytes/s per chip, one direction (NVLink / ICI)
+
+
+# Published per-chip figures (dense, no sparsity).
+CHIPS = {
+    # NVIDIA H100 SXM5 datasheet: 989 TFLOP/s BF16 and 495 TFLOP/s TF32 dense (half the
+    # "with sparsity" numbers), 80 GB HBM3 at 3.35 TB/s, NVLink 4 900 GB/s bidirectional.
+    # https://www.nvidia.com/en-us/data-center/h100/
+    "h100": Chip("NVIDIA H100 SXM 80GB", 989e12, 495e12, 80e9, 3.35e12, 450e9),
+    # NVIDIA H200 SXM datasheet: same compute as H100, 141 GB HBM3e at 4.8 TB/s, NVLink 900 GB/s.
+    # https://www.nvidia.com/en-us/data-center/h200/
+    "h200": Chip("NVIDIA H200 SXM 141GB", 989e12, 495e12, 141e9, 4.8e12, 450e9),
+    # NVIDIA A100 SXM 80GB datasheet: 312 TFLOP/s BF16, 156 TFLOP/s TF32, 2,039 GB/s HBM2e,
+    # NVLink 3 600 GB/s bidirectional. https://www.nvidia.com/en-us/data-center/a100/
+    "a100": Chip("NVIDIA A100 SXM 80GB", 312e12, 156e12, 80e9, 2.039e12, 300e9),
+    # Cloud TPU v4: 275 TFLOP/s bf16, 32 GiB HBM2 at 1,200 GB/s; ICI ~2,400 Gbps per chip.
+    # https://cloud.google.com/tpu/docs/v4  (TPUs run f32 matmuls as bf16 passes by default)
+    "v4": Chip("Cloud TPU v4", 275e12, 275e12, 32 * 2**30, 1.2e12, 150e9),
+    # Cloud TPU v5e: 197 TFLOP/s bf16, 16 GB HBM2 at 819 GB/s, ICI 1,600 Gbps per chip.
+    # https://cloud.google.com/tpu/docs/v5e
+    "v5e": Chip("Cloud TPU v5e", 197e12, 197e12, 16e9, 819e9, 100e9),
+    # Cloud TPU v5p: 459 TFLOP/s bf16, 95 GB HBM2e at 2,765 GB/s, ICI 1,200 GB/s bidirectional.
+    # https://cloud.google.com/tpu/docs/v5p
+    "v5p": Chip("Cloud TPU v5p", 459e12, 459e12, 95e9, 2.765e12, 600e9),
+    # Cloud TPU v6e (Trillium): 918 TFLOP/s bf16, 32 GB HBM at 1,640 GB/s, ICI 3,584 Gbps.
+    # https://cloud.google.com/tpu/docs/v6e
+    "v6e": Chip("Cloud TPU v6e", 918e12, 918e12, 32e9, 1.64e12, 224e9),
+}
+
+# The fraction of HBM a run may plan to use (the runtime, collectives' buffers and
+# fragmentation take the rest). On GPUs also set XLA_PYTHON_CLIENT_MEM_FRACTION=0.95: JAX
+# preallocates only 75% by default.
+USABLE_FRACTION = 0.9
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config, e.g. gpt_lm.py:gpt2")
+_DEVICES = flags.DEFINE_integer("devices", None, "Number of devices to plan for.")
+_MESH = flags.DEFINE_string("mesh", None, "data=..,fsdp=..,tensor=.. (default: config.mesh)")
+_CHIP = flags.DEFINE_enum("chip", "h100", list(CHIPS), "Accelerator for memory and speed.")
+_JSON = flags.DEFINE_bool("json", False, "Print the report as JSON.")
+
+
+class PlanError(ValueError):
+    """A plan that cannot be made (bad mesh, too few devices)."""
+
+
+def parse_mesh(text: str) -> dict[str, int]:
+    sizes = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        key, sep, value = part.partition("=")
+        if not sep or key.strip() not in ("data", "fsdp", "tensor"):
+            raise PlanError(f"--mesh {text!r}: use data=..,fsdp=..,tensor=.. (-1 = the rest)")
+        sizes[key.strip()] = int(value)
+    return {"data": 1, "fsdp": 1, "tensor": 1, **sizes}
+
+
+def use_cpu_devices(n: int) -> None:
+    """Simulate `n` CPU devices; must run before JAX's backend starts."""
+    import jax
+
+    flags_env = re.sub(
+        r"--xla_force_host_platform_device_count=\S+", "", os.environ.get("XLA_FLAGS", "")
+    )
+    os.environ["XLA_FLAGS"] = flags_env.strip()
+    jax.config.update("jax_platforms", "cpu")
+    jax.config.update("jax_num_cpu_devices", n)
+
+
+def _batch_spec(config, mesh, objective: str) -> dict:
+    """ShapeDtypeStructs of one global batch: the objective's all-padding row (built with a tiny
+    tokenizer of the run's family), stacked `batch_size` times."""
+    import jax
+    import numpy as np
+
+    import models
+    from data.formats import ROWS
+    from data.tokenizers import train_tokenizer
+    from train import partitioning
+
+    family = config.tokenizer.family or {"encoder": "bert", "decoder": "gpt"}.get(
+        models.get_config(config.model.name).family, "t5"
+    )
+    text = ["the quick brown fox jumps over the lazy dog"] * 8
+    tok = train_tokenizer(text, kind=config.tokenizer.kind, vocab_size=300, family=family)
+    row = ROWS[objective](tok, config.seq_len, config.data).empty()
+    return {
+        k: jax.ShapeDtypeStruct(
+            (config.batch_size, *np.shape(v)),
+            np.asarray(v).dtype,
+            sharding=partitioning.batch_sharding(mesh, 1 + np.ndim(v)),
+        )
+        for k, v in row.items()
+    }
+
+
+def _model_config(config):
+    from train.loop import resolve_model_config
+
+    class _Vocab:  # the tokenizer the run would train (or load) has this many entries
+        vocab_size = config.tokenizer.vocab_size
+
+    if config.tokenizer.path:
+        from data.tokenizers import load_tokenizer
+
+        return resolve_model_config(config.model, load_tokenizer(config.tokenizer.path))
+    return resolve_model_config(config.model, _Vocab)
+
+
+def _bytes_per_device(tree) -> int:
+    import jax
+
+    return sum(
+        math.prod(x.sharding.shard_shape(x.shape)) * x.dtype.itemsize for x in jax.tree.leaves(tree)
+    )
+
+
+def _total_bytes(tree) -> int:
+    import jax
+
+    return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(tree))
+
+
+def analytic_flops(model_config, num_params: int, batch: dict) -> dict:
+    """6 * N * tokens (forward + backward matmuls) + attention scores and values
+    (12 * layers * d_attn * key length * query tokens), N without position tables."""
+    shape = batch["input_ids"].shape
+    enc_len = shape[1]
+    dec = batch.get("decoder_input_ids")
+    d_attn = model_config.num_heads * model_config.dim_per_head
+    n = num_params
+    if model_config.position == "learned":
+        n -= model_config.max_positions * model_config.d_model
+    if dec is None:
+        tokens = shape[0] * enc_len
+        attention = 12 * model_config.num_layers * d_attn * enc_len * tokens
+    else:
+        dec_len = dec.shape[1]
+        tokens = shape[0] * (enc_len + dec_len)
+        layers_dec = model_config.decoder_layers
+        attention = (
+            12
+            * d_attn
+            * shape[0]
+            * (model_config.num_layers * enc_len**2 + layers_dec * (dec_len**2 + dec_len * enc_len))
+        )
+    return {
+        "model": 6 * n * tokens,
+        "attention": attention,
+        "total": 6 * n * tokens + attention,
+        "tokens": tokens,
+    }
+
+
+def plan(config, devices: int, mesh_sizes: dict | None = None, chip: str = "h100") -> dict:
+    """Compiles the train step for `devices` devices (the first of `jax.devices()`) and returns
+    the report (see the module docstring)."""
+    import jax
+
+    import models
+    from train import partitioning
+    from train.loop import LOSS_OBJECTIVE
+    from train.optim import make_optimizer
+    from train.state import abstract_state
+    from train.step import make_train_step
+
+    if devices > len(jax.devices()):
+        raise PlanError(f"{devices} devices wanted, {len(jax.devices())} simulated")
+    sizes = dict(mesh_sizes or config.mesh.to_dict())
+    mesh = partitioning.make_mesh(sizes, jax.devices()[:devices])
+    rules = partitioning.rules_from_config(config.get("partitioning_rules"))
+    partitioning.check_batch(config.batch_size, mesh, config.microbatches)
+    objective = config.data.objective
+    model_config = _model_config(config)
+    model = models.build(model_config)
+    tx, schedule = make_optimizer(config.optimizer, config.steps)
+    abstract, shardings = abstract_state(model, model_config, tx, mesh, rules)
+    batch = _batch_spec(config, mesh, objective)
+    step = make_train_step(
+        model,
+        tx,
+        schedule,
+        LOSS_OBJECTIVE[objective],
+        microbatches=config.microbatches,
+        label_smoothing=config.label_smoothing,
+        z_loss=config.z_loss,
+        dropout=config.dropout,
+    )
+    with partitioning.activate(mesh, rules):
+        jitted = jax.jit(
+            step,
+            in_shardings=(shardings, None, None),
+            out_shardings=(shardings, None),
+            donate_argnums=(0,),
+        )
+        compiled = jitted.lower(abstract, batch, jax.random.key(0)).compile()
+    mem = compiled.memory_analysis()
+    cost = compiled.cost_analysis()
+    cost = (cost[0] if isinstance(cost, list | tuple) else cost) or {}
+
+    num_params = sum(x.size for x in jax.tree.leaves(abstract.params))
+    flops = analytic_flops(model_config, num_params, batch)
+    params_b = _bytes_per_device(abstract.params)
+    opt_b = _bytes_per_device(abstract.opt_state)
+    batch_b = _bytes_per_device(batch)
+    peak_b = (
+        mem.argument_size_in_bytes
+        + mem.output_size_in_bytes
+        - mem.alias_size_in_bytes
+        + mem.temp_size_in_bytes
+    )
+    spec = CHIPS[chip]
+    shape = dict(mesh.shape)
+    xla_flops = float(cost.get("flops", 0.0))
+    xla_bytes = float(cost.get("bytes accessed", 0.0))
+    scanned = bool(model_config.scan_layers)
+    flops_dev = flops["total"] / devices
+    if scanned and xla_flops > 0:  # XLA counted the scanned body once: scale its traffic too
+        xla_bytes *= max(flops_dev / xla_flops, 1.0)
+    peak_flops = spec.peak_bf16 if model_config.dtype in ("bfloat16", "float16") else spec.peak_f32
+    # Full remat runs the forward pass twice: 8 instead of 6 FLOPs per parameter and token.
+    recompute = 4 / 3 if model_config.remat_policy == "full" else 1.0
+    compute_s = recompute * flops_dev / peak_flops
+    # HBM traffic, lower bound: parameters read twice (forward, backward) and written once,
+    # gradients written and read, optimizer state read and written. Activations come on top;
+    # XLA:CPU's `bytes accessed` (it fuses far less than the GPU/TPU compilers) is an upper bound.
+    state_traffic = 5 * params_b + 2 * opt_b
+    memory_s = state_traffic / spec.hbm_bandwidth
+    memory_upper_s = xla_bytes / spec.hbm_bandwidth
+    comm_bytes = _collective_bytes(model_config, abstract.params, batch, shape)
+    comm_s = comm_bytes / spec.link_bandwidth
+    step_s = max(compute_s, memory_s, comm_s)
+    bound = {compute_s: "compute", memory_s: "memory bandwidth", comm_s: "collectives"}[step_s]
+    usable = USABLE_FRACTION * spec.hbm_bytes
+    report = {
+        "config": flags.FLAGS["config"].config_filename if flags.FLAGS.is_parsed() else None,
+        "model": model_config.name,
+        "params": int(num_params),
+        "compute_dtype": model_config.dtype,
+        "param_dtype": model_config.param_dtype,
+        "optimizer": config.optimizer.name,
+        "batch_size": int(config.batch_size),
+        "seq_len": int(config.seq_len),
+        "microbatches": int(config.microbatches),
+        "scan_layers": scanned,
+        "remat_policy": model_config.remat_policy,
+        "devices": devices,
+        "mesh": shape,
+        "memory_per_device": {
+            "params": params_b,
+            "optimizer": opt_b,
+            "batch": batch_b,
+            "xla_arguments": int(mem.argument_size_in_bytes),
+            "xla_outputs": int(mem.output_size_in_bytes),
+            "xla_aliased": int(mem.alias_size_in_bytes),
+            "xla_temporaries": int(mem.temp_size_in_bytes),
+            "peak": int(peak_b),
+        },
+        "memory_total": {
+            "params": _total_bytes(abstract.params),
+            "optimizer": _total_bytes(abstract.opt_state),
+        },
+        "flops_per_step": {
+            "analytic_total": flops["total"],
+            "analytic_model_6nt": flops["model"],
+            "analytic_attention": flops["attention"],
+            "analytic_per_device": flops_dev,
+            "hardware_per_device": recompute * flops_dev,
+            "xla_per_device": xla_flops,
+            "xla_counts_scan_body_once": scanned,
+        },
+        "tokens_per_step": flops["tokens"],
+        "chip": {"id": chip, **asdict(spec)},
+        "fits": peak_b <= usable,
+        "usable_hbm_per_device": usable,
+        "roofline": {
+            "peak_flops": peak_flops,
+            "compute_s": compute_s,
+            "memory_s": memory_s,
+            "memory_upper_s": memory_upper_s,
+            "collectives_s": comm_s,
+            "collective_bytes_per_device": comm_bytes,
+            "xla_bytes_accessed_per_device": xla_bytes,
+            "step_s": step_s,
+            "bound": bound,
+            "tokens_per_s": flops["tokens"] / step_s,
+            "step_s_at_50pct_mfu": max(step_s, flops_dev / (0.5 * peak_flops)),
+        },
+    }
+    report["hints"] = _hints(report, model_config, config)
+    return report
+
+
+def _collective_bytes(model_config, params, batch, shape: dict) -> float:
+    """Bytes each device sends per step (ring collectives): FSDP all-gathers the parameters for
+    the forward and backward passes and reduce-scatters the gradients; data parallelism
+    all-reduces its gradient shard; tensor parallelism all-reduces activations 4x per layer."""
+    import jax
+
+    data, fsdp, tensor = shape["data"], shape["fsdp"], shape["tensor"]
+    full = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(params)) / tensor
+    out = 0.0
+    if fsdp > 1:
+        out += 3 * full * (fsdp - 1) / fsdp
+    if data > 1:
+        out += 2 * (full / fsdp) * (data - 1) / data
+    if tensor > 1:
+        rows = batch["input_ids"].shape[0] / (data * fsdp)
+        act = rows * batch["input_ids"].shape[1] * model_config.d_model
+        act *= 2 if model_config.dtype in ("bfloat16", "float16") else 4
+        layers = model_config.num_layers + (model_config.decoder_layers or 0) * (
+            model_config.family == "encoder_decoder"
+        )
+        out += 4 * layers * 2 * act * (tensor - 1) / tensor
+    return out
+
+
+def _hints(report: dict, model_config, config) -> list[str]:
+    hints = []
+    mem = report["memory_per_device"]
+    if not report["fits"]:
+        if model_config.remat_policy == "none":
+            hints.append(
+                "activations dominate: --config.model.remat_policy=full (or dots) with "
+                "--config.model.scan_layers=True recomputes them in the backward pass"
+            )
+        hints.append(
+            f"or --config.microbatches={2 * config.microbatches} (gradient accumulation; "
+            "activations shrink with the microbatch)"
+        )
+        if mem["params"] + mem["optimizer"] > 0.5 * report["usable_hbm_per_device"]:
+            hints.append("parameters + optimizer need more sharding: raise mesh.fsdp")
+    if model_config.remat_policy != "none" and not model_config.scan_layers:
+        hints.append(
+            "remat without scan_layers: XLA:CPU schedules the recomputation early, so the "
+            "temporaries above are as without remat; plan (and train) with "
+            "--config.model.scan_layers=True for the remat saving"
+        )
+    if model_config.dtype == "float32" and report["chip"]["peak_bf16"] > report["chip"]["peak_f32"]:
+        hints.append(
+            "compute is float32: --config.model.dtype=bfloat16 uses the bf16 peak "
+            "(parameters stay float32)"
+        )
+    return hints
+
+
+def _gb(x: float) -> str:
+    return f"{x / 1e9:8.2f} GB"
+
+
+def format_report(r: dict) -> str:
+    m, f, roof, chip = r["memory_per_device"], r["flops_per_step"], r["roofline"], r["chip"]
+    mesh = " x ".join(f"{k}={v}" for k, v in r["mesh"].items())
+    lines = [
+        f"{r['model']}: {r['params']:,} parameters ({r['param_dtype']}), compute "
+        f"{r['compute_dtype']}, {r['optimizer']}, batch {r['batch_size']} x {r['seq_len']}"
+        + (f" in {r['microbatches']} microbatches" if r["microbatches"] > 1 else "")
+        + f", remat {r['remat_policy']}, scan_layers {r['scan_layers']}",
+        f"mesh {mesh} on {r['devices']} x {chip['name']}",
+        "",
+        "memory per device",
+        f"  parameters           {_gb(m['params'])}   (total {_gb(r['memory_total']['params'])})",
+        f"  optimizer state      {_gb(m['optimizer'])}   "
+        f"(total {_gb(r['memory_total']['optimizer'])})",
+        f"  batch                {_gb(m['batch'])}",
+        f"  XLA arguments        {_gb(m['xla_arguments'])}",
+        f"  XLA temporaries      {_gb(m['xla_temporaries'])}   (activations, gradients, workspace)",
+        f"  peak                 {_gb(m['peak'])}   of {_gb(chip['hbm_bytes'])} HBM "
+        f"({100 * m['peak'] / chip['hbm_bytes']:.0f}%)",
+        f"  fits                 {'yes' if r['fits'] else 'NO'} "
+        f"(plan for at most {100 * USABLE_FRACTION:.0f}% of HBM)",
+        "",
+        "FLOPs per step",
+        f"  analytic             {f['analytic_total']:.3e}  (6*N*tokens "
+        f"{f['analytic_model_6nt']:.3e} + attention {f['analytic_attention']:.3e})",
+        f"  analytic / device    {f['analytic_per_device']:.3e}"
+        + (
+            f"  ({f['hardware_per_device']:.3e} executed with remat)"
+            if f["hardware_per_device"] != f["analytic_per_device"]
+            else ""
+        ),
+        f"  XLA / device         {f['xla_per_device']:.3e}"
+        + ("  (scanned layers counted once)" if f["xla_counts_scan_body_once"] else ""),
+        "",
+        f"roofline on {chip['name']} ({roof['peak_flops'] / 1e12:.0f} TFLOP/s "
+        f"{'bf16' if roof['peak_flops'] == chip['peak_bf16'] else 'float32/TF32'}, "
+        f"{chip['hbm_bandwidth'] / 1e12:.2f} TB/s HBM)",
+        f"  compute              {roof['compute_s'] * 1e3:10.1f} ms",
+        f"  memory traffic       {roof['memory_s'] * 1e3:10.1f} ms   (weights, gradients, "
+        f"optimizer; XLA:CPU upper bound {roof['memory_upper_s'] * 1e3:.1f} ms)",
+        f"  collectives          {roof['collectives_s'] * 1e3:10.1f} ms",
+        f"  step (lower bound)   {roof['step_s'] * 1e3:10.1f} ms, {roof['bound']}-bound, "
+        f"{roof['tokens_per_s']:,.0f} tokens/s",
+        f"  at 50% MFU           {roof['step_s_at_50pct_mfu'] * 1e3:10.1f} ms, "  # or the bound
+        f"{r['tokens_per_step'] / roof['step_s_at_50pct_mfu']:,.0f} tokens/s",
+    ]
+    if r["hints"]:
+        lines += ["", "hints"] + [f"  - {h}" for h in r["hints"]]
+    return "\n".join(lines)
+
+
+def main(argv) -> int:
+    if len(argv) > 1:
+        print(f"error: unexpected arguments {argv[1:]}", file=sys.stderr)
+        return 2
+    if _DEVICES.value is None or _DEVICES.value < 1:
+        print("error: --devices N is required", file=sys.stderr)
+        return 2
+    use_cpu_devices(_DEVICES.value)
+    from models.config import ConfigError
+    from train.optim import OptimizerError
+    from train.partitioning import MeshError
+
+    try:
+        sizes = parse_mesh(_MESH.value) if _MESH.value else None
+        report = plan(_CONFIG.value, _DEVICES.value, sizes, _CHIP.value)
+    except (PlanError, MeshError, ConfigError, OptimizerError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(report, indent=2) if _JSON.value else format_report(report))
+    return 0
+
+
+def run() -> None:
+    flags.mark_flag_as_required("config")
+    app.run(lambda argv: sys.exit(main(argv)))
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,357 @@
+"""launch.local (process start/stop, env, prefixes, exit status) and what the cluster scripts
+render: the SLURM script (run against fake `scontrol`/`srun`), the TPU pod gcloud commands and
+the GKE JobSet manifest."""
+
+import os
+import shlex
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+TRAIN = ["python", "-m", "train", "--config", "configs/gpt_lm.py:gpt2", "--workdir"]
+
+
+def _launch(*args, timeout=60):
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    return subprocess.run(
+        [sys.executable, "-m", "launch.local", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+    )
+
+
+def _script(body: str) -> list[str]:
+    return [sys.executable, "-c", body]
+
+
+def test_local_sets_env_and_prefixes_output():
+    body = (
+        "import os; print(os.environ['JAX_PROCESS_ID'], os.environ['JAX_NUM_PROCESSES'], "
+        "os.environ['JAX_COORDINATOR_ADDRESS'], os.environ['XLA_FLAGS'], "
+        "os.environ['JAX_PLATFORMS'])"
+    )
+    result = _launch("-n", "3", "--devices-per-process", "2", "--", *_script(body))
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = sorted(result.stdout.splitlines())
+    assert [line.split()[:3] for line in lines] == [
+        ["[0]", "0", "3"],
+        ["[1]", "1", "3"],
+        ["[2]", "2", "3"],
+    ]
+    addresses = {line.split()[3] for line in lines}
+    assert len(addresses) == 1 and addresses.pop().startswith("127.0.0.1:")
+    assert all(
+        line.split()[4:] == ["--xla_force_host_platform_device_count=2", "cpu"] for line in lines
+    )
+
+
+def test_local_stops_all_when_one_fails_and_propagates_status():
+    body = (
+        "import os, signal, sys, time\n"
+        "i = int(os.environ['JAX_PROCESS_ID'])\n"
+        "print('up', i, flush=True)\n"
+        "if i == 1:\n    time.sleep(0.5); sys.exit(7)\n"
+        "if i == 2:\n    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # stuck: needs SIGKILL\n"
+        "time.sleep(120)\n"
+    )
+    start = time.monotonic()
+    result = _launch("-n", "3", "--grace", "1", "--", *_script(body))
+    assert result.returncode == 7, result.stdout + result.stderr
+    assert time.monotonic() - start < 30  # the sleepers were stopped, not waited for
+    assert "[launch] process 1 exited with status 7" in result.stdout
+    assert {"[0] up 0", "[1] up 1", "[2] up 2"} <= set(result.stdout.splitlines())
+
+
+def test_local_requires_a_command():
+    result = _launch("-n", "2")
+    assert result.returncode == 2 and "no command" in result.stderr
+
+
+def _fake_bin(tmp_path: Path) -> Path:
+    """`scontrol` printing two hosts, `srun` running its command once per task with
+    SLURM_PROCID, and a `python` that prints its environment and arguments."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    files = {
+        "scontrol": '#!/bin/bash\nprintf "gpu-node-017\\ngpu-node-018\\n"\n',
+        "srun": (
+            "#!/bin/bash\n"
+            'echo "srun $*" >&2\n'
+            "ntasks=1\n"
+            'while [[ "$1" == --* ]]; do\n'
+            '  [[ "$1" == --ntasks=* ]] && ntasks="${1#--ntasks=}"\n'
+            "  shift\n"
+            "done\n"
+            'for ((i = 0; i < ntasks; i++)); do SLURM_PROCID=$i "$@" || exit $?; done\n'
+        ),
+        "fakepython": (
+            "#!/bin/bash\n"
+            'echo "ENV $JAX_PROCESS_ID $JAX_NUM_PROCESSES $JAX_COORDINATOR_ADDRESS $NCCL_DEBUG"\n'
+            'printf "ARG %s\\n" "$@"\n'
+        ),
+    }
+    for name, text in files.items():
+        path = bin_dir / name
+        path.write_text(text)
+        path.chmod(path.stat().st_mode | stat.S_IEXEC)
+    return bin_dir
+
+
+def test_slurm_script_renders_and_runs_under_fake_slurm(tmp_path):
+    from launch import slurm
+
+    workdir = "/shared/runs/it's gpt2"  # a quote in the path must survive two shells
+    argv = [
+        "--nodes",
+        "2",
+        "--gpus-per-node",
+        "8",
+        "--partition",
+        "a100q",
+        "--time",
+        "02:00:00",
+        "--config",
+        "configs/gpt_lm.py:gpt2",
+        "--workdir",
+        workdir,
+        "--set",
+        "mesh.fsdp=8",
+        "--set",
+        "steps=50",
+        "--env",
+        "NCCL_DEBUG=WARN",
+        "--python",
+        "fakepython",
+        "--port",
+        "9123",
+        "--dry-run",
+    ]
+    script = slurm.render(slurm.parser().parse_args(argv))
+    for line in [
+        "#SBATCH --nodes=2",
+        "#SBATCH --gpus-per-node=8",
+        "#SBATCH --partition=a100q",
+        "#SBATCH --time=02:00:00",
+        "#SBATCH --ntasks-per-node=1",
+        "export JAX_NUM_PROCESSES=2",
+        "export NCCL_DEBUG=WARN",
+    ]:
+        assert line in script.splitlines(), line
+    assert "$" + "{" not in script and "$nodes" not in script  # everything substituted
+    path = tmp_path / "job.sbatch"
+    path.write_text(script)
+    bin_dir = _fake_bin(tmp_path)
+    env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}", SLURM_JOB_NODELIST="x")
+    result = subprocess.run(
+        ["bash", str(path)], env=env, capture_output=True, text=True, cwd=tmp_path, timeout=30
+    )
+    assert result.returncode == 0, result.stderr
+    assert "srun --kill-on-bad-exit=1 --nodes=2 --ntasks=2" in result.stderr
+    out = result.stdout.splitlines()
+    envs = [line for line in out if line.startswith("ENV")]
+    assert envs == ["ENV 0 2 gpu-node-017:9123 WARN", "ENV 1 2 gpu-node-017:9123 WARN"]
+    args = [line[4:] for line in out if line.startswith("ARG")]
+    expected = [
+        "-m",
+        "train",
+        "--config",
+        "configs/gpt_lm.py:gpt2",
+        "--workdir",
+        workdir,
+        "--config.mesh.fsdp=8",
+        "--config.steps=50",
+    ]
+    assert args == expected * 2
+
+
+def test_slurm_cli_dry_run_prints_the_script():
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "launch.slurm",
+            "--nodes",
+            "4",
+            "--gpus-per-node",
+            "8",
+            "--config",
+            "configs/gpt_lm.py:gpt2",
+            "--workdir",
+            "/shared/w",
+            "--dry-run",
+        ],
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("#!/bin/bash\n")
+    assert "#SBATCH --nodes=4" in result.stdout and "JAX_NUM_PROCESSES=4" in result.stdout
+    assert "python -m train --config configs/gpt_lm.py:gpt2 --workdir /shared/w" in result.stdout
+
+
+def test_tpu_pod_commands():
+    from launch import tpu
+
+    args = tpu.parser().parse_args(
+        [
+            "--tpu",
+            "pod-1",
+            "--zone",
+            "us-east5-a",
+            "--project",
+            "proj",
+            "--accelerator-type",
+            "v5p-32",
+            "--copy",
+            "--setup",
+            "pip install -e .",
+            "--config",
+            "configs/gpt_lm.py:gpt2",
+            "--workdir",
+            "/mnt/runs/a b",
+            "--set",
+            "mesh.fsdp=16",
+            "--env",
+            "LIBTPU_INIT_ARGS=--x=1",
+        ]
+    )
+    lines = tpu.commands(args)
+    assert [line[4] for line in lines] == ["create", "scp", "ssh", "ssh"]
+    assert "--accelerator-type=v5p-32" in lines[0] and "--zone=us-east5-a" in lines[0]
+    assert lines[1][5:8] == ["--recurse", ".", "pod-1:~/triptych"]
+    run = lines[-1]
+    assert run[5] == "pod-1" and "--worker=all" in run and "--project=proj" in run
+    remote = next(a for a in run if a.startswith("--command=")).removeprefix("--command=")
+    assert remote.startswith("cd ~/triptych && ")
+    words = shlex.split(remote.removeprefix("cd ~/triptych && "))
+    assert words[:3] == [
+        "TRIPTYCH_DISTRIBUTED=auto",
+        "TRIPTYCH_INIT_TIMEOUT=600",
+        "LIBTPU_INIT_ARGS=--x=1",
+    ]
+    assert words[3:] == [
+        "python",
+        "-m",
+        "train",
+        "--config",
+        "configs/gpt_lm.py:gpt2",
+        "--workdir",
+        "/mnt/runs/a b",
+        "--config.mesh.fsdp=16",
+    ]
+    # dry run prints each command shell-quoted, one per line
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "launch.tpu",
+            "--tpu",
+            "pod-1",
+            "--zone",
+            "z",
+            "--config",
+            "c.py",
+            "--workdir",
+            "/w",
+            "--dry-run",
+        ],
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        "gcloud compute tpus tpu-vm ssh pod-1 --zone=z --worker=all '--command=cd ~/triptych && "
+        "TRIPTYCH_DISTRIBUTED=auto TRIPTYCH_INIT_TIMEOUT=600 python -m train --config c.py "
+        "--workdir /w'"
+    ]
+
+
+def _jobset(*extra):
+    from launch import gke
+
+    args = gke.parser().parse_args(
+        [
+            "--name",
+            "gpt2-run",
+            "--image",
+            "reg/triptych:1",
+            "--hosts",
+            "4",
+            "--config",
+            "configs/gpt_lm.py:gpt2",
+            "--workdir",
+            "/data/runs/x",
+            "--set",
+            "steps=10",
+            *extra,
+        ]
+    )
+    return yaml.safe_load(gke.render(args))
+
+
+def test_gke_jobset_gpu():
+    manifest = _jobset("--pvc", "runs", "--env", "NCCL_DEBUG=INFO", "--port", "1234")
+    assert manifest["apiVersion"] == "jobset.x-k8s.io/v1alpha2" and manifest["kind"] == "JobSet"
+    assert manifest["metadata"]["name"] == "gpt2-run"
+    job = manifest["spec"]["replicatedJobs"][0]
+    assert job["name"] == "workers" and job["replicas"] == 1
+    assert job["template"]["spec"]["parallelism"] == job["template"]["spec"]["completions"] == 4
+    assert job["template"]["spec"]["completionMode"] == "Indexed"
+    pod = job["template"]["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert container["image"] == "reg/triptych:1"
+    assert container["command"] == [
+        "python",
+        "-m",
+        "train",
+        "--config",
+        "configs/gpt_lm.py:gpt2",
+        "--workdir",
+        "/data/runs/x",
+        "--config.steps=10",
+    ]
+    env = {e["name"]: e.get("value", e.get("valueFrom")) for e in container["env"]}
+    assert env["JAX_COORDINATOR_ADDRESS"] == "gpt2-run-workers-0-0.gpt2-run:1234"
+    assert env["JAX_NUM_PROCESSES"] == "4" and env["NCCL_DEBUG"] == "INFO"
+    assert env["JAX_PROCESS_ID"] == {
+        "fieldRef": {
+            "fieldPath": "metadata.annotations['batch.kubernetes.io/job-completion-index']"
+        }
+    }
+    assert container["resources"]["limits"] == {"nvidia.com/gpu": 8}
+    assert container["ports"] == [{"containerPort": 1234}]
+    assert container["volumeMounts"] == [{"name": "data", "mountPath": "/data"}]
+    assert pod["volumes"][0]["persistentVolumeClaim"]["claimName"] == "runs"
+    assert manifest["spec"]["network"]["enableDNSHostnames"] is True
+
+
+def test_gke_jobset_tpu():
+    manifest = _jobset(
+        "--accelerator",
+        "tpu",
+        "--tpu-type",
+        "tpu-v6e-slice",
+        "--tpu-topology",
+        "4x4",
+        "--chips-per-host",
+        "4",
+    )
+    pod = manifest["spec"]["replicatedJobs"][0]["template"]["spec"]["template"]["spec"]
+    assert pod["nodeSelector"] == {
+        "cloud.google.com/gke-tpu-accelerator": "tpu-v6e-slice",
+        "cloud.google.com/gke-tpu-topology": "4x4",
+    }
+    assert pod["containers"][0]["resources"]["limits"] == {"google.com/tpu": 4}
+    assert "volumes" not in pod
