@@ -4,7 +4,9 @@ Top-level keys:
   steps, batch_size (global), seq_len, microbatches (gradient accumulation), seed,
   log_every_steps, eval_every_steps, eval_batches, checkpoint_every_steps, keep_checkpoints,
   best_metric (an eval metric whose best checkpoint is kept too, '' = off), async_checkpoints,
-  label_smoothing, z_loss, dropout, sample_tokens (tokens generated at the end; 0 = none)
+  label_smoothing, z_loss, dropout, sample_tokens (tokens generated at the end; 0 = none),
+  init_from (start from pretrained weights: a `python -m models convert` directory, a training
+  workdir or a Hugging Face directory; the run's `model` fields, e.g. a new head, apply on top)
 Sections:
   model      `name` (a models.list_architectures() name) and any ModelConfig field; fields left
              unset keep the architecture's value (vocab_size defaults to the tokenizer's).
@@ -65,6 +67,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.dropout = True
     c.sample_tokens = 0
     c.sample_prompt = ""
+    c.init_from = ""  # pretrained weights: a Triptych checkpoint dir, a workdir or an HF dir
     c.data = data_defaults()
     c.tokenizer = ml_collections.ConfigDict(
         dict(

@@ -7,6 +7,7 @@ stopped. SIGTERM saves a checkpoint at the next step boundary and exits cleanly.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -27,6 +28,8 @@ from data.tokenizers import load_tokenizer, train_tokenizer
 from launch import distributed
 from train import partitioning
 from train.checkpoint import Checkpointer, CheckpointError, check_same_architecture
+from train.flops import train_flops_per_step
+from train.init_from import load_pretrained, merge_params
 from train.objectives import check_objective
 from train.optim import make_optimizer
 from train.state import abstract_state, create_train_state
@@ -51,16 +54,28 @@ class TrainingError(RuntimeError):
     """A run that must stop (non-finite loss, ...); checkpoints already written are kept."""
 
 
+def _checkpoint_tokenizer(init_from: str | None) -> str | None:
+    """The tokenizer that came with a pretrained checkpoint, if any."""
+    if not init_from:
+        return None
+    for folder in (Path(init_from), Path(init_from) / "tokenizer"):
+        if any((folder / f).exists() for f in ("tokenizer.json", "vocab.txt", "spiece.model")):
+            return str(folder)
+    return None
+
+
 def get_tokenizer(config, workdir: Path):
-    """The run's tokenizer: the workdir's (resume), a given path, or one trained on the data."""
+    """The run's tokenizer: the workdir's (resume), `tokenizer.path`, the one that came with
+    `init_from`, or one trained on the data."""
     saved = workdir / "tokenizer"
     if (saved / "tokenizer.json").exists():
         return load_tokenizer(str(saved))
     family = config.tokenizer.family or {"encoder": "bert", "decoder": "gpt"}.get(
         models.get_config(config.model.name).family, "t5"
     )
-    if config.tokenizer.path:
-        tok = load_tokenizer(config.tokenizer.path)
+    path = config.tokenizer.path or _checkpoint_tokenizer(config.get("init_from"))
+    if path:
+        tok = load_tokenizer(path)
     else:
         log.info(
             "training a %s tokenizer (vocab %d) on the training split",
@@ -80,8 +95,12 @@ def get_tokenizer(config, workdir: Path):
     return tok
 
 
-def resolve_model_config(section, tokenizer) -> models.ModelConfig:
+def resolve_model_config(section, tokenizer, pretrained=None) -> models.ModelConfig:
+    """The named architecture (or the pretrained checkpoint's) with the section's fields set;
+    a trained tokenizer sets the vocabulary size unless the section or checkpoint does."""
     fields = {k: v for k, v in section.items() if k != "name" and v is not None}
+    if pretrained is not None:
+        return pretrained.replace(**fields)
     if "vocab_size" not in fields:
         fields["vocab_size"] = int(math.ceil(tokenizer.vocab_size / 64) * 64)
     return models.get_config(section.name, **fields)
@@ -144,86 +163,54 @@ def evaluate(eval_step, params, config, tokenizer, mesh, objective) -> dict:
     return {f"eval_{k}": float(v) for k, v in summarize(total).items() if k != "tokens"}
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> dict:
-    """Trains per `config`, writing checkpoints, metrics and a summary under `workdir`.
+@dataclasses.dataclass
+class Run:
+    """Everything a run builds before its first step."""
 
-    Returns:
-      The summary dict (also written to workdir/summary.json).
-    """
-    workdir = Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    start_time = time.time()
-    distributed.check_same_config({"config": config.to_dict(), "workdir": str(workdir)})
-    mesh = partitioning.make_mesh(config.mesh.to_dict())
-    rules = partitioning.rules_from_config(config.get("partitioning_rules"))
-    partitioning.check_batch(config.batch_size, mesh, config.microbatches)
-    data_objective = config.data.objective
-    objective = LOSS_OBJECTIVE.get(data_objective)
+    config: ml_collections.ConfigDict
+    workdir: Path
+    mesh: object
+    rules: tuple
+    objective: str  # the loss objective (train/objectives.py)
+    tokenizer: object
+    model_config: models.ModelConfig
+    model: object
+    ckpt: Checkpointer
+    train_iter: object
+    state: object
+    train_step: object
+    eval_step: object
+    saved_config: dict
+    flops_per_step: float
+
+
+def _loss_objective(config) -> str:
+    objective = LOSS_OBJECTIVE.get(config.data.objective)
     if objective is None:
         raise ValueError(
-            f"data.objective={data_objective!r} is not supported; allowed values: "
+            f"data.objective={config.data.objective!r} is not supported; allowed values: "
             + ", ".join(LOSS_OBJECTIVE)
         )
+    return objective
 
-    ckpt = Checkpointer(
-        workdir / "checkpoints",
-        keep=config.keep_checkpoints,
-        best_metric=config.best_metric or None,
-        async_save=config.async_checkpoints,
+
+def _restore(ckpt, step, abstract, train_iter):
+    try:
+        state, data_state, _ = ckpt.restore(step, abstract)
+    except ValueError as e:  # Orbax: the saved tree does not fit this run's state
+        raise CheckpointError(
+            f"checkpoint step {step} in {ckpt.directory} does not fit this run's state "
+            f"(optimizer or model settings changed?): {str(e).splitlines()[0]}; use a new "
+            "--workdir or the settings it was trained with"
+        ) from e
+    train_iter.set_state(
+        distributed.local_data_state(data_state, jax.process_index(), jax.process_count())
     )
-    latest = ckpt.latest_step()
-    # Process 0 trains and saves the tokenizer and prepares the dataset (TFDS preparation is not
-    # safe to run concurrently); the others then load both.
-    with distributed.process_zero_first("tokenizer and data"):
-        tokenizer = get_tokenizer(config, workdir)
-        if jax.process_count() > 1:
-            load_source(config.data, "train", data_objective)
-    model_config = resolve_model_config(config.model, tokenizer)
-    if latest is not None:
-        saved = ckpt.saved_config(latest) or {}
-        check_same_architecture(saved.get("resolved_model", {}), model_config.to_dict(), workdir)
-    check_objective(objective, model_config)
-    model = models.build(model_config)
-    tx, schedule = make_optimizer(config.optimizer, config.steps)
-    abstract, shardings = abstract_state(model, model_config, tx, mesh, rules)
+    log.info("resuming from step %d of %s", step, ckpt.directory)
+    return state
 
-    train_iter = make_pipeline(
-        config.data,
-        split="train",
-        tokenizer=tokenizer,
-        global_batch_size=config.batch_size,
-        seq_len=config.seq_len,
-        seed=config.seed,
-        process_index=jax.process_index(),
-        process_count=jax.process_count(),
-        objective=data_objective,
-    )
-    if latest is not None:
-        try:
-            state, data_state, _ = ckpt.restore(latest, abstract)
-        except ValueError as e:  # Orbax: the saved tree does not fit this run's state
-            raise CheckpointError(
-                f"checkpoint step {latest} in {ckpt.directory} does not fit this run's state "
-                f"(optimizer or model settings changed?): {str(e).splitlines()[0]}; use a new "
-                "--workdir or the settings it was trained with"
-            ) from e
-        train_iter.set_state(
-            distributed.local_data_state(data_state, jax.process_index(), jax.process_count())
-        )
-        log.info("resuming from step %d of %s", latest, ckpt.directory)
-    else:
-        state, _ = create_train_state(
-            model, model_config, tx, mesh, rules, jax.random.key(config.seed)
-        )
-    num_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params))
-    log.info(
-        "model %s: %s parameters; mesh %s", model_config.name, f"{num_params:,}", dict(mesh.shape)
-    )
 
-    saved_config = {"run": config.to_dict(), "resolved_model": model_config.to_dict()}
-    if jax.process_index() == 0:
-        (workdir / "config.json").write_text(json.dumps(saved_config, indent=2, default=str))
-
+def _jit_steps(config, model, tx, schedule, objective, shardings, mesh, rules):
     with partitioning.activate(mesh, rules):
         train_step = jax.jit(
             make_train_step(
@@ -241,101 +228,229 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
             donate_argnums=(0,),
         )
         eval_step = jax.jit(make_eval_step(model, objective))
+    return train_step, eval_step
 
-    writer = MetricWriter(workdir, enabled=jax.process_index() == 0)
-    rng = jax.random.key(config.seed + 1)
-    step = int(state.step)
-    last_good = latest
-    metrics, eval_metrics = {}, {}
-    tokens_seen = 0
-    window_start, window_tokens = time.time(), 0
-    progress = tqdm(
-        total=config.steps,
-        initial=step,
-        disable=jax.process_index() != 0,
-        dynamic_ncols=True,
-        desc="train",
+
+def setup(config: ml_collections.ConfigDict, workdir: Path) -> Run:
+    """Mesh, tokenizer, model, optimizer, data and state (restored, pretrained or fresh)."""
+    distributed.check_same_config({"config": config.to_dict(), "workdir": str(workdir)})
+    mesh = partitioning.make_mesh(config.mesh.to_dict())
+    rules = partitioning.rules_from_config(config.get("partitioning_rules"))
+    partitioning.check_batch(config.batch_size, mesh, config.microbatches)
+    objective = _loss_objective(config)
+    ckpt = Checkpointer(
+        workdir / "checkpoints",
+        keep=config.keep_checkpoints,
+        best_metric=config.best_metric or None,
+        async_save=config.async_checkpoints,
+    )
+    latest = ckpt.latest_step()
+    pretrained = load_pretrained(config.init_from) if config.get("init_from") else None
+    # Process 0 trains and saves the tokenizer and prepares the dataset (TFDS preparation is not
+    # safe to run concurrently); the others then load both.
+    with distributed.process_zero_first("tokenizer and data"):
+        tokenizer = get_tokenizer(config, workdir)
+        if jax.process_count() > 1:
+            load_source(config.data, "train", config.data.objective)
+    model_config = resolve_model_config(
+        config.model, tokenizer, pretrained[0] if pretrained else None
+    )
+    if latest is not None:
+        saved = ckpt.saved_config(latest) or {}
+        check_same_architecture(saved.get("resolved_model", {}), model_config.to_dict(), workdir)
+    check_objective(objective, model_config)
+    model = models.build(model_config)
+    tx, schedule = make_optimizer(config.optimizer, config.steps)
+    abstract, shardings = abstract_state(model, model_config, tx, mesh, rules)
+    train_iter = make_pipeline(
+        config.data,
+        split="train",
+        tokenizer=tokenizer,
+        global_batch_size=config.batch_size,
+        seq_len=config.seq_len,
+        seed=config.seed,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+        objective=config.data.objective,
+    )
+    if latest is not None:
+        state = _restore(ckpt, latest, abstract, train_iter)
+    else:
+        state, _ = create_train_state(
+            model, model_config, tx, mesh, rules, jax.random.key(config.seed)
+        )
+        if pretrained:
+            state = state.replace(
+                params=merge_params(state.params, pretrained[1], config.init_from)
+            )
+    saved_config = {"run": config.to_dict(), "resolved_model": model_config.to_dict()}
+    if jax.process_index() == 0:
+        (workdir / "config.json").write_text(json.dumps(saved_config, indent=2, default=str))
+    train_step, eval_step = _jit_steps(
+        config, model, tx, schedule, objective, shardings, mesh, rules
+    )
+    target = config.get("target_len") or config.data.get("target_length") or config.seq_len
+    flops = train_flops_per_step(model_config, config.batch_size, config.seq_len, target)
+    return Run(
+        config,
+        workdir,
+        mesh,
+        rules,
+        objective,
+        tokenizer,
+        model_config,
+        model,
+        ckpt,
+        train_iter,
+        state,
+        train_step,
+        eval_step,
+        saved_config,
+        flops,
     )
 
-    def save(step, state, metrics_for_best):
-        nonlocal last_good
-        ckpt.save(
-            step,
-            state,
-            data_state=distributed.global_data_state(train_iter.get_state()),
-            config=saved_config,
-            metrics=metrics_for_best or None,
+
+class _Progress:
+    """Logging state of the step loop: metrics, tokens/s and MFU over each logging window."""
+
+    def __init__(self, run: Run, step: int):
+        self.run, self.step = run, step
+        self.metrics, self.eval_metrics = {}, {}
+        self.tokens_seen = 0
+        self._window = (time.time(), 0, step)  # start time, tokens, step
+        self.bar = tqdm(
+            total=run.config.steps,
+            initial=step,
+            disable=jax.process_index() != 0,
+            dynamic_ncols=True,
+            desc="train",
         )
-        last_good = step
+        self.peak_flops = None
 
-    with _Preemption() as preemption, partitioning.activate(mesh, rules):
+    def count(self, tokens: int) -> None:
+        self.step += 1
+        self.tokens_seen += tokens
+        start, window_tokens, first = self._window
+        self._window = (start, window_tokens + tokens, first)
+        self.bar.update(1)
+
+    def rates(self) -> dict:
+        start, tokens, first = self._window
+        elapsed = max(time.time() - start, 1e-9)
+        self._window = (time.time(), 0, self.step)
+        rates = {"tokens_per_s": tokens / elapsed}
+        if self.peak_flops is None:
+            from train.benchmark import device_peak
+
+            self.peak_flops = device_peak(self.run.model_config.dtype)[0]
+        steps = self.step - first
+        rates["mfu"] = self.run.flops_per_step * steps / elapsed / self.peak_flops
+        return rates
+
+
+def _check_finite(metrics: dict, step: int, last_good: int | None) -> None:
+    if not all(math.isfinite(metrics[k]) for k in ("loss", "grad_norm")):
+        raise TrainingError(
+            f"non-finite loss ({metrics['loss']}) or gradient norm at step {step}; stopped "
+            f"without saving. Last good checkpoint: "
+            f"{'none' if last_good is None else f'step {last_good}'} (kept)"
+        )
+
+
+def _train_steps(run: Run, progress: _Progress, writer: MetricWriter, preemption) -> None:
+    """The step loop: train, log, evaluate, checkpoint, until `steps` or SIGTERM."""
+    config, state = run.config, run.state
+    last_good = run.ckpt.latest_step()
+    rng = jax.random.key(config.seed + 1)
+    while progress.step < config.steps:
+        batch = next(run.train_iter)
+        tokens = int(np.sum(batch.get("weights", batch.get("attention_mask", 0))))
+        state, step_metrics = run.train_step(state, _device_batch(batch, run.mesh), rng)
+        progress.count(tokens * jax.process_count())
+        step, is_last = progress.step, progress.step == config.steps
+        due_log = step % config.log_every_steps == 0 or is_last
+        stop = preemption.requested  # read once: SIGTERM may land anywhere in this body
+        due_ckpt = step % config.checkpoint_every_steps == 0 or is_last or stop
+        due_eval = config.eval_every_steps and (step % config.eval_every_steps == 0 or is_last)
+        if due_log or due_ckpt:
+            progress.metrics = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
+            _check_finite(progress.metrics, step, last_good)
+        if due_log:
+            progress.metrics.update(progress.rates())
+            writer.write(step, progress.metrics)
+            progress.bar.set_postfix(
+                loss=f"{progress.metrics['loss']:.3f}",
+                tok_s=f"{progress.metrics['tokens_per_s']:.0f}",
+            )
+        if due_eval:
+            progress.eval_metrics = evaluate(
+                run.eval_step, state.params, config, run.tokenizer, run.mesh, config.data.objective
+            )
+            if progress.eval_metrics:
+                writer.write(step, progress.eval_metrics)
+                if jax.process_index() == 0:  # tqdm.write prints even when disabled
+                    progress.bar.write(
+                        f"step {step}: "
+                        + ", ".join(f"{k}={v:.4g}" for k, v in progress.eval_metrics.items())
+                    )
+        if due_ckpt:
+            best = {k: v for k, v in progress.eval_metrics.items() if k == config.best_metric}
+            run.ckpt.save(
+                step,
+                state,
+                data_state=distributed.global_data_state(run.train_iter.get_state()),
+                config=run.saved_config,
+                metrics=best or None,
+            )
+            last_good = step
+        if stop:
+            log.warning("SIGTERM: saved step %d, exiting", step)
+            break
+    run.state = state
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> dict:
+    """Trains per `config`, writing checkpoints, metrics and a summary under `workdir`.
+
+    Returns:
+      The summary dict (also written to workdir/summary.json).
+    """
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    start_time = time.time()
+    run = setup(config, workdir)
+    num_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(run.state.params))
+    log.info(
+        "model %s: %s parameters; mesh %s",
+        run.model_config.name,
+        f"{num_params:,}",
+        dict(run.mesh.shape),
+    )
+    writer = MetricWriter(workdir, enabled=jax.process_index() == 0)
+    with _Preemption() as preemption, partitioning.activate(run.mesh, run.rules):
+        progress = _Progress(run, int(run.state.step))
         try:
-            while step < config.steps:
-                batch = next(train_iter)
-                batch_tokens = int(np.sum(batch.get("weights", batch.get("attention_mask", 0))))
-                state, step_metrics = train_step(state, _device_batch(batch, mesh), rng)
-                step += 1
-                tokens_seen += batch_tokens * jax.process_count()
-                window_tokens += batch_tokens * jax.process_count()
-                progress.update(1)
-                is_last = step == config.steps
-                due_log = step % config.log_every_steps == 0 or is_last
-                due_ckpt = (
-                    step % config.checkpoint_every_steps == 0 or is_last or preemption.requested
-                )
-                due_eval = config.eval_every_steps and (
-                    step % config.eval_every_steps == 0 or is_last
-                )
-                if due_log or due_ckpt:
-                    metrics = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
-                    if not all(math.isfinite(metrics[k]) for k in ("loss", "grad_norm")):
-                        raise TrainingError(
-                            f"non-finite loss ({metrics['loss']}) or gradient norm at step {step}; "
-                            f"stopped without saving. Last good checkpoint: "
-                            f"{'none' if last_good is None else f'step {last_good}'} (kept)"
-                        )
-                if due_log:
-                    elapsed = max(time.time() - window_start, 1e-9)
-                    metrics["tokens_per_s"] = window_tokens / elapsed
-                    window_start, window_tokens = time.time(), 0
-                    writer.write(step, metrics)
-                    progress.set_postfix(
-                        loss=f"{metrics['loss']:.3f}", tok_s=f"{metrics['tokens_per_s']:.0f}"
-                    )
-                if due_eval:
-                    eval_metrics = evaluate(
-                        eval_step, state.params, config, tokenizer, mesh, data_objective
-                    )
-                    if eval_metrics:
-                        writer.write(step, eval_metrics)
-                        if jax.process_index() == 0:  # tqdm.write prints even when disabled
-                            progress.write(
-                                f"step {step}: "
-                                + ", ".join(f"{k}={v:.4g}" for k, v in eval_metrics.items())
-                            )
-                if due_ckpt:
-                    best = {k: v for k, v in eval_metrics.items() if k == config.best_metric}
-                    save(step, state, best)
-                if preemption.requested:
-                    log.warning("SIGTERM: saved step %d, exiting", step)
-                    break
+            _train_steps(run, progress, writer, preemption)
         finally:  # on errors too: end the progress line, let in-flight saves finish
-            progress.close()
-            ckpt.close()
-
+            progress.bar.close()
+            run.ckpt.close()
     summary = {
-        "steps": step,
-        "final": metrics,
-        "eval": eval_metrics,
-        "tokens": tokens_seen,
+        "steps": progress.step,
+        "final": progress.metrics,
+        "eval": progress.eval_metrics,
+        "tokens": progress.tokens_seen,
         "wall_time_s": time.time() - start_time,
         "params": num_params,
-        "model": model_config.name,
+        "model": run.model_config.name,
         "workdir": str(workdir.absolute()),
         "preempted": preemption.requested,
     }
-    if config.sample_tokens and objective in ("causal_lm", "seq2seq") and not preemption.requested:
-        summary["sample"] = sample_text(model, state.params, tokenizer, config)
+    if (
+        config.sample_tokens
+        and run.objective in ("causal_lm", "seq2seq")
+        and not (preemption.requested)
+    ):
+        summary["sample"] = sample_text(run.model, run.state.params, run.tokenizer, config)
     if jax.process_index() == 0:
         (workdir / "summary.json").write_text(json.dumps(summary, indent=2))
     writer.close()

@@ -71,11 +71,14 @@ def model_inputs(model: nn.Module, batch: dict) -> dict:
 
 
 def targets_and_weights(objective: str, batch: dict):
+    """(targets, weights). Labels below 0 (-100: padding rows, non-first sub-tokens) get weight
+    0 and a harmless index."""
     if objective == "classification":
         labels = batch["labels"]
-        return labels, batch.get("weights", jnp.ones(labels.shape, jnp.float32))
+        weights = batch.get("weights", (labels >= 0).astype(jnp.float32))
+        return jnp.maximum(labels, 0), weights
     targets = batch["targets"] if "targets" in batch else batch["labels"]
-    return targets, batch["weights"]
+    return jnp.maximum(targets, 0), batch["weights"]
 
 
 def loss_sums(
