@@ -18,6 +18,7 @@ Sections:
              vocab_size, lowercase, train_examples (how many examples to train it on).
   optimizer  see train/optim.py.
   mesh       data, fsdp, tensor sizes; -1 = the remaining devices.
+  carbon     enabled, country_iso_code, pue, chip_tdp_w, utilization (see docs/carbon.md).
 """
 
 from __future__ import annotations
@@ -95,6 +96,18 @@ def base_config() -> ml_collections.ConfigDict:
         )
     )
     c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+    # Energy and emissions (train/carbon.py, docs/carbon.md): codecarbon offline, or a TDP
+    # estimate on TPUs.
+    c.carbon = ml_collections.ConfigDict(
+        dict(
+            enabled=True,
+            country_iso_code="USA",
+            pue=1.0,
+            chip_tdp_w=placeholder(float),
+            utilization=1.0,
+            measure_power_secs=15.0,
+        )
+    )
     return c
 
 

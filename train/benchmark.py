@@ -1,23 +1,33 @@
-"""Training-step benchmark: tokens/s, MFU, compile time and peak memory.
+"""Training and decoding benchmarks: tokens/s, MFU, compile time, peak memory, energy and CO2,
+optionally side by side with the Hugging Face PyTorch model of the same shape.
 
     python -m train.benchmark --model gpt2 --batch 8 --seq 256 --steps 10 --dtype bf16 \\
-        --json out.json
+        [--reference torch] [--decode] [--json out.json]
+    python -m train.benchmark --suite cpu      # regenerates docs/benchmarks/
 
 The step is the real one (train/step.py: forward, backward, AdamW update, sharded over every
-device along `data`). MFU = analytic FLOPs per step (train/flops.py) / median step time / peak
-FLOP/s, where the peak is the published dense bf16 (or TF32 for f32) figure on GPUs/TPUs and a
-matmul measured on the spot on CPUs (f32, or bf16 inputs with f32 accumulation for --dtype bf16).
+device along `data`), compiled ahead of time, warmed up, then timed step by step; the median is
+reported. MFU = analytic FLOPs per step (train/flops.py) / median step time / peak FLOP/s, where
+the peak is the published dense bf16 (or TF32 for f32) figure on GPUs/TPUs and a matmul measured
+on the spot on CPUs (f32, or bf16 inputs with f32 accumulation for --dtype bf16). Energy and CO2
+come from train/carbon.py over the timed steps. `--reference torch` times the same step in
+PyTorch (train/benchmark_torch.py); `--decode` times cached greedy generation (train/decode.py)
+against transformers' `generate`.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
+import functools
 import json
 import os
 import platform
+import resource
 import statistics
 import sys
 import time
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -26,6 +36,7 @@ import optax
 
 import models
 from train import partitioning
+from train.carbon import CarbonTracker
 from train.flops import train_flops_per_step
 from train.state import create_train_state
 from train.step import make_train_step
@@ -47,9 +58,26 @@ OBJECTIVE = {
     "encoder_decoder": ("seq2seq", "lm"),
 }
 
+# Standard suites: (model, batch, seq, target_seq) trained in f32 and bf16, plus decoding.
+SUITES = {
+    "cpu": {
+        "train": [
+            ("gpt2", 8, 256, None),
+            ("bert-base-uncased", 8, 128, None),
+            ("t5-small", 8, 128, 128),
+        ],
+        "dtypes": ("f32", "bf16"),
+        "steps": 3,
+        "warmup": 1,
+        "decode": {"model": "gpt2", "batches": (1, 16), "prompt_len": 32, "new_tokens": 64},
+    },
+}
+DOCS = Path(__file__).resolve().parent.parent / "docs" / "benchmarks"
 
+
+@functools.cache
 def measured_matmul_peak(dtype: str, n: int = 2048, reps: int = 5) -> float:
-    """Best-of-`reps` FLOP/s of an n x n x n matmul on the default device."""
+    """Best-of-`reps` FLOP/s of an n x n x n matmul on the default device (f32 accumulation)."""
     in_dtype = jnp.bfloat16 if dtype == "bf16" else jnp.float32
     a = jnp.ones((n, n), in_dtype)
     f = jax.jit(lambda a, b: jnp.dot(a, b, preferred_element_type=jnp.float32))
@@ -63,21 +91,23 @@ def measured_matmul_peak(dtype: str, n: int = 2048, reps: int = 5) -> float:
 
 
 def device_peak(dtype: str) -> tuple[float, str]:
-    """(peak FLOP/s, where it came from) for the first device."""
+    """(peak FLOP/s of all devices, where it came from)."""
     kind = jax.devices()[0].device_kind
     for name, (bf16, f32) in PEAK_FLOPS.items():
         if name.lower() in kind.lower():
             return (bf16 if dtype == "bf16" else f32) * jax.device_count(), f"published ({kind})"
     peak = measured_matmul_peak(dtype) * jax.device_count()
-    return peak, f"measured {dtype} matmul ({kind})"
+    return peak, f"measured {dtype} 2048^3 matmul ({kind})"
 
 
 def environment() -> dict:
+    """Versions, device and flags: what a reader needs to reproduce a number."""
     import flax
 
     dev = jax.devices()[0]
-    return {
+    env = {
         "jax": jax.__version__,
+        "jaxlib": getattr(jax.lib, "__version__", None) or _version("jaxlib"),
         "flax": flax.__version__,
         "optax": optax.__version__,
         "python": platform.python_version(),
@@ -85,23 +115,51 @@ def environment() -> dict:
         "device_kind": dev.device_kind,
         "device_count": jax.device_count(),
         "cpu_count": os.cpu_count(),
+        "cpu_model": _cpu_model(),
         "machine": platform.machine(),
+        "os": platform.platform(),
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
     }
+    for package in ("torch", "transformers", "codecarbon"):
+        env[package] = _version(package)
+    return env
 
 
-def _peak_memory(compiled) -> int | None:
-    stats = jax.devices()[0].memory_stats() or {}
-    if "peak_bytes_in_use" in stats:
-        return int(stats["peak_bytes_in_use"])
+def _version(package: str) -> str | None:
+    from importlib import metadata
+
     try:
-        m = compiled.memory_analysis()
-        return int(m.temp_size_in_bytes + m.argument_size_in_bytes + m.output_size_in_bytes)
-    except Exception:  # not every backend reports it
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
         return None
 
 
+def _cpu_model() -> str | None:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or None
+
+
+def _peak_memory(compiled) -> tuple[int | None, str]:
+    stats = jax.devices()[0].memory_stats() or {}
+    if "peak_bytes_in_use" in stats:
+        return int(stats["peak_bytes_in_use"]), "device allocator peak"
+    try:
+        m = compiled.memory_analysis()
+        total = m.temp_size_in_bytes + m.argument_size_in_bytes + m.output_size_in_bytes
+        return int(total - m.alias_size_in_bytes), "XLA memory analysis (args + temps + outputs)"
+    except Exception:  # not every backend reports it
+        return None, "unavailable"
+
+
 def synthetic_batch(cfg, batch: int, seq: int, target: int, seed: int = 0) -> dict:
+    """Random token ids of the right shapes, every position weighted 1 (numpy)."""
     rng = np.random.default_rng(seed)
     ids = lambda length: rng.integers(1, cfg.vocab_size, (batch, length)).astype(np.int32)  # noqa: E731
     ones = lambda length: np.ones((batch, length), np.float32)  # noqa: E731
@@ -113,6 +171,20 @@ def synthetic_batch(cfg, batch: int, seq: int, target: int, seed: int = 0) -> di
             "weights": ones(target),
         }
     return {"input_ids": ids(seq), "targets": ids(seq), "weights": ones(seq)}
+
+
+def benchmark_config(model: str, dtype: str, **overrides) -> models.ModelConfig:
+    """The named architecture with its pretraining head, no dropout, and `dtype` compute."""
+    base = models.get_config(model)
+    _, head = OBJECTIVE[base.family]
+    fields = dict(
+        head=head,
+        dtype="bfloat16" if dtype == "bf16" else "float32",
+        dropout_rate=0.0,
+        attention_dropout_rate=0.0,
+    )
+    fields.update(overrides)
+    return base.replace(**fields)
 
 
 def benchmark(
@@ -127,19 +199,28 @@ def benchmark(
     remat: str = "none",
     target_seq: int | None = None,
     scan_layers: bool = False,
+    overrides: dict | None = None,
+    reference: str | None = None,
+    carbon: dict | None = None,
 ) -> dict:
-    """Times `steps` training steps after `warmup`; returns the result dict."""
-    base = models.get_config(model)
-    objective, head = OBJECTIVE[base.family]
-    cfg = base.replace(
-        head=head,
-        dtype="bfloat16" if dtype == "bf16" else "float32",
+    """Times `steps` training steps after `warmup`; returns the result dict.
+
+    Args:
+      model: a named architecture (models.list_architectures()).
+      overrides: further ModelConfig fields (e.g. num_layers=2 for a quick run).
+      reference: "torch" also times the Hugging Face PyTorch model on the same batch.
+      carbon: the carbon config section (train/carbon.py); None = defaults.
+    """
+    cfg = benchmark_config(
+        model,
+        dtype,
         attention_kernel=kernel,
         remat_policy=remat,
-        dropout_rate=0.0,
-        attention_dropout_rate=0.0,
         scan_layers=scan_layers,
+        **(overrides or {}),
     )
+    objective, _ = OBJECTIVE[cfg.family]
+    enc_dec = cfg.family == "encoder_decoder"
     target = target_seq or seq
     net = models.build(cfg)
     mesh = partitioning.make_mesh({"data": -1})
@@ -165,31 +246,36 @@ def benchmark(
             state, metrics = compiled(state, data, rng)
         jax.block_until_ready(state)
         times = []
-        for _ in range(steps):
-            start = time.perf_counter()
-            state, metrics = compiled(state, data, rng)
-            jax.block_until_ready(state)
-            times.append(time.perf_counter() - start)
+        with CarbonTracker(carbon) as tracker:
+            for _ in range(steps):
+                start = time.perf_counter()
+                state, metrics = compiled(state, data, rng)
+                jax.block_until_ready(state)
+                times.append(time.perf_counter() - start)
     step_s = statistics.median(times)
-    flops = train_flops_per_step(
-        cfg, batch, seq, target if cfg.family == "encoder_decoder" else None
-    )
+    flops = train_flops_per_step(cfg, batch, seq, target if enc_dec else None)
     peak, peak_source = device_peak(dtype)
-    tokens = batch * (seq + (target if cfg.family == "encoder_decoder" else 0))
-    return {
+    tokens = batch * (seq + (target if enc_dec else 0))
+    memory, memory_source = _peak_memory(compiled)
+    footprint = tracker.result()
+    result = {
         "model": model,
+        "overrides": overrides or {},
         "family": cfg.family,
         "objective": objective,
         "batch": batch,
         "seq": seq,
-        "target_seq": target if cfg.family == "encoder_decoder" else None,
+        "target_seq": target if enc_dec else None,
         "dtype": dtype,
         "attention_kernel": kernel,
         "remat": remat,
+        "scan_layers": scan_layers,
         "steps": steps,
+        "warmup": warmup,
         "params": sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params)),
         "step_time_s": step_s,
         "step_times_s": times,
+        "step_time_spread_s": [min(times), max(times)],
         "tokens_per_step": tokens,
         "tokens_per_s": tokens / step_s,
         "flops_per_step": flops,
@@ -198,19 +284,327 @@ def benchmark(
         "peak_source": peak_source,
         "mfu": flops / step_s / peak,
         "compile_s": compile_s,
-        "peak_memory_bytes": _peak_memory(compiled),
+        "peak_memory_bytes": memory,
+        "peak_memory_source": memory_source,
+        "max_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
         "final_loss": float(metrics["loss"]),
+        "energy_kwh": footprint["energy_kwh"],
+        "emissions_kg_co2eq": footprint["emissions_kg_co2eq"],
+        "carbon": footprint,
         "environment": environment(),
     }
+    del state, compiled, data  # free ours before the reference allocates
+    if reference == "torch":
+        from train.benchmark_torch import train_benchmark
+
+        ref = train_benchmark(cfg, host, steps=steps, warmup=warmup, dtype=dtype)
+        result["reference"] = ref
+        result["speedup_vs_reference"] = result["tokens_per_s"] / ref["tokens_per_s"]
+    elif reference is not None:
+        raise ValueError(f"reference={reference!r}; the only reference runner is 'torch'")
+    return result
+
+
+def decode_benchmark(
+    model: str,
+    batch: int,
+    *,
+    prompt_len: int = 32,
+    new_tokens: int = 64,
+    dtype: str = "f32",
+    repeats: int = 3,
+    overrides: dict | None = None,
+    reference: str | None = None,
+) -> dict:
+    """Greedy cached generation (train/decode.generate): median seconds of `repeats` calls after
+    a compiling call; with reference="torch" also transformers' `generate` on the same weights."""
+    import flax.linen as nn
+
+    from models.summary import dummy_inputs
+    from train.decode import generate
+
+    cfg = benchmark_config(model, dtype, **(overrides or {}))
+    net = models.build(cfg)
+    init = jax.jit(lambda r: nn.meta.unbox(net.init(r, **dummy_inputs(cfg))["params"]))
+    params = init(jax.random.key(0))
+    prompt = np.random.default_rng(0).integers(1, cfg.vocab_size, (batch, prompt_len))
+    run = lambda: generate(net, params, prompt, max_new_tokens=new_tokens)  # noqa: E731
+    start = time.perf_counter()
+    tokens = run()
+    first_s = time.perf_counter() - start
+    times = []
+    with CarbonTracker() as tracker:
+        for _ in range(repeats):
+            start = time.perf_counter()
+            tokens = run()
+            times.append(time.perf_counter() - start)
+    seconds = statistics.median(times)
+    footprint = tracker.result()
+    result = {
+        "model": model,
+        "overrides": overrides or {},
+        "dtype": dtype,
+        "batch": batch,
+        "prompt_len": prompt_len,
+        "new_tokens": new_tokens,
+        "seconds": seconds,
+        "times_s": times,
+        "tokens_per_s": batch * new_tokens / seconds,
+        "first_call_s": first_s,  # compile + one run
+        "energy_kwh": footprint["energy_kwh"],
+        "emissions_kg_co2eq": footprint["emissions_kg_co2eq"],
+        "carbon": footprint,
+    }
+    if reference == "torch":
+        from train.benchmark_torch import decode_benchmark as torch_decode
+
+        ref = torch_decode(
+            cfg.replace(dtype="float32"), prompt, new_tokens, params=params, repeats=repeats
+        )
+        theirs = ref.pop("tokens")
+        ref["token_agreement"] = float(np.mean(theirs == tokens))  # same weights, both greedy
+        result["reference"] = ref
+        result["speedup_vs_reference"] = result["tokens_per_s"] / ref["tokens_per_s"]
+    return result
+
+
+def run_suite(name: str, out_dir: Path = DOCS, *, reference: str | None = "torch") -> dict:
+    """Runs a standard suite and writes results.json, README.md and PNG plots to `out_dir`."""
+    suite = SUITES[name]
+    results = {
+        "suite": name,
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "command": f"python -m train.benchmark --suite {name}",
+        "environment": environment(),
+        "train": [],
+        "decode": [],
+    }
+    for model, batch, seq, target in suite["train"]:
+        for dtype in suite["dtypes"]:
+            r = benchmark(
+                model,
+                batch,
+                seq,
+                target_seq=target,
+                steps=suite["steps"],
+                warmup=suite["warmup"],
+                dtype=dtype,
+                reference=reference,
+            )
+            r.pop("environment")
+            results["train"].append(r)
+            print(_train_line(r), flush=True)
+    d = suite["decode"]
+    for batch in d["batches"]:
+        r = decode_benchmark(
+            d["model"],
+            batch,
+            prompt_len=d["prompt_len"],
+            new_tokens=d["new_tokens"],
+            reference=reference,
+        )
+        results["decode"].append(r)
+        print(_decode_line(r), flush=True)
+    results["environment"]["load_average_end"] = os.getloadavg()
+    write_report(results, out_dir)
+    return results
+
+
+def write_report(results: dict, out_dir: Path) -> None:
+    """results.json, README.md (tables + environment) and train.png / decode.png."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "results.json").write_text(json.dumps(results, indent=2, default=_jsonable))
+    (out_dir / "README.md").write_text(render_markdown(results))
+    _plot(results, out_dir)
+
+
+def _jsonable(x):
+    if isinstance(x, np.generic):
+        return x.item()
+    if isinstance(x, np.ndarray):
+        return x.tolist()
+    return str(x)
+
+
+def _fmt(x, spec: str, empty: str = "-") -> str:
+    return empty if x is None else format(x, spec)
+
+
+def render_markdown(results: dict) -> str:
+    env = results["environment"]
+    lines = [
+        f"# Benchmarks: suite `{results['suite']}`",
+        "",
+        f"Generated by `{results['command']}` on {results['date']}; raw numbers in "
+        "[results.json](results.json). Do not edit by hand.",
+        "",
+        "Training: the real jitted train step (forward, backward, AdamW), synthetic tokens, median "
+        "of the timed steps (min-max in brackets). PyTorch: the Hugging Face class of the same "
+        "shape, random init, fused AdamW, f32 or `torch.autocast(bfloat16)` with f32 weights, in "
+        "the same process right after ours. MFU = analytic FLOPs (train/flops.py, causal "
+        "attention at half) / step time / peak, the peak being a 2048^3 matmul measured here "
+        "(f32, or bf16 inputs with f32 accumulation). Energy: train/carbon.py over the timed "
+        "steps (see docs/carbon.md).",
+        "",
+        "| model | batch x seq | dtype | ours tokens/s | PyTorch tokens/s | ours / PyTorch | MFU "
+        "| compile s | peak memory GiB | energy Wh | g CO2eq |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in results["train"]:
+        ref = r.get("reference") or {}
+        shape = f"{r['batch']} x {r['seq']}" + (
+            f" -> {r['target_seq']}" if r.get("target_seq") else ""
+        )
+        spread = r["step_time_spread_s"]
+        lo, hi = r["tokens_per_step"] / spread[1], r["tokens_per_step"] / spread[0]
+        lines.append(
+            f"| {r['model']} | {shape} | {r['dtype']} | {r['tokens_per_s']:,.0f} "
+            f"[{lo:,.0f}-{hi:,.0f}] | {_fmt(ref.get('tokens_per_s'), ',.0f')} | "
+            f"{_fmt(r.get('speedup_vs_reference'), '.2f')} | {r['mfu']:.1%} | "
+            f"{r['compile_s']:.1f} | {_fmt(_gib(r['peak_memory_bytes']), '.2f')} | "
+            f"{_fmt(_scale(r['energy_kwh'], 1e3), '.3f')} | "
+            f"{_fmt(_scale(r['emissions_kg_co2eq'], 1e3), '.3f')} |"
+        )
+    if results.get("decode"):
+        lines += [
+            "",
+            "Decoding: greedy, KV cache, EOS suppressed so that every row makes all its tokens; "
+            "ours is train/decode.generate (one jitted scan), PyTorch is `generate(do_sample="
+            "False, use_cache=True)` on the same weights (agreement = fraction of equal tokens).",
+            "",
+            "| model | batch | prompt + new | dtype | ours tokens/s | PyTorch tokens/s "
+            "| ours / PyTorch | agreement | ours first call s |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        ]
+        for r in results["decode"]:
+            ref = r.get("reference") or {}
+            lines.append(
+                f"| {r['model']} | {r['batch']} | {r['prompt_len']} + {r['new_tokens']} | "
+                f"{r['dtype']} | {r['tokens_per_s']:,.1f} | {_fmt(ref.get('tokens_per_s'), ',.1f')}"
+                f" | {_fmt(r.get('speedup_vs_reference'), '.2f')} | "
+                f"{_fmt(ref.get('token_agreement'), '.0%')} | {r['first_call_s']:.1f} |"
+            )
+    lines += ["", "![training throughput](train.png)", ""]
+    if results.get("decode"):
+        lines += ["![decoding throughput](decode.png)", ""]
+    lines += ["## Environment", "", "| key | value |", "| --- | --- |"]
+    lines += [f"| {k} | {v} |" for k, v in env.items()]
+    peaks = {r["dtype"]: (r["peak_flops"], r["peak_source"]) for r in results["train"]}
+    lines += [""] + [
+        f"Peak {dtype}: {p / 1e9:,.0f} GFLOP/s ({src})." for dtype, (p, src) in peaks.items()
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _gib(x):
+    return None if x is None else x / 2**30
+
+
+def _scale(x, factor):
+    return None if x is None else x * factor
+
+
+def _plot(results: dict, out_dir: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    def bars(rows, labels, path, title, ylabel):
+        fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(rows)), 4))
+        x = np.arange(len(rows))
+        ours = [r["tokens_per_s"] for r in rows]
+        theirs = [(r.get("reference") or {}).get("tokens_per_s", 0.0) for r in rows]
+        ax.bar(x - 0.2, ours, 0.4, label="Triptych (JAX)")
+        if any(theirs):
+            ax.bar(x + 0.2, theirs, 0.4, label="Hugging Face PyTorch")
+        ax.set_xticks(x, labels, rotation=20, ha="right", fontsize=8)
+        ax.set_ylabel(ylabel)
+        ax.set_title(title, fontsize=10)
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+
+    env = results["environment"]
+    where = f"{env['cpu_count']}x {env['platform']} ({env.get('cpu_model') or env['device_kind']})"
+    train = results["train"]
+    bars(
+        train,
+        [f"{r['model']}\n{r['batch']}x{r['seq']} {r['dtype']}" for r in train],
+        out_dir / "train.png",
+        f"Training step throughput, {where}",
+        "tokens/s",
+    )
+    if results.get("decode"):
+        dec = results["decode"]
+        bars(
+            dec,
+            [f"{r['model']} batch {r['batch']}\n{r['prompt_len']}+{r['new_tokens']}" for r in dec],
+            out_dir / "decode.png",
+            f"Greedy decoding with KV cache, {where}",
+            "new tokens/s",
+        )
+
+
+def _train_line(r: dict) -> str:
+    mem = r["peak_memory_bytes"]
+    line = (
+        f"{r['model']} batch {r['batch']} seq {r['seq']} {r['dtype']} on "
+        f"{jax.device_count()}x {jax.devices()[0].device_kind}: "
+        f"{r['step_time_s'] * 1e3:.1f} ms/step, {r['tokens_per_s']:,.0f} tokens/s, "
+        f"{r['tflops_per_s']:.3f} TFLOP/s, MFU {r['mfu']:.1%} "
+        f"(peak {r['peak_flops'] / 1e12:.3f} TFLOP/s, {r['peak_source']}), "
+        f"compile {r['compile_s']:.1f}s" + (f", peak memory {mem / 2**30:.2f} GiB" if mem else "")
+    )
+    if r.get("energy_kwh") is not None:
+        line += (
+            f", {r['energy_kwh'] * 1e3:.4f} Wh / {r['emissions_kg_co2eq'] * 1e3:.4f} g CO2eq "
+            f"({r['carbon']['method']})"
+        )
+    if "reference" in r:
+        line += (
+            f"; PyTorch {r['reference']['tokens_per_s']:,.0f} tokens/s "
+            f"-> ours/PyTorch {r['speedup_vs_reference']:.2f}x"
+        )
+    return line
+
+
+def _decode_line(r: dict) -> str:
+    line = (
+        f"decode {r['model']} batch {r['batch']} prompt {r['prompt_len']} + {r['new_tokens']} "
+        f"new ({r['dtype']}): {r['seconds']:.2f}s, {r['tokens_per_s']:,.1f} tokens/s"
+    )
+    if "reference" in r:
+        ref = r["reference"]
+        line += (
+            f"; PyTorch generate {ref['seconds']:.2f}s, {ref['tokens_per_s']:,.1f} tokens/s -> "
+            f"ours/PyTorch {r['speedup_vs_reference']:.2f}x (agreement "
+            f"{ref['token_agreement']:.0%})"
+        )
+    return line
+
+
+def _override(text: str) -> tuple[str, object]:
+    key, _, value = text.partition("=")
+    if not key or not _:
+        raise argparse.ArgumentTypeError(f"--set takes FIELD=VALUE, got {text!r}")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(
         prog="python -m train.benchmark", description=__doc__.split("\n")[0]
     )
-    p.add_argument("--model", required=True)
-    p.add_argument("--batch", type=int, required=True)
-    p.add_argument("--seq", type=int, required=True)
+    p.add_argument("--suite", choices=sorted(SUITES), help="run a standard suite, write docs")
+    p.add_argument("--out", default=str(DOCS), help="suite output directory")
+    p.add_argument("--model")
+    p.add_argument("--batch", type=int)
+    p.add_argument("--seq", type=int)
     p.add_argument("--target-seq", type=int, default=None, help="decoder length (enc-dec)")
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--warmup", type=int, default=2)
@@ -218,9 +612,32 @@ def main(argv=None) -> int:
     p.add_argument("--kernel", default="auto", help="attention kernel (models/attention.py)")
     p.add_argument("--remat", default="none")
     p.add_argument("--scan-layers", action="store_true")
+    p.add_argument(
+        "--set",
+        type=_override,
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="ModelConfig override, e.g. --set num_layers=2 (repeatable)",
+    )
+    p.add_argument("--reference", choices=("torch",), default=None, help="also time PyTorch")
+    p.add_argument(
+        "--decode",
+        action="store_true",
+        help="also time greedy cached decoding at batch 1 and 16 (--prompt-len, --new-tokens)",
+    )
+    p.add_argument("--prompt-len", type=int, default=32)
+    p.add_argument("--new-tokens", type=int, default=64)
+    p.add_argument("--country", default=None, help="carbon.country_iso_code (default USA)")
     p.add_argument("--json", default=None, help="write the result here")
     args = p.parse_args(argv)
+    carbon = {"country_iso_code": args.country} if args.country else None
     try:
+        if args.suite:
+            run_suite(args.suite, Path(args.out), reference=args.reference or "torch")
+            return 0
+        if args.model is None or args.batch is None or args.seq is None:
+            p.error("--model, --batch and --seq are required without --suite")
         result = benchmark(
             args.model,
             args.batch,
@@ -232,23 +649,30 @@ def main(argv=None) -> int:
             remat=args.remat,
             target_seq=args.target_seq,
             scan_layers=args.scan_layers,
+            overrides=dict(args.set),
+            reference=args.reference,
+            carbon=carbon,
         )
+        print(_train_line(result), flush=True)
+        if args.decode:
+            result["decode"] = []
+            for batch in (1, 16):
+                r = decode_benchmark(
+                    args.model,
+                    batch,
+                    prompt_len=args.prompt_len,
+                    new_tokens=args.new_tokens,
+                    overrides=dict(args.set),
+                    reference=args.reference,
+                )
+                result["decode"].append(r)
+                print(_decode_line(r), flush=True)
     except (models.ConfigError, partitioning.MeshError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    mem = result["peak_memory_bytes"]
-    print(
-        f"{result['model']} batch {args.batch} seq {args.seq} {args.dtype} on "
-        f"{result['environment']['device_count']}x {result['environment']['device_kind']}: "
-        f"{result['step_time_s'] * 1e3:.1f} ms/step, {result['tokens_per_s']:,.0f} tokens/s, "
-        f"{result['tflops_per_s']:.2f} TFLOP/s, MFU {result['mfu']:.1%} "
-        f"(peak {result['peak_flops'] / 1e12:.1f} TFLOP/s, {result['peak_source']}), "
-        f"compile {result['compile_s']:.1f}s"
-        + (f", peak memory {mem / 2**30:.2f} GiB" if mem else "")
-    )
     if args.json:
         with open(args.json, "w") as f:
-            json.dump(result, f, indent=2)
+            json.dump(result, f, indent=2, default=_jsonable)
     return 0
 
 

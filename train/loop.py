@@ -27,6 +27,7 @@ from data.sources import load_source
 from data.tokenizers import load_tokenizer, train_tokenizer
 from launch import distributed
 from train import partitioning
+from train.carbon import CarbonTracker
 from train.checkpoint import Checkpointer, CheckpointError, check_same_architecture
 from train.flops import train_flops_per_step
 from train.init_from import load_pretrained, merge_params
@@ -427,6 +428,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         dict(run.mesh.shape),
     )
     writer = MetricWriter(workdir, enabled=jax.process_index() == 0)
+    carbon = CarbonTracker(config.get("carbon"))
+    carbon.start()
     with _Preemption() as preemption, partitioning.activate(run.mesh, run.rules):
         progress = _Progress(run, int(run.state.step))
         try:
@@ -434,6 +437,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         finally:  # on errors too: end the progress line, let in-flight saves finish
             progress.bar.close()
             run.ckpt.close()
+    footprint = carbon.stop()
+    if footprint.get("energy_kwh") is not None:
+        writer.write(
+            progress.step,
+            {
+                "carbon/energy_kwh": footprint["energy_kwh"],
+                "carbon/emissions_kg_co2eq": footprint["emissions_kg_co2eq"],
+            },
+        )
     summary = {
         "steps": progress.step,
         "final": progress.metrics,
@@ -444,6 +456,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         "model": run.model_config.name,
         "workdir": str(workdir.absolute()),
         "preempted": preemption.requested,
+        "energy_kwh": footprint.get("energy_kwh"),
+        "emissions_kg_co2eq": footprint.get("emissions_kg_co2eq"),
+        "carbon": footprint,
     }
     if (
         config.sample_tokens

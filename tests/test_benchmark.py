@@ -1,0 +1,117 @@
+"""The benchmark CLI (train/benchmark.py) on tiny models: every JSON field, the report files, and
+the PyTorch reference runner."""
+
+import json
+import math
+
+import pytest
+
+from train import benchmark
+
+TINY = ["--batch", "8", "--seq", "16", "--steps", "2", "--warmup", "1", "--dtype", "f32"]
+
+
+def _finite(x) -> bool:
+    return isinstance(x, int | float) and math.isfinite(x)
+
+
+def test_cli_writes_every_field(tmp_path):
+    out = tmp_path / "r.json"
+    assert benchmark.main(["--model", "gpt2-tiny", *TINY, "--json", str(out)]) == 0
+    r = json.loads(out.read_text())
+    for key in ("tokens_per_s", "mfu", "compile_s", "step_time_s", "tflops_per_s"):
+        assert _finite(r[key]) and r[key] > 0, key
+    assert r["tokens_per_step"] == 8 * 16
+    assert r["tokens_per_s"] == pytest.approx(128 / r["step_time_s"])
+    assert r["mfu"] == pytest.approx(r["flops_per_step"] / r["step_time_s"] / r["peak_flops"])
+    assert len(r["step_times_s"]) == 2
+    assert r["step_time_s"] == pytest.approx(
+        sorted(r["step_times_s"])[0] / 2 + sorted(r["step_times_s"])[1] / 2
+    )
+    assert isinstance(r["peak_memory_bytes"], int) and r["peak_memory_bytes"] > 0
+    assert math.isfinite(r["final_loss"])
+    # energy: a finite non-negative figure with its method (None only without codecarbon)
+    if r["carbon"]["method"] != "unavailable":
+        assert _finite(r["energy_kwh"]) and r["energy_kwh"] >= 0
+        assert _finite(r["emissions_kg_co2eq"]) and r["emissions_kg_co2eq"] >= 0
+    env = r["environment"]
+    for key in ("jax", "flax", "platform", "device_kind", "device_count", "xla_flags"):
+        assert key in env
+    assert env["device_count"] >= 1
+
+
+def test_encoder_decoder_counts_both_sides_and_overrides():
+    from models.summary import count_params
+
+    r = benchmark.benchmark(
+        "t5-tiny", 8, 16, target_seq=8, steps=1, warmup=1, dtype="bf16", overrides={"num_layers": 1}
+    )
+    assert r["tokens_per_step"] == 8 * (16 + 8)
+    assert r["overrides"] == {"num_layers": 1} and r["dtype"] == "bf16"
+    assert r["params"] == count_params(benchmark.benchmark_config("t5-tiny", "bf16", num_layers=1))
+    assert r["params"] < count_params(benchmark.benchmark_config("t5-tiny", "bf16"))
+
+
+def test_cli_rejects_missing_shape(capsys):
+    with pytest.raises(SystemExit):
+        benchmark.main(["--model", "gpt2-tiny"])
+    assert benchmark.main(["--model", "gpt2-tiny", *TINY, "--set", "num_heads=5"]) == 2
+    assert "num_heads" in capsys.readouterr().err
+
+
+def test_report_files(tmp_path):
+    r = benchmark.benchmark("gpt2-tiny", 8, 16, steps=2, warmup=1, dtype="f32")
+    r.pop("environment")
+    results = {
+        "suite": "test",
+        "date": "today",
+        "command": "pytest",
+        "environment": benchmark.environment(),
+        "train": [r],
+        "decode": [benchmark.decode_benchmark("gpt2-tiny", 2, prompt_len=4, new_tokens=4)],
+    }
+    benchmark.write_report(results, tmp_path)
+    text = (tmp_path / "README.md").read_text()
+    assert "| gpt2-tiny | 8 x 16 | f32 |" in text
+    assert f"{r['tokens_per_s']:,.0f}" in text
+    assert json.loads((tmp_path / "results.json").read_text())["train"][0]["model"] == "gpt2-tiny"
+    for png in ("train.png", "decode.png"):
+        assert (tmp_path / png).read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.hf
+def test_torch_reference_runner():
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    r = benchmark.benchmark("gpt2-tiny", 8, 16, steps=2, warmup=1, dtype="bf16", reference="torch")
+    ref = r["reference"]
+    assert ref["class"] == "GPT2LMHeadModel" and ref["dtype"] == "bf16"
+    assert ref["tokens_per_step"] == 128 and _finite(ref["tokens_per_s"])
+    assert math.isfinite(ref["final_loss"])
+    assert r["speedup_vs_reference"] == pytest.approx(r["tokens_per_s"] / ref["tokens_per_s"])
+
+
+@pytest.mark.hf
+def test_torch_decode_reference_agrees():
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    r = benchmark.decode_benchmark(
+        "gpt2-tiny", 3, prompt_len=5, new_tokens=6, repeats=1, reference="torch"
+    )
+    assert r["batch"] == 3 and r["new_tokens"] == 6 and r["tokens_per_s"] > 0
+    # same weights, both greedy, f32: the same tokens
+    assert r["reference"]["token_agreement"] == 1.0
+    assert r["reference"]["class"] == "GPT2LMHeadModel"
+
+
+@pytest.mark.hf
+def test_torch_reference_other_families():
+    pytest.importorskip("transformers")
+    from train.benchmark_torch import train_benchmark
+
+    for name, cls in (("bert-tiny", "BertForMaskedLM"), ("t5-tiny", "T5ForConditionalGeneration")):
+        cfg = benchmark.benchmark_config(name, "f32")
+        host = benchmark.synthetic_batch(cfg, 2, 8, 4)
+        r = train_benchmark(cfg, host, steps=1, warmup=0)
+        assert r["class"] == cls and math.isfinite(r["final_loss"])
+        assert r["tokens_per_step"] == (2 * 8 + 2 * 4 if name == "t5-tiny" else 2 * 8)

@@ -1,0 +1,203 @@
+"""The Hugging Face PyTorch reference for `train.benchmark`: the same shapes, timed the same way.
+
+The reference model is the `transformers` class that `models.hf.config_to_hf` picks for our config
+(GPT2LMHeadModel for gpt2, BertForMaskedLM for bert, T5ForConditionalGeneration for t5), built
+from that config with random initialisation, so that a ratio "ours / PyTorch" is measured in one
+run on one machine. Training: forward with `labels`, backward, `torch.optim.AdamW` step, with f32
+weights and either f32 compute or `torch.autocast(dtype=bfloat16)`. Decoding: `generate` (greedy,
+use_cache=True) with EOS suppressed so that every row produces exactly `new_tokens` tokens.
+
+Needs the `hf` extra (torch + transformers); importing this module does not import them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import statistics
+import time
+
+import numpy as np
+
+from models.config import ModelConfig
+
+_OPTIMIZER = "torch.optim.AdamW(lr=1e-4, weight_decay=0.01, fused=True)"
+
+
+def hf_model(cfg: ModelConfig, params=None):
+    """The transformers model with the same architecture as `cfg` (random init, or `params`
+    converted from ours through models/hf.py)."""
+    import torch
+    from transformers import (
+        AutoConfig,
+        AutoModelForCausalLM,
+        AutoModelForMaskedLM,
+        AutoModelForSeq2SeqLM,
+    )
+
+    from models import hf
+
+    hf_dict = hf.config_to_hf(cfg)
+    model_type = hf_dict.pop("model_type")
+    hf_dict.pop("architectures", None)
+    hf_config = AutoConfig.for_model(model_type, **hf_dict)
+    auto = {
+        "decoder": AutoModelForCausalLM,
+        "encoder": AutoModelForMaskedLM,
+        "encoder_decoder": AutoModelForSeq2SeqLM,
+    }[cfg.family]
+    torch.manual_seed(0)
+    model = auto.from_config(hf_config)
+    if params is not None:
+        state = {k: torch.from_numpy(v) for k, v in hf.convert_params_to_hf(cfg, params).items()}
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        # tied output weights are absent from the converted state; BertForMaskedLM has no pooler
+        missing = [k for k in missing if k not in _tied_keys(model)]
+        unexpected = [k for k in unexpected if ".pooler." not in k]
+        if missing or unexpected:
+            raise ValueError(f"weights do not fit: missing {missing}, unexpected {unexpected}")
+    return model
+
+
+def _tied_keys(model) -> set[str]:
+    """Parameter names that share storage with another parameter (tied heads)."""
+    tied_map = getattr(model, "_tied_weights_keys", None) or {}
+    tied = set(tied_map) | set(tied_map.values()) if isinstance(tied_map, dict) else set(tied_map)
+    seen = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        if p.data_ptr() in seen:
+            tied.add(name)
+        seen.setdefault(p.data_ptr(), name)
+    return tied
+
+
+def _torch_batch(host: dict, family: str) -> dict:
+    """Our synthetic batch (numpy) -> the keyword arguments of the HF forward with labels."""
+    import torch
+
+    t = lambda x: torch.from_numpy(np.asarray(x, np.int64))  # noqa: E731
+    if family == "encoder_decoder":
+        return {
+            "input_ids": t(host["input_ids"]),
+            "decoder_input_ids": t(host["decoder_input_ids"]),
+            "labels": t(host["targets"]),
+        }
+    # GPT2LMHeadModel shifts labels itself (T-1 predictions), BertForMaskedLM takes every token;
+    # both cost the same matmuls as ours up to one position.
+    return {"input_ids": t(host["input_ids"]), "labels": t(host["targets"])}
+
+
+def train_benchmark(
+    cfg: ModelConfig,
+    host_batch: dict,
+    *,
+    steps: int = 10,
+    warmup: int = 2,
+    dtype: str = "f32",
+    threads: int | None = None,
+) -> dict:
+    """Times `steps` AdamW training steps of the HF model on `host_batch` (ours, numpy)."""
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+    model = hf_model(cfg)
+    model.train()  # dropout rates are 0 in the benchmark config; train mode as in training
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.01, fused=True)
+    inputs = _torch_batch(host_batch, cfg.family)
+    autocast = (
+        torch.autocast("cpu", dtype=torch.bfloat16) if dtype == "bf16" else contextlib.nullcontext()
+    )
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        with autocast:
+            loss = model(**inputs).loss
+        loss.backward()
+        opt.step()
+        return loss.detach().item()
+
+    for _ in range(warmup):
+        step()
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        loss = step()
+        times.append(time.perf_counter() - start)
+    tokens = sum(int(np.prod(v.shape)) for k, v in inputs.items() if k.endswith("input_ids"))
+    step_s = statistics.median(times)
+    return {
+        "framework": "pytorch",
+        "class": type(model).__name__,
+        "dtype": dtype,
+        "compute": "torch.autocast(bfloat16), f32 weights" if dtype == "bf16" else "float32",
+        "optimizer": _OPTIMIZER,
+        "torch": torch.__version__,
+        "transformers": _transformers_version(),
+        "threads": torch.get_num_threads(),
+        "attn_implementation": getattr(model.config, "_attn_implementation", None),
+        "step_time_s": step_s,
+        "step_times_s": times,
+        "tokens_per_step": tokens,
+        "tokens_per_s": tokens / step_s,
+        "final_loss": loss,
+    }
+
+
+def decode_benchmark(
+    cfg: ModelConfig,
+    prompt: np.ndarray,
+    new_tokens: int,
+    *,
+    params=None,
+    repeats: int = 3,
+    threads: int | None = None,
+) -> dict:
+    """Times greedy `generate` (use_cache=True) of `new_tokens` tokens after `prompt` (B, P).
+
+    Returns the median wall time of `repeats` calls after one warm-up call, and the tokens.
+    """
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+    model = hf_model(cfg, params)
+    model.eval()
+    ids = torch.from_numpy(np.asarray(prompt, np.int64))
+    kwargs = dict(
+        attention_mask=torch.ones_like(ids),
+        max_new_tokens=new_tokens,
+        min_new_tokens=new_tokens,  # suppresses EOS: every row makes exactly new_tokens
+        do_sample=False,
+        num_beams=1,
+        use_cache=True,
+        pad_token_id=0,
+    )
+    if cfg.family == "encoder_decoder":
+        kwargs["decoder_start_token_id"] = 0
+    with torch.inference_mode():
+        out = model.generate(ids, **kwargs)  # warm-up
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            out = model.generate(ids, **kwargs)
+            times.append(time.perf_counter() - start)
+    tokens = out[:, -new_tokens:].numpy()
+    seconds = statistics.median(times)
+    return {
+        "framework": "pytorch",
+        "class": type(model).__name__,
+        "batch": int(ids.shape[0]),
+        "prompt_len": int(ids.shape[1]),
+        "new_tokens": new_tokens,
+        "seconds": seconds,
+        "times_s": times,
+        "tokens_per_s": ids.shape[0] * new_tokens / seconds,
+        "threads": torch.get_num_threads(),
+        "tokens": tokens,
+    }
+
+
+def _transformers_version() -> str:
+    import transformers
+
+    return transformers.__version__
