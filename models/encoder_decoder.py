@@ -5,27 +5,13 @@ from __future__ import annotations
 
 import flax.linen as nn
 
-from models import axes
 from models.blocks import TransformerStack
 from models.config import ModelConfig
 from models.heads import (
     LMHead,
     ModelOutput,
 )
-from models.layers import Embed, dtypes
-
-
-def token_embedding(cfg: ModelConfig) -> Embed:
-    dtype, param_dtype = dtypes(cfg)
-    return Embed(
-        cfg.vocab_size,
-        cfg.d_model,
-        (axes.VOCAB, axes.EMBED),
-        dtype,
-        param_dtype,
-        nn.initializers.normal(cfg.init_std),
-        name="token_embed",
-    )
+from models.layers import token_embedding
 
 
 class EncoderDecoderModel(nn.Module):

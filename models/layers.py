@@ -212,6 +212,21 @@ def make_norm(config: ModelConfig, name: str | None = None) -> Norm:
     return Norm(config.norm, config.norm_eps, dtype, param_dtype, name=name)
 
 
+def token_embedding(config: ModelConfig) -> Embed:
+    """The (vocab, d_model) token table, `token_embed` in every family (shared by an
+    encoder-decoder's two stacks and its tied head)."""
+    dtype, param_dtype = dtypes(config)
+    return Embed(
+        config.vocab_size,
+        config.d_model,
+        (axes.VOCAB, axes.EMBED),
+        dtype,
+        param_dtype,
+        nn.initializers.normal(config.init_std),
+        name="token_embed",
+    )
+
+
 class MLP(nn.Module):
     """Feed-forward block: wo(act(wi x) [* wi_gate x]). Gated = GEGLU/SwiGLU (T5 v1.1, Llama)."""
 
