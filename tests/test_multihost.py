@@ -71,7 +71,10 @@ def _records(workdir):
     train, evals = {}, {}
     for line in (Path(workdir) / "metrics.jsonl").read_text().splitlines():
         record = json.loads(line)
-        (train if "loss" in record else evals)[record["step"]] = record
+        if "loss" in record:
+            train[record["step"]] = record
+        elif "eval_loss" in record:  # other records (e.g. carbon/*) are neither
+            evals[record["step"]] = record
     return train, evals
 
 
