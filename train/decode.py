@@ -42,12 +42,10 @@ def _empty_cache(init_fn):
     return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
 
 
-@functools.partial(
-    jax.jit, static_argnames=("model", "max_new_tokens", "temperature", "top_k", "top_p", "eos_id")
-)
-def _generate_decoder(
-    model, params, prompt, mask, rng, *, max_new_tokens, temperature, top_k, top_p, eos_id
-):
+def _prefill(model, params, prompt, mask, max_new_tokens):
+    """Runs a left-padded prompt (B, P) through a decoder-only model into a fresh cache sized
+    for P + max_new_tokens. Returns (output, {'cache': ...}, position of each row's last token).
+    """
     b, p = prompt.shape
     cache = _empty_cache(
         lambda: model.init(
@@ -63,7 +61,17 @@ def _generate_decoder(
         decode=True,
         mutable=["cache"],
     )
-    last_pos = positions[:, -1]
+    return out, state, positions[:, -1]
+
+
+@functools.partial(
+    jax.jit, static_argnames=("model", "max_new_tokens", "temperature", "top_k", "top_p", "eos_id")
+)
+def _generate_decoder(
+    model, params, prompt, mask, rng, *, max_new_tokens, temperature, top_k, top_p, eos_id
+):
+    b = prompt.shape[0]
+    out, state, last_pos = _prefill(model, params, prompt, mask, max_new_tokens)
 
     def step(carry, rng_t):
         cache, logits, pos, done = carry
@@ -322,22 +330,7 @@ def _beam_search(
         logits, cache = step(cache, jnp.full((n,), start_id, jnp.int32), 0)
         return loop(step, cache, logits)
 
-    p = inputs.shape[1]
-    cache = _empty_cache(
-        lambda: model.init(
-            jax.random.key(0), jnp.ones((n, p + max_new_tokens), jnp.int32), decode=True
-        )
-    )
-    positions = jnp.maximum(jnp.cumsum(mask, axis=1) - 1, 0)
-    out, state = model.apply(
-        {"params": params, "cache": cache},
-        inputs,
-        attention_mask=mask,
-        positions=positions,
-        decode=True,
-        mutable=["cache"],
-    )
-    last = positions[:, -1]
+    out, state, last = _prefill(model, params, inputs, mask, max_new_tokens)
 
     def step(cache, tokens, t):
         out, state = model.apply(
