@@ -6,7 +6,10 @@ Top-level keys:
   best_metric (an eval metric whose best checkpoint is kept too, '' = off), async_checkpoints,
   label_smoothing, z_loss, dropout, sample_tokens (tokens generated at the end; 0 = none),
   init_from (start from pretrained weights: a `python -m models convert` directory, a training
-  workdir or a Hugging Face directory; the run's `model` fields, e.g. a new head, apply on top)
+  workdir or a Hugging Face directory; the run's `model` fields, e.g. a new head, apply on top),
+  task (classification | ner | translation | summarization: the task metric added to every eval,
+  e.g. eval_accuracy, eval_entity_f1, eval_bleu, eval_rouge2; '' = losses only),
+  eval_task_examples (validation examples the task metric scores at each eval; 0 = all)
 Sections:
   model      `name` (a models.list_architectures() name) and any ModelConfig field; fields left
              unset keep the architecture's value (vocab_size defaults to the tokenizer's).
@@ -18,6 +21,8 @@ Sections:
              vocab_size, lowercase, train_examples (how many examples to train it on).
   optimizer  see train/optim.py.
   mesh       data, fsdp, tensor sizes; -1 = the remaining devices.
+  decode     generation for task metrics and `python -m train.predict`: beams (1 = greedy or
+             sampling), length_penalty, max_new_tokens, temperature, top_k, top_p, batch_size.
   carbon     enabled, country_iso_code, pue, chip_tdp_w, utilization (see docs/carbon.md).
 """
 
@@ -30,6 +35,7 @@ from ml_collections.config_dict import placeholder
 
 from data.pipeline import default_config as data_defaults
 from models.config import ModelConfig
+from train.tasks import decode_config
 
 _TYPES = {"int": int, "float": float, "bool": bool, "str": str}
 
@@ -69,6 +75,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.sample_tokens = 0
     c.sample_prompt = ""
     c.init_from = ""  # pretrained weights: a Triptych checkpoint dir, a workdir or an HF dir
+    c.task = ""  # the task metric of every eval (train/tasks.py TASK_METRICS)
+    c.eval_task_examples = 0
     c.data = data_defaults()
     c.tokenizer = ml_collections.ConfigDict(
         dict(
@@ -96,6 +104,7 @@ def base_config() -> ml_collections.ConfigDict:
         )
     )
     c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+    c.decode = decode_config()
     # Energy and emissions (train/carbon.py, docs/carbon.md): codecarbon offline, or a TDP
     # estimate on TPUs.
     c.carbon = ml_collections.ConfigDict(

@@ -36,10 +36,13 @@ def sst2_files() -> dict:
 def get_config(arg: str | None = None):
     c = base_config()
     c.init_from = minilm_dir()
+    c.task = "classification"  # every eval also reports eval_accuracy and eval_f1 over the split
     c.model = model_section("all-minilm-l6-v2", head="classification", num_labels=2)
     c.data.name = "glue/sst2"
     c.data.objective = "classify"
     c.data.fields = {"text": "sentence", "label": "label"}
+    c.data.trim_padding = 16  # pad each batch to a multiple of 16 tokens, not to seq_len
+    c.model.dtype = "bfloat16"  # mixed precision: bf16 compute, f32 parameters
     c.seq_len = 64
     c.batch_size = 32
     c.steps = 2000
@@ -47,8 +50,8 @@ def get_config(arg: str | None = None):
     c.eval_batches = 28  # 872 dev sentences
     c.checkpoint_every_steps = 500
     c.best_metric = "eval_accuracy"
-    c.optimizer.learning_rate = 5e-5
-    c.optimizer.warmup_steps = 100
+    c.optimizer.learning_rate = 1e-4
+    c.optimizer.warmup_steps = 200
     c.optimizer.schedule = "linear"
     c.optimizer.weight_decay = 0.01
     c.optimizer.body_lr_factor = 1.0

@@ -288,7 +288,7 @@ class DenoiseRows(Seq2SeqRows):
         return self.encode_pair(inputs, np.r_[self._bos, body, self._eos].astype(np.int32))
 
 
-def _frame(tok: Tokenizer) -> tuple[list[int], list[int], list[int]]:
+def special_frame(tok: Tokenizer) -> tuple[list[int], list[int], list[int]]:
     """(begin, middle, end) special ids around one or two segments for the family."""
     cls, sep, eos = tok.cls_id, tok.sep_id, tok.eos_id
     if cls is not None and sep is not None:
@@ -306,7 +306,7 @@ class ClassifyRows(Rows):
 
     def __init__(self, tokenizer, seq_len, cfg):
         super().__init__(tokenizer, seq_len, cfg)
-        self._begin, self._middle, self._end = _frame(tokenizer)
+        self._begin, self._middle, self._end = special_frame(tokenizer)
         self._pad = tokenizer.pad_id or 0
 
     def element(self, example):
@@ -353,7 +353,7 @@ class TagRows(Rows):
 
     def __init__(self, tokenizer, seq_len, cfg):
         super().__init__(tokenizer, seq_len, cfg)
-        self._begin, _, self._end = _frame(tokenizer)
+        self._begin, _, self._end = special_frame(tokenizer)
         self._pad = tokenizer.pad_id or 0
 
     def element(self, example):

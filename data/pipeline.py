@@ -28,6 +28,11 @@ table_format, token_column, tag_column, data_dir, download) it reads:
   shuffle        shuffle the training split (default True for "train", False otherwise)
   num_epochs     None: "train" repeats forever, other splits run once; N >= 1: N epochs;
                  0: forever
+  trim_padding   0 (off) or N: per-example objectives (classify, tag, seq2seq, clm with
+                 pack=False) on one host pad each batch only to the smallest multiple of N
+                 that holds its longest row (at most seq_len), on the input and the target
+                 side separately. Short-sentence tasks then spend little compute on padding,
+                 at the price of one compilation per length bucket (seq_len / N per side).
 
 Local files are prepared to ArrayRecord under `data_dir` on first use; with several hosts on a
 shared file system, let process 0 call `make_pipeline` (or `data.sources.load_source`) first.
@@ -86,6 +91,7 @@ def default_config() -> ml_collections.ConfigDict:
             "target_length": None,
             "shuffle": None,
             "num_epochs": None,
+            "trim_padding": 0,
         }
     )
 
@@ -111,8 +117,10 @@ class BatchIterator(Iterator[dict[str, np.ndarray]]):
         process_count: int,
         seed: int,
         length: int | None,
+        trim_padding: int = 0,
     ):
         self.rows, self.source = rows, source
+        self._trim = int(trim_padding) if rows.per_example else 0
         self._seed, self._length, self.elements = seed, length, elements
         self._global = global_batch_size
         self._layout = (process_index, process_count)
@@ -144,7 +152,8 @@ class BatchIterator(Iterator[dict[str, np.ndarray]]):
         if not live:
             raise StopIteration
         self.step += 1
-        return {key: np.stack([row[key] for row in built]) for key in built[0]}
+        batch = {key: np.stack([row[key] for row in built]) for key in built[0]}
+        return trim_padding(batch, self._trim) if self._trim else batch
 
     def _refill(self) -> None:
         """Reads ahead for all rows in one batched call; batched reads are ~10x faster."""
@@ -188,6 +197,38 @@ class BatchIterator(Iterator[dict[str, np.ndarray]]):
         self.step = int(state["step"])
 
 
+_DECODER_KEYS = ("decoder_input_ids", "decoder_attention_mask", "targets", "weights")
+_ENCODER_KEYS = ("input_ids", "attention_mask", "token_type_ids", "positions", "segment_ids")
+
+
+def bucket_length(used: int, multiple: int, limit: int) -> int:
+    """The smallest multiple of `multiple` >= max(used, 1), capped at `limit`."""
+    return min(limit, multiple * max(1, -(-int(used) // multiple)))
+
+
+def trim_padding(batch: dict[str, np.ndarray], multiple: int) -> dict[str, np.ndarray]:
+    """Cuts the trailing all-padding columns of a batch of left-aligned rows down to a
+    multiple of `multiple` (`bucket_length`), the inputs and the targets side separately."""
+    decoder = "decoder_attention_mask" in batch
+    sides = [
+        (
+            _ENCODER_KEYS if decoder else (*_ENCODER_KEYS, "labels", "targets", "weights"),
+            batch["attention_mask"],
+        )
+    ]
+    if decoder:
+        sides.append((_DECODER_KEYS, batch["decoder_attention_mask"]))
+    out = dict(batch)
+    for keys, mask in sides:
+        used = mask.shape[1] - np.argmax(mask[:, ::-1] != 0, axis=1)
+        used = int(np.max(np.where(mask.any(axis=1), used, 0)))
+        width = bucket_length(used, multiple, mask.shape[1])
+        for key in keys:
+            if key in out and out[key].ndim == 2 and out[key].shape[1] == mask.shape[1]:
+                out[key] = out[key][:, :width]
+    return out
+
+
 def make_pipeline(
     cfg: ml_collections.ConfigDict,
     *,
@@ -227,6 +268,11 @@ def make_pipeline(
             f"global batch {global_batch_size} does not split over {process_count} "
             f"hosts (process {process_index})"
         )
+    if cfg.get("trim_padding") and process_count > 1:
+        raise DataError(
+            "data.trim_padding needs one host (hosts would build batches of different "
+            "lengths); set data.trim_padding=0 for multi-host runs"
+        )
     source = sources.load_source(cfg, split, objective)
     if len(source) == 0:
         raise DataError(f"{source.name}: split {split!r} has no examples")
@@ -249,6 +295,7 @@ def make_pipeline(
         process_count=process_count,
         seed=seed,
         length=length,
+        trim_padding=int(cfg.get("trim_padding") or 0),
     )
 
 

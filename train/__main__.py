@@ -71,6 +71,7 @@ def main(argv) -> int:
     from train.objectives import ObjectiveError
     from train.optim import OptimizerError
     from train.partitioning import MeshError
+    from train.tasks import TaskError
 
     config = _CONFIG.value
     name = Path(flags.FLAGS["config"].config_filename).stem
@@ -86,6 +87,7 @@ def main(argv) -> int:
         TrainingError,
         ObjectiveError,
         OptimizerError,
+        TaskError,
         distributed.DistributedError,
     ) as e:
         print(f"error: {e}", file=sys.stderr)

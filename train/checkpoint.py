@@ -35,6 +35,11 @@ class CheckpointError(ValueError):
     """A workdir or checkpoint that does not fit the run."""
 
 
+def metric_mode(name: str) -> str:
+    """'min' for losses and perplexities, 'max' for scores (accuracy, F1, BLEU, ROUGE)."""
+    return "min" if any(k in name for k in ("loss", "nll", "perplexity")) else "max"
+
+
 class Checkpointer:
     """Save / restore / latest_step over a workdir's `checkpoints/` directory.
 
@@ -42,7 +47,8 @@ class Checkpointer:
       directory: where checkpoints live.
       keep: how many of the latest steps to keep.
       best_metric: eval metric name whose best checkpoint is kept as well (None = off).
-      best_mode: 'min' or 'max' for best_metric.
+      best_mode: 'min' or 'max' for best_metric (default: 'min' for losses and perplexities,
+        'max' for anything else, e.g. accuracy, F1, BLEU, ROUGE).
       async_save: save in a background thread (the train loop goes on).
     """
 
@@ -52,21 +58,27 @@ class Checkpointer:
         *,
         keep: int = 3,
         best_metric: str | None = None,
-        best_mode: str = "min",
+        best_mode: str | None = None,
         async_save: bool = True,
     ):
         self.directory = Path(directory).absolute()
+        self.best_metric = best_metric
+        self.best_mode = best_mode or metric_mode(best_metric or "loss")
         keep_policies = [policies.LatestN(n=keep)]
         if best_metric:
             keep_policies.append(
                 policies.BestN(
                     get_metric_fn=lambda m: m[best_metric],
-                    reverse=best_mode == "min",
+                    reverse=self.best_mode == "min",
                     n=1,
                     keep_checkpoints_without_metrics=False,
                 )
             )
         options = ocp.CheckpointManagerOptions(
+            # best_fn makes Orbax write each step's metrics to disk, so that the best step is
+            # still known (and kept) after a restart; what is kept is the policy below.
+            best_fn=(lambda m: m[best_metric]) if best_metric else None,
+            best_mode=self.best_mode,
             enable_async_checkpointing=async_save,
             create=True,
             cleanup_tmp_directories=True,
@@ -81,6 +93,19 @@ class Checkpointer:
 
     def all_steps(self) -> list[int]:
         return list(self._manager.all_steps())
+
+    def best_step(self) -> int | None:
+        """The kept step with the best `best_metric` (None without metrics)."""
+        if not self.best_metric:
+            return None
+        scored = []
+        for step in self.all_steps():
+            metrics = self._manager.metrics(step) or {}
+            if self.best_metric in metrics:
+                scored.append((float(metrics[self.best_metric]), step))
+        if not scored:
+            return None
+        return (min if self.best_mode == "min" else max)(scored)[1]
 
     def save(
         self,

@@ -35,6 +35,7 @@ from train.objectives import check_objective
 from train.optim import make_optimizer
 from train.state import abstract_state, create_train_state
 from train.step import make_eval_step, make_train_step, summarize
+from train.tasks import TASK_METRICS, LoadedModel, TaskError, task_metrics
 from train.writers import MetricWriter
 
 log = logging.getLogger("train")
@@ -182,7 +183,50 @@ class Run:
     train_step: object
     eval_step: object
     saved_config: dict
-    flops_per_step: float
+    flops_per_step: float  # at the configured shapes
+    _inference: LoadedModel | None = None
+
+    def task_metrics(self, params) -> dict:
+        """`config.task`'s metric on the validation split (one host; {} without a task)."""
+        config = self.config
+        if config.get("task", "") not in TASK_METRICS:
+            return {}
+        if jax.process_count() > 1:
+            log.warning("task metrics run on one host only; skipped (use python -m train.evaluate)")
+            return {}
+        if self._inference is None:
+            self._inference = LoadedModel(
+                self.model_config,
+                self.model,
+                params,
+                self.tokenizer,
+                run_config=config,
+                label_names=self.saved_config.get("label_names"),
+                tag_names=self.saved_config.get("tag_names"),
+                source=str(self.workdir),
+            )
+        self._inference.params = params
+        scores = task_metrics(
+            self._inference,
+            config.task,
+            data=config.data,
+            split="validation",
+            batch_size=config.batch_size,
+            max_examples=config.get("eval_task_examples", 0),
+        )
+        return {f"eval_{k}": v for k, v in scores.items()}
+
+    def step_flops(self, batch: dict) -> float:
+        """Training FLOPs of a step on `batch` (shorter when data.trim_padding cut it)."""
+        seq = batch["input_ids"].shape[1]
+        target = batch["decoder_input_ids"].shape[1] if "decoder_input_ids" in batch else seq
+        if (seq, target) == (self.config.seq_len, self._target_len()):
+            return self.flops_per_step
+        return train_flops_per_step(self.model_config, self.config.batch_size, seq, target)
+
+    def _target_len(self) -> int:
+        config = self.config
+        return config.get("target_len") or config.data.get("target_length") or config.seq_len
 
 
 def _loss_objective(config) -> str:
@@ -193,6 +237,28 @@ def _loss_objective(config) -> str:
             + ", ".join(LOSS_OBJECTIVE)
         )
     return objective
+
+
+def _class_names(config, model_config, source) -> dict:
+    """The label / tag names of the training data (kept with the checkpoint for inference);
+    refuses a head with fewer classes than the data has."""
+    names = {}
+    for key, values in (("label_names", source.label_names), ("tag_names", source.tag_names)):
+        if not values:
+            continue
+        if model_config.head in ("classification", "token_classification") and (
+            len(values) > model_config.num_labels
+        ):
+            raise TaskError(
+                f"model.num_labels={model_config.num_labels} but the data has {len(values)} "
+                f"classes ({', '.join(values[:10])}); set --config.model.num_labels={len(values)}"
+            )
+        names[key] = list(values)
+    if config.get("task") and config.task not in TASK_METRICS:
+        raise TaskError(
+            f"task={config.task!r} has no metric; choose one of {', '.join(TASK_METRICS)} or ''"
+        )
+    return names
 
 
 def _restore(ckpt, step, abstract, train_iter):
@@ -232,19 +298,8 @@ def _jit_steps(config, model, tx, schedule, objective, shardings, mesh, rules):
     return train_step, eval_step
 
 
-def setup(config: ml_collections.ConfigDict, workdir: Path) -> Run:
-    """Mesh, tokenizer, model, optimizer, data and state (restored, pretrained or fresh)."""
-    distributed.check_same_config({"config": config.to_dict(), "workdir": str(workdir)})
-    mesh = partitioning.make_mesh(config.mesh.to_dict())
-    rules = partitioning.rules_from_config(config.get("partitioning_rules"))
-    partitioning.check_batch(config.batch_size, mesh, config.microbatches)
-    objective = _loss_objective(config)
-    ckpt = Checkpointer(
-        workdir / "checkpoints",
-        keep=config.keep_checkpoints,
-        best_metric=config.best_metric or None,
-        async_save=config.async_checkpoints,
-    )
+def _build(config, workdir: Path, ckpt, mesh, rules, objective) -> dict:
+    """The tokenizer, model, data, state and steps of `setup` (restored, pretrained or fresh)."""
     latest = ckpt.latest_step()
     pretrained = load_pretrained(config.init_from) if config.get("init_from") else None
     # Process 0 trains and saves the tokenizer and prepares the dataset (TFDS preparation is not
@@ -284,30 +339,57 @@ def setup(config: ml_collections.ConfigDict, workdir: Path) -> Run:
             state = state.replace(
                 params=merge_params(state.params, pretrained[1], config.init_from)
             )
-    saved_config = {"run": config.to_dict(), "resolved_model": model_config.to_dict()}
+    saved_config = {
+        "run": config.to_dict(),
+        "resolved_model": model_config.to_dict(),
+        **_class_names(config, model_config, train_iter.source),
+    }
     if jax.process_index() == 0:
         (workdir / "config.json").write_text(json.dumps(saved_config, indent=2, default=str))
     train_step, eval_step = _jit_steps(
         config, model, tx, schedule, objective, shardings, mesh, rules
     )
+    return dict(
+        tokenizer=tokenizer,
+        model_config=model_config,
+        model=model,
+        train_iter=train_iter,
+        state=state,
+        train_step=train_step,
+        eval_step=eval_step,
+        saved_config=saved_config,
+    )
+
+
+def setup(config: ml_collections.ConfigDict, workdir: Path) -> Run:
+    """Mesh, tokenizer, model, optimizer, data and state (restored, pretrained or fresh)."""
+    distributed.check_same_config({"config": config.to_dict(), "workdir": str(workdir)})
+    mesh = partitioning.make_mesh(config.mesh.to_dict())
+    rules = partitioning.rules_from_config(config.get("partitioning_rules"))
+    partitioning.check_batch(config.batch_size, mesh, config.microbatches)
+    objective = _loss_objective(config)
+    ckpt = Checkpointer(
+        workdir / "checkpoints",
+        keep=config.keep_checkpoints,
+        best_metric=config.best_metric or None,
+        async_save=config.async_checkpoints,
+    )
+    try:
+        built = _build(config, workdir, ckpt, mesh, rules, objective)
+    except BaseException:
+        ckpt.close()  # no half-started background work left at exit
+        raise
     target = config.get("target_len") or config.data.get("target_length") or config.seq_len
-    flops = train_flops_per_step(model_config, config.batch_size, config.seq_len, target)
+    flops = train_flops_per_step(built["model_config"], config.batch_size, config.seq_len, target)
     return Run(
-        config,
-        workdir,
-        mesh,
-        rules,
-        objective,
-        tokenizer,
-        model_config,
-        model,
-        ckpt,
-        train_iter,
-        state,
-        train_step,
-        eval_step,
-        saved_config,
-        flops,
+        config=config,
+        workdir=workdir,
+        mesh=mesh,
+        rules=rules,
+        objective=objective,
+        ckpt=ckpt,
+        flops_per_step=flops,
+        **built,
     )
 
 
@@ -318,7 +400,7 @@ class _Progress:
         self.run, self.step = run, step
         self.metrics, self.eval_metrics = {}, {}
         self.tokens_seen = 0
-        self._window = (time.time(), 0, step)  # start time, tokens, step
+        self._window = (time.time(), 0, 0.0)  # start time, tokens, FLOPs
         self.bar = tqdm(
             total=run.config.steps,
             initial=step,
@@ -328,24 +410,23 @@ class _Progress:
         )
         self.peak_flops = None
 
-    def count(self, tokens: int) -> None:
+    def count(self, tokens: int, flops: float) -> None:
         self.step += 1
         self.tokens_seen += tokens
-        start, window_tokens, first = self._window
-        self._window = (start, window_tokens + tokens, first)
+        start, window_tokens, window_flops = self._window
+        self._window = (start, window_tokens + tokens, window_flops + flops)
         self.bar.update(1)
 
     def rates(self) -> dict:
-        start, tokens, first = self._window
+        start, tokens, flops = self._window
         elapsed = max(time.time() - start, 1e-9)
-        self._window = (time.time(), 0, self.step)
+        self._window = (time.time(), 0, 0.0)
         rates = {"tokens_per_s": tokens / elapsed}
         if self.peak_flops is None:
             from train.benchmark import device_peak
 
             self.peak_flops = device_peak(self.run.model_config.dtype)[0]
-        steps = self.step - first
-        rates["mfu"] = self.run.flops_per_step * steps / elapsed / self.peak_flops
+        rates["mfu"] = flops / elapsed / self.peak_flops
         return rates
 
 
@@ -367,7 +448,7 @@ def _train_steps(run: Run, progress: _Progress, writer: MetricWriter, preemption
         batch = next(run.train_iter)
         tokens = int(np.sum(batch.get("weights", batch.get("attention_mask", 0))))
         state, step_metrics = run.train_step(state, _device_batch(batch, run.mesh), rng)
-        progress.count(tokens * jax.process_count())
+        progress.count(tokens * jax.process_count(), run.step_flops(batch))
         step, is_last = progress.step, progress.step == config.steps
         due_log = step % config.log_every_steps == 0 or is_last
         stop = preemption.requested  # read once: SIGTERM may land anywhere in this body
@@ -387,6 +468,7 @@ def _train_steps(run: Run, progress: _Progress, writer: MetricWriter, preemption
             progress.eval_metrics = evaluate(
                 run.eval_step, state.params, config, run.tokenizer, run.mesh, config.data.objective
             )
+            progress.eval_metrics.update(run.task_metrics(state.params))
             if progress.eval_metrics:
                 writer.write(step, progress.eval_metrics)
                 if jax.process_index() == 0:  # tqdm.write prints even when disabled

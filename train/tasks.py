@@ -1,0 +1,504 @@
+"""Trained models as task tools: load a checkpoint directory, predict, and score a split.
+
+    m = load("runs/sst2")                      # a workdir, a converted directory or an HF directory
+    m.classify(["a gripping, funny film"])     # [{"label": "1", "score": 0.98}]
+    task_metrics(m, "classification", split="validation")   # {"accuracy": ..., "f1": ...}
+
+Tasks and what they need:
+
+  fill-mask        an encoder with an MLM head          top-k tokens for each mask token
+  text-generation  a decoder with an LM head            the prompt and its continuation
+  classification   head=classification                  label and probability
+  ner              head=token_classification            entity spans over whitespace words
+  translation      an encoder-decoder with an LM head   the decoded target text
+  summarization    an encoder-decoder with an LM head   the decoded summary
+
+Task metrics (`task_metrics`, used by the training loop's periodic eval and `python -m
+train.evaluate`): classification -> accuracy and F1, ner -> entity precision/recall/F1 over IOB2
+spans, translation -> sacreBLEU, summarization -> ROUGE-1/2/L; the language-model tasks have their
+loss and perplexity from the eval step. Decoding settings come from the run's `decode` section:
+beams (1 = greedy or sampling), length_penalty, max_new_tokens, temperature, top_k, top_p,
+batch_size.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+import models
+from data import sources
+from data.formats import special_frame
+from data.objectives import IGNORE
+from data.pipeline import bucket_length, make_pipeline
+from data.tokenizers import Tokenizer, load_tokenizer
+from train import metrics as task_scores
+from train.checkpoint import Checkpointer, CheckpointError, _restore_numpy
+from train.decode import beam_search, generate, left_pad
+from train.objectives import model_inputs
+
+log = logging.getLogger(__name__)
+
+TASKS = (
+    "fill-mask",
+    "text-generation",
+    "classification",
+    "ner",
+    "translation",
+    "summarization",
+)
+# task -> (family or None, head) the model must have
+_NEEDS = {
+    "fill-mask": ("encoder", "mlm"),
+    "text-generation": ("decoder", "lm"),
+    "classification": (None, "classification"),
+    "ner": (None, "token_classification"),
+    "translation": ("encoder_decoder", "lm"),
+    "summarization": ("encoder_decoder", "lm"),
+}
+DECODE_DEFAULTS = dict(
+    beams=1,
+    length_penalty=0.6,
+    max_new_tokens=64,
+    temperature=0.0,
+    top_k=0,
+    top_p=1.0,
+    batch_size=64,
+)
+
+
+class TaskError(ValueError):
+    """A task the model cannot do, or input it cannot take."""
+
+
+def decode_config(**overrides) -> ml_collections.ConfigDict:
+    """The `decode` config section with its defaults (see the module docstring)."""
+    return ml_collections.ConfigDict({**DECODE_DEFAULTS, **overrides})
+
+
+@dataclasses.dataclass
+class LoadedModel:
+    """A model with its parameters, tokenizer and (for workdirs) the run config it trained with.
+
+    Attributes:
+      model_config, model, params: the architecture, the built module and its parameters.
+      tokenizer: the tokenizer it was trained with.
+      run_config: the training run's ConfigDict (None for converted and HF directories).
+      label_names: class names of a classification head; tag_names: of a token-classification
+        head (IOB2 tags); None when unknown (then class indices are printed).
+      source: where it was loaded from (directory and step).
+    """
+
+    model_config: models.ModelConfig
+    model: object
+    params: dict
+    tokenizer: Tokenizer
+    run_config: ml_collections.ConfigDict | None = None
+    label_names: list[str] | None = None
+    tag_names: list[str] | None = None
+    source: str = ""
+
+    def __post_init__(self):
+        model = self.model
+
+        def forward(params, batch):
+            out = model.apply({"params": params}, **batch, deterministic=True)
+            return out.logits.astype(jnp.float32)
+
+        self._forward = jax.jit(forward)
+
+    # ---------------------------------------------------------------- plumbing
+
+    @property
+    def decode(self) -> ml_collections.ConfigDict:
+        section = self.run_config.get("decode") if self.run_config is not None else None
+        return decode_config(**(dict(section) if section else {}))
+
+    @property
+    def seq_len(self) -> int:
+        if self.run_config is not None:
+            return int(self.run_config.seq_len)
+        return min(512, int(self.model_config.max_positions or 512))
+
+    def require(self, task: str) -> None:
+        """Raises TaskError unless the model can do `task`."""
+        if task not in _NEEDS:
+            raise TaskError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
+        family, head = _NEEDS[task]
+        cfg = self.model_config
+        if (family and cfg.family != family) or cfg.head != head:
+            want = f"{family.replace('_', '-') + ' ' if family else ''}model with head={head!r}"
+            raise TaskError(
+                f"task {task!r} needs {_a(want)}; {self.source} holds {_a(cfg.family)} model "
+                f"with head={cfg.head!r}"
+            )
+
+    def logits(self, batch: dict) -> np.ndarray:
+        """The model's float32 logits on a numpy batch (fields as the data pipeline makes)."""
+        return np.asarray(self._forward(self.params, model_inputs(self.model, batch)))
+
+    def _framed(self, texts: list[str], multiple: int = 16) -> dict[str, np.ndarray]:
+        """[CLS] text [SEP] (or text EOS) rows, right-padded to a multiple of `multiple`."""
+        begin, _, end = special_frame(self.tokenizer)
+        room = self.seq_len - len(begin) - len(end)
+        rows = [np.r_[begin, ids[:room], end] for ids in self.tokenizer.encode_batch(texts)]
+        return _pad_rows(rows, self.tokenizer.pad_id or 0, multiple, self.seq_len)
+
+    def label(self, index: int) -> str:
+        names = self.label_names
+        return names[index] if names and index < len(names) else str(index)
+
+    # ---------------------------------------------------------------- tasks
+
+    def classify(self, texts: list[str]) -> list[dict]:
+        """[{"label": name, "score": probability}] per text."""
+        self.require("classification")
+        results = []
+        for chunk in _chunks(texts, self.decode.batch_size):
+            probs = _softmax(self.logits(self._framed(chunk)))
+            for p in probs:
+                results.append({"label": self.label(int(p.argmax())), "score": float(p.max())})
+        return results
+
+    def tag_words(self, sentences: list[list[str]]) -> list[list[str]]:
+        """IOB2 tag names (or indices) for every word; words past the length limit get 'O'."""
+        self.require("ner")
+        begin, _, end = special_frame(self.tokenizer)
+        room = self.seq_len - len(begin) - len(end)
+        names = self.tag_names or [str(i) for i in range(self.model_config.num_labels)]
+        out = []
+        for chunk in _chunks(sentences, self.decode.batch_size):
+            encoded = [self.tokenizer.encode_words(words) for words in chunk]
+            rows = [np.r_[begin, ids[:room], end] for ids, _ in encoded]
+            batch = _pad_rows(rows, self.tokenizer.pad_id or 0, 16, self.seq_len)
+            best = self.logits(batch).argmax(-1)
+            for words, (_, word_index), row in zip(chunk, encoded, best):
+                tags = ["O"] * len(words)
+                firsts = np.flatnonzero(np.r_[True, word_index[1:] != word_index[:-1]])
+                for position in firsts[firsts < room]:
+                    tags[int(word_index[position])] = names[int(row[len(begin) + position])]
+                out.append(tags)
+        return out
+
+    def ner(self, texts: list[str]) -> list[list[dict]]:
+        """Entities per text: [{"entity": type, "text": words, "start": i, "end": j}] over the
+        text's whitespace-separated words (end exclusive)."""
+        sentences = [t.split() for t in texts]
+        results = []
+        for words, tags in zip(sentences, self.tag_words(sentences)):
+            spans = sorted(task_scores.iob2_spans(tags), key=lambda s: s[1])
+            results.append(
+                [
+                    {"entity": kind, "text": " ".join(words[s:e]), "start": s, "end": e}
+                    for kind, s, e in spans
+                ]
+            )
+        return results
+
+    def fill_mask(self, texts: list[str], top_k: int = 5) -> list[list[dict]]:
+        """For each mask token of each text (in order): the top-k fillers,
+        [{"token": id, "token_str": str, "score": p, "sequence": filled text}]."""
+        self.require("fill-mask")
+        mask_id = self.tokenizer.id_of("mask")
+        if mask_id is None:
+            raise TaskError(f"the tokenizer of {self.source} has no mask token")
+        mask_str = self.tokenizer.backend.id_to_token(mask_id)
+        batch = self._framed(list(texts))
+        probs = _softmax(self.logits(batch))
+        results = []
+        lengths = batch["attention_mask"].sum(-1)
+        for text, ids, length, p in zip(texts, batch["input_ids"], lengths, probs):
+            ids = ids[: int(length)]
+            positions = np.flatnonzero(ids == mask_id)
+            if positions.size == 0:
+                raise TaskError(f"no {mask_str} token in {text!r}")
+            per_mask = []
+            for pos in positions:
+                best = np.argsort(-p[pos])[:top_k]
+                fills = []
+                for token in best:
+                    filled = np.where(np.arange(ids.size) == pos, token, ids)
+                    fills.append(
+                        {
+                            "token": int(token),
+                            "token_str": self.tokenizer.decode([int(token)]).strip(),
+                            "score": float(p[pos, token]),
+                            "sequence": self.tokenizer.decode([int(t) for t in filled]),
+                        }
+                    )
+                per_mask.append(fills)
+            results.append(per_mask)
+        return results
+
+    def generate_text(self, prompts: list[str], **decode) -> list[str]:
+        """Continuations of decoder prompts (prompt + generated text)."""
+        self.require("text-generation")
+        cfg = decode_config(**{**dict(self.decode), **decode})
+        tok = self.tokenizer
+        bos = tok.id_of("bos") if tok.id_of("bos") is not None else tok.id_of("eos")
+        eos = tok.id_of("eos")
+        out = []
+        for chunk in _chunks(prompts, cfg.batch_size):
+            encoded = [np.r_[[bos] if bos is not None else [], tok.encode(p)] for p in chunk]
+            ids, mask = left_pad([e.astype(np.int32) for e in encoded], tok.pad_id or 0)
+            tokens = self._decode(ids, mask, cfg, eos)
+            out += [p + tok.decode(_until(row, eos)) for p, row in zip(chunk, tokens)]
+        return out
+
+    def seq2seq(self, texts: list[str], task: str = "translation", **decode) -> list[str]:
+        """Translations or summaries: the run's task prefix, then beam search or sampling over
+        length-sorted batches."""
+        self.require(task)
+        cfg = decode_config(**{**dict(self.decode), **decode})
+        tok = self.tokenizer
+        eos = tok.id_of("eos")
+        prefix = (self.run_config.data.get("task_prefix") or "") if self.run_config else ""
+        encoded = [
+            np.r_[ids[: self.seq_len - 1], [eos] if eos is not None else []].astype(np.int32)
+            for ids in tok.encode_batch([prefix + t for t in texts])
+        ]
+        order = np.argsort([len(e) for e in encoded], kind="stable")
+        out = [""] * len(texts)
+        for chunk in _chunks(list(order), cfg.batch_size):
+            batch = _pad_rows([encoded[i] for i in chunk], tok.pad_id or 0, 16, self.seq_len)
+            tokens = self._decode(batch["input_ids"], batch["attention_mask"], cfg, eos)
+            for i, row in zip(chunk, tokens):
+                out[i] = tok.decode(_until(row, eos)).strip()
+        return out
+
+    def _decode(self, ids, mask, cfg, eos) -> np.ndarray:
+        common = dict(
+            attention_mask=mask,
+            max_new_tokens=int(cfg.max_new_tokens),
+            eos_id=eos,
+            decoder_start_id=self.tokenizer.decoder_start_id,
+        )
+        if int(cfg.beams) > 1:
+            return beam_search(
+                self.model,
+                self.params,
+                ids,
+                beams=int(cfg.beams),
+                length_penalty=float(cfg.length_penalty),
+                **common,
+            )
+        return generate(
+            self.model,
+            self.params,
+            ids,
+            rng=jax.random.key(0),
+            temperature=float(cfg.temperature),
+            top_k=int(cfg.top_k),
+            top_p=float(cfg.top_p),
+            **common,
+        )
+
+    def __call__(self, task: str, inputs: list[str], **options):
+        """Runs `task` on a list of texts (see the module docstring)."""
+        if task == "classification":
+            return self.classify(inputs)
+        if task == "ner":
+            return self.ner(inputs)
+        if task == "fill-mask":
+            return self.fill_mask(inputs, **options)
+        if task == "text-generation":
+            return self.generate_text(inputs, **options)
+        if task in ("translation", "summarization"):
+            return self.seq2seq(inputs, task, **options)
+        raise TaskError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
+
+
+def _a(noun: str) -> str:
+    return ("an " if noun[:1] in "aeiou" else "a ") + noun
+
+
+def _chunks(items: list, size: int):
+    for start in range(0, len(items), max(1, int(size))):
+        yield items[start : start + int(size)]
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    z = np.exp(logits - logits.max(-1, keepdims=True))
+    return z / z.sum(-1, keepdims=True)
+
+
+def _until(row: np.ndarray, eos: int | None) -> list[int]:
+    row = [int(t) for t in row]
+    return row[: row.index(eos)] if eos is not None and eos in row else row
+
+
+def _pad_rows(rows: list[np.ndarray], pad: int, multiple: int, limit: int) -> dict:
+    width = bucket_length(max(len(r) for r in rows), multiple, max(limit, 1))
+    ids = np.full((len(rows), width), pad, np.int32)
+    mask = np.zeros((len(rows), width), np.int32)
+    for i, r in enumerate(rows):
+        ids[i, : len(r)], mask[i, : len(r)] = r[:width], 1
+    return {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
+
+
+# ------------------------------------------------------------------------------- loading
+
+
+def _hf_label_names(directory: Path) -> list[str] | None:
+    config = json.loads((directory / "config.json").read_text())
+    id2label = config.get("id2label") or {}
+    names = [id2label[k] for k in sorted(id2label, key=int)] if id2label else None
+    return names if names and not all(n == f"LABEL_{i}" for i, n in enumerate(names)) else None
+
+
+def _directory_tokenizer(directory: Path) -> Tokenizer:
+    for folder in (directory / "tokenizer", directory):
+        if any((folder / f).exists() for f in ("tokenizer.json", "vocab.txt", "spiece.model")):
+            return load_tokenizer(str(folder))
+    raise CheckpointError(
+        f"{directory} has no tokenizer (tokenizer.json, vocab.txt or spiece.model, or a "
+        "tokenizer/ folder); copy the tokenizer files of the checkpoint there"
+    )
+
+
+def load(directory: str | Path, step: int | str | None = None) -> LoadedModel:
+    """Loads a training workdir (the latest step, `step`, or 'best'), a `python -m models
+    convert` directory or a Hugging Face directory, for inference on the default device.
+
+    Raises:
+      CheckpointError: the directory holds none of these, or the step does not exist.
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise CheckpointError(f"{directory}: no such directory")
+    run_config = labels = tags = None
+    if (directory / "checkpoints").is_dir():
+        saved = json.loads((directory / "config.json").read_text())
+        run = saved.get("run", {})
+        ckpt = Checkpointer(
+            directory / "checkpoints", best_metric=run.get("best_metric") or None, async_save=False
+        )
+        try:
+            chosen = _pick_step(ckpt, step, directory)
+            saved = ckpt.saved_config(chosen) or saved
+        finally:
+            ckpt.close()
+        model_config = models.ModelConfig.from_dict(saved["resolved_model"])
+        params = _restore_numpy(directory / "checkpoints" / str(chosen) / "state", "params")
+        run_config = ml_collections.ConfigDict(saved["run"])
+        labels, tags = saved.get("label_names"), saved.get("tag_names")
+        where = f"{directory} (step {chosen})"
+    else:
+        from train.init_from import load_pretrained
+
+        if step is not None:
+            raise CheckpointError(f"{directory} is not a training workdir; it has no steps")
+        model_config, params = load_pretrained(directory)
+        if (directory / "config.json").exists():
+            names = _hf_label_names(directory)
+            labels = names if model_config.head == "classification" else None
+            tags = names if model_config.head == "token_classification" else None
+        where = str(directory)
+    return LoadedModel(
+        model_config=model_config,
+        model=models.build(model_config),
+        params=jax.device_put(params),
+        tokenizer=_directory_tokenizer(directory),
+        run_config=run_config,
+        label_names=labels,
+        tag_names=tags,
+        source=where,
+    )
+
+
+def _pick_step(ckpt: Checkpointer, step, directory: Path) -> int:
+    steps = ckpt.all_steps()
+    if not steps:
+        raise CheckpointError(f"{directory / 'checkpoints'} holds no complete checkpoint")
+    if step is None or step == "latest":
+        return max(steps)
+    if step == "best":
+        best = ckpt.best_step()
+        if best is None:
+            raise CheckpointError(
+                f"{directory}: no checkpoint has the best_metric {ckpt.best_metric!r}; "
+                "use --step latest or a step number"
+            )
+        return best
+    if int(step) not in steps:
+        raise CheckpointError(
+            f"{directory}: no checkpoint at step {step}; have {', '.join(map(str, steps))}"
+        )
+    return int(step)
+
+
+# ------------------------------------------------------------------------------- metrics
+
+# the run's `task` -> the metric names it adds to evaluation (prefixed eval_ in the loop)
+TASK_METRICS = {
+    "classification": ("accuracy", "f1"),
+    "ner": ("entity_precision", "entity_recall", "entity_f1"),
+    "translation": ("bleu",),
+    "summarization": ("rouge1", "rouge2", "rougeL"),
+}
+
+
+def task_metrics(
+    m: LoadedModel,
+    task: str,
+    *,
+    data: ml_collections.ConfigDict,
+    split: str,
+    batch_size: int,
+    max_examples: int = 0,
+) -> dict[str, float]:
+    """Scores `m` on a split with the task's metric (see TASK_METRICS); `max_examples` > 0
+    scores only the first examples of the split (in file order)."""
+    if task not in TASK_METRICS:
+        return {}
+    m.require(task)
+    if task in ("translation", "summarization"):
+        source = sources.load_source(data, split, "seq2seq")
+        count = len(source) if max_examples <= 0 else min(max_examples, len(source))
+        examples = source._getitems(range(count))
+        hypotheses = m.seq2seq([e["source"] for e in examples], task)
+        references = [e["target"] for e in examples]
+        if task == "translation":
+            return {"bleu": task_scores.bleu(hypotheses, references)}
+        return task_scores.rouge(hypotheses, references)
+    objective = "classify" if task == "classification" else "tag"
+    cfg = ml_collections.ConfigDict(dict(data))
+    cfg.shuffle, cfg.num_epochs, cfg.objective = False, 1, objective
+    it = make_pipeline(
+        cfg, split=split, tokenizer=m.tokenizer, global_batch_size=batch_size, seq_len=m.seq_len
+    )
+    predictions, references, seen = [], [], 0
+    names = m.tag_names or it.source.tag_names
+    for batch in it:
+        best = m.logits(batch).argmax(-1)
+        labels = batch["labels"]
+        for row in range(labels.shape[0]):
+            if task == "classification":
+                if labels[row] >= 0:
+                    predictions.append(int(best[row]))
+                    references.append(int(labels[row]))
+            else:
+                keep = labels[row] != IGNORE
+                if keep.any():
+                    predictions.append([names[int(t)] for t in best[row][keep]])
+                    references.append([names[int(t)] for t in labels[row][keep]])
+        seen = len(references)
+        if max_examples > 0 and seen >= max_examples:
+            break
+    if task == "classification":
+        classes = m.model_config.num_labels
+        return {
+            "accuracy": task_scores.accuracy(predictions, references),
+            "f1": task_scores.f1(
+                predictions, references, num_classes=classes, positive=1 if classes == 2 else None
+            ),
+        }
+    scores = task_scores.entity_f1(predictions, references)
+    return {f"entity_{k}": v for k, v in scores.items()}
