@@ -74,6 +74,7 @@ def evaluate_dir(
     max_batches: int = 0,
     max_examples: int = 0,
     decode: dict | None = None,
+    task: str | None = None,
 ) -> dict:
     """Loss and task metrics of a workdir's checkpoint on `split` (see the module docstring)."""
     from train.tasks import TaskError, load, task_metrics
@@ -91,7 +92,7 @@ def evaluate_dir(
     batch_size = int(m.run_config.batch_size)
     results = {"workdir": str(workdir), "checkpoint": m.source, "split": split}
     results.update(loss_metrics(m, data, split, batch_size=batch_size, max_batches=max_batches))
-    task = m.run_config.get("task", "")
+    task = task or m.run_config.get("task", "")
     if task:
         results.update(
             task_metrics(
@@ -119,6 +120,7 @@ def main(argv=None) -> int:
     parser.add_argument("--file", help="read the split from this local file (SOURCE,TARGET)")
     parser.add_argument("--max_batches", type=int, default=0, help="loss batches (0 = all)")
     parser.add_argument("--max_examples", type=int, default=0, help="task examples (0 = all)")
+    parser.add_argument("--task", help="the task metric (default: the run's task)")
     parser.add_argument("--beams", type=int, help="override the run's decode.beams")
     parser.add_argument("--length_penalty", type=float)
     parser.add_argument("--max_new_tokens", type=int)
@@ -144,6 +146,7 @@ def main(argv=None) -> int:
             max_batches=args.max_batches,
             max_examples=args.max_examples,
             decode=decode,
+            task=args.task,
         )
     except (TaskError, CheckpointError, DataError, ConfigError) as e:
         print(f"error: {e}", file=sys.stderr)
