@@ -244,3 +244,29 @@ def test_the_best_checkpoint_is_the_highest_score_or_the_lowest_loss(tmp_path, m
     assert ckpt.best_step() == best
     assert sorted(ckpt.all_steps()) == sorted({best, 4})  # the best and the latest are kept
     ckpt.close()
+
+
+def test_pretrain_then_fine_tune_evaluate_and_summarize(tmp_path):
+    """The whole path for an encoder-decoder: span-corruption pretraining, a summarization
+    fine-tune that starts from that workdir (and its tokenizer), standalone evaluation with
+    ROUGE, and summaries from the command line."""
+    from configs import summarize, t5_span
+
+    pretrain = t5_span.get_config("smoke")
+    pretrain.steps, pretrain.eval_every_steps = 4, 0
+    train_and_evaluate(pretrain, tmp_path / "pretrained")
+    config = summarize.get_config("smoke")
+    config.init_from = str(tmp_path / "pretrained")
+    summary = train_and_evaluate(config, tmp_path / "sum")
+    assert {"eval_rouge1", "eval_rouge2", "eval_rougeL"} <= set(summary["eval"])
+    from data.tokenizers import load_tokenizer
+
+    vocab = [
+        load_tokenizer(str(tmp_path / d / "tokenizer")).backend.get_vocab()
+        for d in ("pretrained", "sum")
+    ]
+    assert vocab[0] == vocab[1]  # the checkpoint's own tokenizer
+    results = evaluate_dir(str(tmp_path / "sum"), "validation", step="best")
+    assert 0.0 <= results["rougeL"] <= 100.0 and results["loss"] > 0
+    out = _cli("train.predict", "--workdir", str(tmp_path / "sum"), "--beams", "1", "a b c")
+    assert out.returncode == 0 and len(out.stdout.splitlines()) == 1, out.stderr
