@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 
 import numpy as np
 import tokenizers
@@ -263,6 +264,20 @@ def train_tokenizer(
 
 def _unk(family: str) -> str:
     return FAMILIES[family]["unk"]
+
+
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "spiece.model")
+
+
+def find_tokenizer(directory: str | None) -> str | None:
+    """The folder holding a checkpoint's tokenizer files: `directory` itself (Hugging Face) or
+    its `tokenizer/` subfolder (a workdir or converted checkpoint); None if there is none."""
+    if not directory:
+        return None
+    for folder in (Path(directory), Path(directory) / "tokenizer"):
+        if any((folder / f).exists() for f in TOKENIZER_FILES):
+            return str(folder)
+    return None
 
 
 def load_tokenizer(path: str, family: str | None = None) -> Tokenizer:

@@ -24,7 +24,7 @@ from tqdm import tqdm
 import models
 from data.pipeline import iter_texts, make_pipeline
 from data.sources import load_source
-from data.tokenizers import load_tokenizer, train_tokenizer
+from data.tokenizers import find_tokenizer, load_tokenizer, train_tokenizer
 from launch import distributed
 from train import partitioning
 from train.carbon import CarbonTracker
@@ -56,16 +56,6 @@ class TrainingError(RuntimeError):
     """A run that must stop (non-finite loss, ...); checkpoints already written are kept."""
 
 
-def _checkpoint_tokenizer(init_from: str | None) -> str | None:
-    """The tokenizer that came with a pretrained checkpoint, if any."""
-    if not init_from:
-        return None
-    for folder in (Path(init_from), Path(init_from) / "tokenizer"):
-        if any((folder / f).exists() for f in ("tokenizer.json", "vocab.txt", "spiece.model")):
-            return str(folder)
-    return None
-
-
 def get_tokenizer(config, workdir: Path):
     """The run's tokenizer: the workdir's (resume), `tokenizer.path`, the one that came with
     `init_from`, or one trained on the data."""
@@ -75,7 +65,7 @@ def get_tokenizer(config, workdir: Path):
     family = config.tokenizer.family or {"encoder": "bert", "decoder": "gpt"}.get(
         models.get_config(config.model.name).family, "t5"
     )
-    path = config.tokenizer.path or _checkpoint_tokenizer(config.get("init_from"))
+    path = config.tokenizer.path or find_tokenizer(config.get("init_from"))
     if path:
         tok = load_tokenizer(path)
     else:
@@ -220,13 +210,9 @@ class Run:
         """Training FLOPs of a step on `batch` (shorter when data.trim_padding cut it)."""
         seq = batch["input_ids"].shape[1]
         target = batch["decoder_input_ids"].shape[1] if "decoder_input_ids" in batch else seq
-        if (seq, target) == (self.config.seq_len, self._target_len()):
+        if (seq, target) == (self.config.seq_len, _target_len(self.config)):
             return self.flops_per_step
         return train_flops_per_step(self.model_config, self.config.batch_size, seq, target)
-
-    def _target_len(self) -> int:
-        config = self.config
-        return config.get("target_len") or config.data.get("target_length") or config.seq_len
 
 
 def _loss_objective(config) -> str:
@@ -237,6 +223,11 @@ def _loss_objective(config) -> str:
             + ", ".join(LOSS_OBJECTIVE)
         )
     return objective
+
+
+def _target_len(config) -> int:
+    """The configured decoder length (the input length for single-stack models)."""
+    return config.get("target_len") or config.data.get("target_length") or config.seq_len
 
 
 def _class_names(config, model_config, source) -> dict:
@@ -379,8 +370,9 @@ def setup(config: ml_collections.ConfigDict, workdir: Path) -> Run:
     except BaseException:
         ckpt.close()  # no half-started background work left at exit
         raise
-    target = config.get("target_len") or config.data.get("target_length") or config.seq_len
-    flops = train_flops_per_step(built["model_config"], config.batch_size, config.seq_len, target)
+    flops = train_flops_per_step(
+        built["model_config"], config.batch_size, config.seq_len, _target_len(config)
+    )
     return Run(
         config=config,
         workdir=workdir,

@@ -104,17 +104,12 @@ def main(argv=None) -> int:
         m = load(args.workdir, args.step)
         task = args.task or default_task(m)
         m.require(task)
-        options = {
-            k: getattr(args, k)
-            for k in ("beams", "max_new_tokens", "temperature", "top_p", "length_penalty")
-            if getattr(args, k) is not None
-        }
-        if args.top_k is not None:
-            options["top_k"] = args.top_k
-        if task in ("classification", "ner"):
-            options = {}
-        elif task == "fill-mask":
+        options = {}  # classification and NER take none
+        if task == "fill-mask":
             options = {"top_k": args.top_k or 5}
+        elif task in ("text-generation", "translation", "summarization"):
+            names = ("beams", "max_new_tokens", "temperature", "top_k", "top_p", "length_penalty")
+            options = {k: getattr(args, k) for k in names if getattr(args, k) is not None}
         results = m(task, texts, **options)
     except (TaskError, CheckpointError, HFCheckpointError, ConfigError) as e:
         print(f"error: {e}", file=sys.stderr)

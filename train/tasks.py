@@ -38,7 +38,7 @@ from data import sources
 from data.formats import special_frame
 from data.objectives import IGNORE
 from data.pipeline import bucket_length, make_pipeline
-from data.tokenizers import Tokenizer, load_tokenizer
+from data.tokenizers import Tokenizer, find_tokenizer, load_tokenizer
 from train import metrics as task_scores
 from train.checkpoint import Checkpointer, CheckpointError, _restore_numpy
 from train.decode import beam_search, generate, left_pad
@@ -354,13 +354,13 @@ def _hf_label_names(directory: Path) -> list[str] | None:
 
 
 def _directory_tokenizer(directory: Path) -> Tokenizer:
-    for folder in (directory / "tokenizer", directory):
-        if any((folder / f).exists() for f in ("tokenizer.json", "vocab.txt", "spiece.model")):
-            return load_tokenizer(str(folder))
-    raise CheckpointError(
-        f"{directory} has no tokenizer (tokenizer.json, vocab.txt or spiece.model, or a "
-        "tokenizer/ folder); copy the tokenizer files of the checkpoint there"
-    )
+    folder = find_tokenizer(str(directory))
+    if folder is None:
+        raise CheckpointError(
+            f"{directory} has no tokenizer (tokenizer.json, vocab.txt or spiece.model, or a "
+            "tokenizer/ folder); copy the tokenizer files of the checkpoint there"
+        )
+    return load_tokenizer(folder)
 
 
 def load(directory: str | Path, step: int | str | None = None) -> LoadedModel:
