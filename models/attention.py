@@ -6,7 +6,11 @@ Kernels (ModelConfig.attention_kernel):
   cudnn   `jax.nn.dot_product_attention(implementation="cudnn")`: cuDNN flash attention on NVIDIA
           GPUs (bf16/fp16 inputs).
   splash  Pallas splash attention on TPU (causal/segment masks, no additive bias).
-  auto    cudnn on GPU, splash on TPU, xla elsewhere.
+  blocked causal self-attention in blocks of queries, each attending only to the keys up to its
+          own last position (the key blocks above the diagonal are skipped, not masked): about
+          half the FLOPs and memory traffic of a full causal mask, in plain XLA. Any other mask or
+          bias is still applied inside each block; non-causal calls use the reference.
+  auto    cudnn on GPU, splash on TPU, blocked on CPU for causal self-attention, xla otherwise.
 A kernel that the hardware or the call cannot use falls back to the reference with one warning.
 """
 
@@ -74,6 +78,62 @@ def reference_attention(
     return out.reshape(b, t, n, h).astype(q.dtype)
 
 
+def _block_size(length: int) -> int | None:
+    """Query-block size for `blocked_causal_attention`: 64 up to 512 tokens, then length / 8;
+    None when the length does not split into at least two equal blocks."""
+    block = 64 if length <= 512 else length // 8
+    if length % block or length < 2 * block:
+        return None
+    return block
+
+
+def blocked_causal_attention(q, k, v, *, mask=None, bias=None, scale=1.0, block=64):
+    """Causal self-attention, one query block at a time.
+
+    Query block i (rows [i*block, (i+1)*block)) can only see keys before its last row, so it
+    attends to keys [0, (i+1)*block) and never computes the logits above the diagonal. `mask` and
+    `bias` (shapes as in `reference_attention`) are sliced to each block and applied as usual, so
+    padding and packed-segment masks keep working; the causal mask itself is always applied, so the
+    result equals `reference_attention` with the causal mask (and `mask`, if given). Heads are
+    moved ahead of the sequence once, so that each block's two matmuls are plain batched GEMMs.
+
+    Args:
+      q: (B, T, N, H); k, v: (B, T, K, H) with K dividing N.
+      block: query rows per block, dividing T.
+    Returns:
+      (B, T, N, H) in q's dtype.
+    """
+    b, t, n, h = q.shape
+    kv_heads = k.shape[2]
+    groups = n // kv_heads
+    q = (q * jnp.asarray(scale, q.dtype)).reshape(b, t, kv_heads, groups, h)
+    q = jnp.transpose(q, (0, 2, 3, 1, 4))  # (B, K, G, T, H)
+    k = jnp.transpose(k, (0, 2, 1, 3))  # (B, K, S, H)
+    v = jnp.transpose(v, (0, 2, 1, 3))  # (B, K, S, H)
+    if bias is not None:  # (B|1, N, T, S) -> (B|1, K, G, T, S)
+        bias = bias.reshape(bias.shape[0], kv_heads, groups, t, t).astype(jnp.float32)
+    outs = []
+    for start in range(0, t, block):
+        rows, end = slice(start, start + block), start + block  # keys [0, end) are visible
+        logits = jnp.einsum(  # (B, K, G, block, end)
+            "bkgth,bksh->bkgts", q[:, :, :, rows], k[:, :, :end], preferred_element_type=jnp.float32
+        )
+        if bias is not None:
+            logits = logits + bias[:, :, :, rows, :end]
+        visible = jnp.arange(start, end)[:, None] >= jnp.arange(end)[None, :]  # (block, end)
+        if mask is not None:  # (B|1, 1, T, S) -> (B|1, 1, 1, block, end)
+            visible = visible & mask[:, :, None, rows, :end]
+        logits = jnp.where(visible, logits, _NEG_INF)
+        probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+        outs.append(
+            jnp.einsum(
+                "bkgts,bksh->bkgth", probs, v[:, :, :end], preferred_element_type=jnp.float32
+            )
+        )
+    out = jnp.concatenate(outs, axis=3)  # (B, K, G, T, H)
+    return jnp.transpose(out, (0, 3, 1, 2, 4)).reshape(b, t, n, h).astype(q.dtype)
+
+
 def _jax_attention(q, k, v, *, mask, bias, scale, implementation):
     return jax.nn.dot_product_attention(
         q, k, v, bias=bias, mask=mask, scale=scale, implementation=implementation
@@ -122,7 +182,7 @@ def dot_product_attention(
     (splash); `mask` must always hold the full mask so that any kernel can fall back to it.
     """
     if kernel == "auto":
-        kernel = {"gpu": "cudnn", "tpu": "splash"}.get(_backend(), "xla")
+        kernel = {"gpu": "cudnn", "tpu": "splash"}.get(_backend(), "blocked")
         auto = True
     else:
         auto = False
@@ -160,6 +220,19 @@ def dot_product_attention(
             return _splash_attention(q, k, v, segment_ids=segment_ids, causal=causal, scale=scale)
         if not auto:
             _warn_once(f"splash-{reason}", f"attention kernel 'splash' {reason}; using xla")
+        kernel = "xla"
+    if kernel == "blocked":
+        reason = None
+        if not causal:
+            reason = "is for causal self-attention"
+        elif q.shape[1] != k.shape[1] or _block_size(q.shape[1]) is None:
+            reason = "needs self-attention over at least two equal blocks of queries"
+        if reason is None:
+            return blocked_causal_attention(
+                q, k, v, mask=mask, bias=bias, scale=scale, block=_block_size(q.shape[1])
+            )
+        if not auto:
+            _warn_once(f"blocked-{reason}", f"attention kernel 'blocked' {reason}; using xla")
         kernel = "xla"
     if kernel == "jax":
         return _jax_attention(q, k, v, mask=mask, bias=bias, scale=scale, implementation=None)

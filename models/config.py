@@ -16,7 +16,7 @@ POSITIONS = ("learned", "sinusoidal", "relative", "rope", "none")
 NORMS = ("layernorm", "rmsnorm")
 ACTIVATIONS = ("relu", "gelu", "gelu_new", "silu", "tanh")
 HEADS = ("none", "lm", "mlm", "classification", "token_classification")
-KERNELS = ("auto", "xla", "jax", "cudnn", "splash")
+KERNELS = ("auto", "xla", "jax", "cudnn", "splash", "blocked")
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch", "save_attention_out")
 DTYPES = ("float32", "bfloat16", "float16")
 

@@ -336,3 +336,17 @@ def test_dropout_only_when_not_deterministic():
 def test_heads_output_shapes(name, head, shape):
     config, model, params = tiny(name, head=head, num_labels=3)
     assert run(model, params, input_ids=random_ids(14, (2, 8))).logits.shape == shape
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="the fence is CPU-only")
+def test_unrolled_layers_fence_the_residual_gradient():
+    """On CPUs the backward pass of unrolled layers keeps one `conditional` per layer boundary
+    (models/blocks.py, `_gradient_fence`): without it XLA recomputes the residual-stream gradient
+    of every layer above inside each layer's weight-gradient transposes."""
+    config, model, params = tiny("gpt2-tiny", num_layers=4)
+    ids = random_ids(11, (2, 8))
+    grad = jax.jit(
+        jax.grad(lambda p: jnp.sum(model.apply({"params": p}, ids).last_hidden_state ** 2))
+    )
+    hlo = grad.lower(params).compile().as_text()
+    assert hlo.count(" conditional(") == config.num_layers - 1
