@@ -100,12 +100,18 @@ WIDE = dict(d_model=256, num_heads=4, d_ff=1024, vocab_size=2048, max_positions=
     ],
 )
 def test_matches_xla_cost_analysis(name, overrides):
-    """XLA counts what it computes: the dense causal square (so causal_factor=1.0) and the
-    elementwise ops we leave out, which stay within 5% at these widths."""
+    """XLA counts what it computes: with the reference kernel the dense causal square (so
+    causal_factor=1.0), with the blocked kernel (CPU default) the blocks on and below the
+    diagonal (two blocks of 64 at 128 tokens: 3/4 of the square), and the elementwise ops we
+    leave out, which stay within 5% at these widths."""
     cfg = models.get_config(name, **overrides)
-    xla = _xla_forward_flops(cfg, 2, 128)
+    xla = _xla_forward_flops(cfg.replace(attention_kernel="xla"), 2, 128)
     ours = 2 * forward_flops_per_sequence(cfg, 128, 128, causal_factor=1.0)
     assert ours <= xla <= 1.05 * ours
+    blocked = _xla_forward_flops(cfg.replace(attention_kernel="blocked"), 2, 128)
+    ours_blocked = 2 * forward_flops_per_sequence(cfg, 128, 128, causal_factor=0.75)
+    assert ours_blocked <= blocked <= 1.05 * ours_blocked
+    assert (blocked < xla) == (cfg.family != "encoder")
     # the useful count leaves out the masked half of each causal square, which XLA computes
     masked = ours - 2 * forward_flops_per_sequence(cfg, 128, 128)
     assert (masked > 0) == (cfg.family != "encoder")
