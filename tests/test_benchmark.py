@@ -115,3 +115,17 @@ def test_torch_reference_other_families():
         r = train_benchmark(cfg, host, steps=1, warmup=0)
         assert r["class"] == cls and math.isfinite(r["final_loss"])
         assert r["tokens_per_step"] == (2 * 8 + 2 * 4 if name == "t5-tiny" else 2 * 8)
+
+
+def test_profile_lists_the_slowest_ops(tmp_path, capsys):
+    out = tmp_path / "r.json"
+    argv = ["--model", "gpt2-tiny", *TINY, "--json", str(out), "--profile", str(tmp_path / "p")]
+    assert benchmark.main(argv) == 0
+    ops = json.loads(out.read_text())["profile"]["top_ops"]
+    assert ops and all(op["ms"] >= 0 and op["calls"] >= 1 for op in ops)
+    assert [op["ms"] for op in ops] == sorted((op["ms"] for op in ops), reverse=True)
+    # every op is traced back to the JAX operation of the train step it came from
+    assert any("train_step" in (op["source"] or "") for op in ops)
+    assert any("dot" in op["op"] or "ynn" in op["op"] for op in ops)  # the matmuls are there
+    assert ops[0]["op"] in capsys.readouterr().out
+    assert list((tmp_path / "p").rglob("perfetto_trace.json.gz"))

@@ -18,11 +18,14 @@ against transformers' `generate`.
 from __future__ import annotations
 
 import argparse
+import collections
 import datetime
 import functools
+import gzip
 import json
 import os
 import platform
+import re
 import resource
 import statistics
 import sys
@@ -202,6 +205,7 @@ def benchmark(
     overrides: dict | None = None,
     reference: str | None = None,
     carbon: dict | None = None,
+    profile: str | None = None,
 ) -> dict:
     """Times `steps` training steps after `warmup`; returns the result dict.
 
@@ -210,6 +214,8 @@ def benchmark(
       overrides: further ModelConfig fields (e.g. num_layers=2 for a quick run).
       reference: "torch" also times the Hugging Face PyTorch model on the same batch.
       carbon: the carbon config section (train/carbon.py); None = defaults.
+      profile: a directory: one more step runs under `jax.profiler.trace` (a Perfetto trace
+        there) and the result's "profile" lists the ops that took longest (see profile_ops).
     """
     cfg = benchmark_config(
         model,
@@ -252,6 +258,10 @@ def benchmark(
                 state, metrics = compiled(state, data, rng)
                 jax.block_until_ready(state)
                 times.append(time.perf_counter() - start)
+        if profile:
+            with jax.profiler.trace(profile, create_perfetto_trace=True):
+                state, metrics = compiled(state, data, rng)
+                jax.block_until_ready(state)
     step_s = statistics.median(times)
     flops = train_flops_per_step(cfg, batch, seq, target if enc_dec else None)
     peak, peak_source = device_peak(dtype)
@@ -293,6 +303,8 @@ def benchmark(
         "carbon": footprint,
         "environment": environment(),
     }
+    if profile:
+        result["profile"] = {"dir": str(profile), "top_ops": profile_ops(profile, compiled)}
     del state, compiled, data  # free ours before the reference allocates
     if reference == "torch":
         from train.benchmark_torch import train_benchmark
@@ -303,6 +315,36 @@ def benchmark(
     elif reference is not None:
         raise ValueError(f"reference={reference!r}; the only reference runner is 'torch'")
     return result
+
+
+def profile_ops(trace_dir: str, compiled, top: int = 20) -> list[dict]:
+    """The `top` XLA ops of a profiled step by total time, each with its HLO shape and the JAX
+    operation it came from (the `op_name` metadata of `compiled.as_text()`)."""
+    trace = json.load(gzip.open(next(Path(trace_dir).rglob("perfetto_trace.json.gz"))))
+    events = trace["traceEvents"] if isinstance(trace, dict) else trace
+    lines = {  # instruction name -> its HLO line
+        m.group(1): m.group(0)
+        for m in re.finditer(r"^\s*(?:ROOT )?%([\w.\-]+) = .*$", compiled.as_text(), re.M)
+    }
+    totals, counts = collections.Counter(), collections.Counter()
+    for e in events:
+        if e.get("ph") == "X" and e.get("name") in lines:
+            totals[e["name"]] += e.get("dur", 0)
+            counts[e["name"]] += 1
+    ops = []
+    for name, micros in totals.most_common(top):
+        shape = re.search(r"= (\S+) ", lines[name])
+        source = re.search(r'op_name="([^"]+)"', lines[name])
+        ops.append(
+            {
+                "op": name,
+                "ms": micros / 1e3,
+                "calls": counts[name],
+                "shape": shape.group(1) if shape else None,
+                "source": source.group(1) if source else None,
+            }
+        )
+    return ops
 
 
 def decode_benchmark(
@@ -445,7 +487,8 @@ def render_markdown(results: dict) -> str:
         "the same process right after ours. MFU = analytic FLOPs (train/flops.py, causal "
         "attention at half) / step time / peak, the peak being a 2048^3 matmul measured here "
         "(f32, or bf16 inputs with f32 accumulation). Energy: train/carbon.py over the timed "
-        "steps (see docs/carbon.md).",
+        "steps (see docs/carbon.md). Where a CPU step's time goes, and what changed it: "
+        "[cpu-profile.md](cpu-profile.md).",
         "",
         "| model | batch x seq | dtype | ours tokens/s | PyTorch tokens/s | ours / PyTorch | MFU "
         "| compile s | peak memory GiB | energy Wh | g CO2eq |",
@@ -630,6 +673,9 @@ def main(argv=None) -> int:
     p.add_argument("--new-tokens", type=int, default=64)
     p.add_argument("--country", default=None, help="carbon.country_iso_code (default USA)")
     p.add_argument("--json", default=None, help="write the result here")
+    p.add_argument(
+        "--profile", default=None, metavar="DIR", help="profile one more step: trace + top ops"
+    )
     args = p.parse_args(argv)
     carbon = {"country_iso_code": args.country} if args.country else None
     try:
@@ -652,8 +698,11 @@ def main(argv=None) -> int:
             overrides=dict(args.set),
             reference=args.reference,
             carbon=carbon,
+            profile=args.profile,
         )
         print(_train_line(result), flush=True)
+        for op in result.get("profile", {}).get("top_ops", []):
+            print(f"{op['ms']:9.1f} ms {op['calls']:4d}x  {op['op']:34s} {op['source'] or ''}")
         if args.decode:
             result["decode"] = []
             for batch in (1, 16):
