@@ -222,15 +222,13 @@ def dot_product_attention(
             _warn_once(f"splash-{reason}", f"attention kernel 'splash' {reason}; using xla")
         kernel = "xla"
     if kernel == "blocked":
-        reason = None
+        reason, block = None, _block_size(q.shape[1])
         if not causal:
             reason = "is for causal self-attention"
-        elif q.shape[1] != k.shape[1] or _block_size(q.shape[1]) is None:
+        elif q.shape[1] != k.shape[1] or block is None:
             reason = "needs self-attention over at least two equal blocks of queries"
         if reason is None:
-            return blocked_causal_attention(
-                q, k, v, mask=mask, bias=bias, scale=scale, block=_block_size(q.shape[1])
-            )
+            return blocked_causal_attention(q, k, v, mask=mask, bias=bias, scale=scale, block=block)
         if not auto:
             _warn_once(f"blocked-{reason}", f"attention kernel 'blocked' {reason}; using xla")
         kernel = "xla"

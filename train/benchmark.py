@@ -320,7 +320,9 @@ def benchmark(
 def profile_ops(trace_dir: str, compiled, top: int = 20) -> list[dict]:
     """The `top` XLA ops of a profiled step by total time, each with its HLO shape and the JAX
     operation it came from (the `op_name` metadata of `compiled.as_text()`)."""
-    trace = json.load(gzip.open(next(Path(trace_dir).rglob("perfetto_trace.json.gz"))))
+    # the newest trace: a reused directory keeps earlier runs' traces beside it
+    newest = max(Path(trace_dir).rglob("perfetto_trace.json.gz"), key=lambda p: p.stat().st_mtime)
+    trace = json.load(gzip.open(newest))
     events = trace["traceEvents"] if isinstance(trace, dict) else trace
     lines = {  # instruction name -> its HLO line
         m.group(1): m.group(0)
