@@ -23,7 +23,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from models import axes
+from models import axes, masks
 from models.config import ModelConfig
 from models.layers import DenseGeneral, dtypes
 from models.position import apply_rope
@@ -50,7 +50,7 @@ def reference_attention(
 
     Args:
       q: (B, T, N, H) queries; k, v: (B, S, K, H) keys and values, K dividing N (grouped-query).
-      mask: bool (B|1, 1, T, S), the same for every head; True = may attend.
+      mask: bool (B|1, 1, T|1, S), the same for every head; True = may attend.
       bias: float (B|1, N, T, S), added to the logits (T5 relative bias).
       scale: multiplier of q.k.
       dropout_rate, dropout_rng: attention-probability dropout (training only).
@@ -121,8 +121,9 @@ def blocked_causal_attention(q, k, v, *, mask=None, bias=None, scale=1.0, block=
         if bias is not None:
             logits = logits + bias[:, :, :, rows, :end]
         visible = jnp.arange(start, end)[:, None] >= jnp.arange(end)[None, :]  # (block, end)
-        if mask is not None:  # (B|1, 1, T, S) -> (B|1, 1, 1, block, end)
-            visible = visible & mask[:, :, None, rows, :end]
+        if mask is not None:  # (B|1, 1, T|1, S) -> (B|1, 1, 1, block|1, end)
+            block_mask = mask if mask.shape[2] == 1 else mask[:, :, rows]
+            visible = visible & block_mask[:, :, None, :, :end]
         logits = jnp.where(visible, logits, _NEG_INF)
         probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
         outs.append(
@@ -134,9 +135,9 @@ def blocked_causal_attention(q, k, v, *, mask=None, bias=None, scale=1.0, block=
     return jnp.transpose(out, (0, 3, 1, 2, 4)).reshape(b, t, n, h).astype(q.dtype)
 
 
-def _jax_attention(q, k, v, *, mask, bias, scale, implementation):
+def _jax_attention(q, k, v, *, mask, bias, scale, causal, implementation):
     return jax.nn.dot_product_attention(
-        q, k, v, bias=bias, mask=mask, scale=scale, implementation=implementation
+        q, k, v, bias=bias, mask=mask, scale=scale, is_causal=causal, implementation=implementation
     )
 
 
@@ -178,8 +179,12 @@ def dot_product_attention(
 ):
     """One entry point for every kernel; shapes as in `reference_attention`.
 
-    `causal` and `segment_ids` describe the mask structurally for kernels that take it that way
-    (splash); `mask` must always hold the full mask so that any kernel can fall back to it.
+    `causal=True` (self-attention, T == S) lets query i see only keys up to i. `mask` holds every
+    other constraint (padding, packed segments) and may hold the causal part too, or be None.
+    Kernels with causality built in use the flag: cuDNN's causal mask type and the blocked kernel
+    skip the tiles above the diagonal, and with no other mask cuDNN reads no mask tensor at all;
+    the others get the causal mask added. `segment_ids` repeats the segment part of `mask` for
+    kernels that take it structurally (splash).
     """
     if kernel == "auto":
         kernel = {"gpu": "cudnn", "tpu": "splash"}.get(_backend(), "blocked")
@@ -202,8 +207,10 @@ def dot_product_attention(
         elif q.dtype not in (jnp.bfloat16, jnp.float16):
             reason = f"needs bfloat16/float16 inputs (got {q.dtype})"
         if reason is None:
+            if mask is not None:  # cuDNN takes a mask as a bias over every query row
+                mask = jnp.broadcast_to(mask, (mask.shape[0], 1, q.shape[1], k.shape[1]))
             return _jax_attention(
-                q, k, v, mask=mask, bias=bias, scale=scale, implementation="cudnn"
+                q, k, v, mask=mask, bias=bias, scale=scale, causal=causal, implementation="cudnn"
             )
         if not auto:
             _warn_once(f"cudnn-{reason}", f"attention kernel 'cudnn' {reason}; using xla")
@@ -233,7 +240,12 @@ def dot_product_attention(
             _warn_once(f"blocked-{reason}", f"attention kernel 'blocked' {reason}; using xla")
         kernel = "xla"
     if kernel == "jax":
-        return _jax_attention(q, k, v, mask=mask, bias=bias, scale=scale, implementation=None)
+        return _jax_attention(
+            q, k, v, mask=mask, bias=bias, scale=scale, causal=causal, implementation=None
+        )
+    if causal:
+        slots = masks.arange_slots(1, q.shape[1])
+        mask = masks.combine(mask, masks.causal_mask(slots, slots))
     return reference_attention(
         q,
         k,
@@ -255,7 +267,9 @@ class Attention(nn.Module):
     """
 
     config: ModelConfig
-    causal: bool = False  # structural hint for kernels; the mask is what is enforced
+    # Causal self-attention. Outside decoding the kernel applies causality (the caller's mask may
+    # leave it out); while decoding the mask over the cache slots carries it.
+    causal: bool = False
 
     @nn.compact
     def __call__(

@@ -231,7 +231,9 @@ class TransformerStack(nn.Module):
 
         mask = masks.combine(
             masks.key_mask(k_valid) if (attention_mask is not None or decode) else None,
-            masks.causal_mask(q_slots, k_slots) if self.causal else None,
+            # Outside decoding the attention kernels apply causality themselves (see
+            # dot_product_attention's `causal`), so that a fused kernel need read no mask at all.
+            masks.causal_mask(q_slots, k_slots) if self.causal and decode else None,
             masks.segment_mask(segment_ids, segment_ids) if segment_ids is not None else None,
         )
         cross_mask = None

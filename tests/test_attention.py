@@ -82,6 +82,66 @@ def test_cudnn_kernel_matches_reference(with_bias):
     np.testing.assert_allclose(out.astype(jnp.float32), ref, atol=3e-2)
 
 
+def _value_and_grads(fn, q, k, v):
+    loss = lambda q, k, v: jnp.sum(fn(q, k, v).astype(jnp.float32) ** 2)  # noqa: E731
+    return jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2)))(q, k, v)
+
+
+@pytest.mark.skipif(BACKEND != "gpu", reason="cuDNN attention needs an NVIDIA GPU")
+@pytest.mark.parametrize("padding,with_bias", [(False, False), (True, False), (True, True)])
+def test_cudnn_causal_flag_gradients_match_reference(padding, with_bias):
+    """The training path: `causal=True` (cuDNN's causal mask type) with no mask tensor, or with a
+    padding mask and T5's bias beside it; values and gradients against the f32 reference."""
+    q, k, v, full = _inputs(jnp.bfloat16, t=256)
+    pad = masks.key_mask(jnp.arange(256)[None, :] < jnp.array([[256], [170]]))
+    bias = _relative_bias(1, 8, 256) if with_bias else None
+    slots = masks.arange_slots(2, 256)
+    ref_mask = full if padding else masks.causal_mask(slots, slots)
+    f32 = [x.astype(jnp.float32) for x in (q, k, v)]
+    ref = _value_and_grads(
+        lambda q, k, v: attention.reference_attention(
+            q, k, v, mask=ref_mask, bias=bias, scale=0.125
+        ),
+        *f32,
+    )
+    out = _value_and_grads(
+        lambda q, k, v: attention.dot_product_attention(
+            q,
+            k,
+            v,
+            kernel="cudnn",
+            mask=pad if padding else None,
+            bias=bias,
+            scale=0.125,
+            causal=True,
+        ),
+        q,
+        k,
+        v,
+    )
+    np.testing.assert_allclose(float(out[0]), float(ref[0]), rtol=2e-2)
+    for a, b in zip(out[1], ref[1]):
+        scale = float(jnp.abs(b).max())
+        np.testing.assert_allclose(np.asarray(a, np.float32), b, atol=3e-2 * scale)
+
+
+@pytest.mark.parametrize("kernel", ["xla", "jax", "blocked"])
+def test_causal_flag_adds_the_causal_mask(kernel):
+    """`causal=True` with only a padding mask (as the stack passes it outside decoding) equals the
+    reference with the full causal-and-padding mask, in every kernel that runs here."""
+    q, k, v, full = _inputs(t=128, h=16)
+    pad = masks.key_mask(jnp.arange(128)[None, :] < jnp.array([[128], [85]]))
+    ref = attention.reference_attention(q, k, v, mask=full, scale=0.25)
+    out = attention.dot_product_attention(q, k, v, kernel=kernel, mask=pad, scale=0.25, causal=True)
+    np.testing.assert_allclose(out, ref, atol=2e-5)
+    alone = attention.dot_product_attention(q, k, v, kernel=kernel, scale=0.25, causal=True)
+    slots = masks.arange_slots(2, 128)
+    causal = attention.reference_attention(
+        q, k, v, mask=masks.causal_mask(slots, slots), scale=0.25
+    )
+    np.testing.assert_allclose(alone, causal, atol=2e-5)
+
+
 @pytest.mark.skipif(BACKEND != "tpu", reason="splash attention needs a TPU")
 def test_splash_kernel_matches_reference():
     q, k, v, mask = _inputs(jnp.bfloat16, k=8)

@@ -4,6 +4,7 @@ optionally side by side with the Hugging Face PyTorch model of the same shape.
     python -m train.benchmark --model gpt2 --batch 8 --seq 256 --steps 10 --dtype bf16 \\
         [--reference torch] [--decode] [--json out.json]
     python -m train.benchmark --suite cpu      # regenerates docs/benchmarks/
+    python -m train.benchmark --suite gpu      # regenerates docs/benchmarks/gpu/ (one NVIDIA GPU)
 
 The step is the real one (train/step.py: forward, backward, AdamW update, sharded over every
 device along `data`), compiled ahead of time, warmed up, then timed step by step; the median is
@@ -11,8 +12,10 @@ reported. MFU = analytic FLOPs per step (train/flops.py) / median step time / pe
 the peak is the published dense bf16 (or TF32 for f32) figure on GPUs/TPUs and a matmul measured
 on the spot on CPUs (f32, or bf16 inputs with f32 accumulation for --dtype bf16). Energy and CO2
 come from train/carbon.py over the timed steps. `--reference torch` times the same step in
-PyTorch (train/benchmark_torch.py); `--decode` times cached greedy generation (train/decode.py)
-against transformers' `generate`.
+PyTorch (train/benchmark_torch.py), on the GPU when JAX runs on one; `--decode` times cached
+greedy generation (train/decode.py) against transformers' `generate`. With PyTorch in the same
+process on a GPU, JAX allocates as it goes (XLA_PYTHON_CLIENT_PREALLOCATE=false) instead of
+taking most of the memory up front.
 """
 
 from __future__ import annotations
@@ -73,6 +76,20 @@ SUITES = {
         "steps": 3,
         "warmup": 1,
         "decode": {"model": "gpt2", "batches": (1, 16), "prompt_len": 32, "new_tokens": 64},
+    },
+    # One NVIDIA GPU, bf16 with f32 weights (cuDNN flash attention via kernel "auto"); gpt2-medium
+    # at 1024 tokens is the size of the MFU target in the README.
+    "gpu": {
+        "train": [
+            ("gpt2-medium", 16, 1024, None),
+            ("gpt2", 16, 1024, None),
+            ("bert-base-uncased", 32, 512, None),
+            ("t5-base", 16, 512, 512),
+        ],
+        "dtypes": ("bf16",),
+        "steps": 20,
+        "warmup": 3,
+        "decode": {"model": "gpt2", "batches": (1, 16), "prompt_len": 32, "new_tokens": 128},
     },
 }
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "benchmarks"
@@ -267,6 +284,7 @@ def benchmark(
     peak, peak_source = device_peak(dtype)
     tokens = batch * (seq + (target if enc_dec else 0))
     memory, memory_source = _peak_memory(compiled)
+    fused = _fused_attention_calls(compiled)
     footprint = tracker.result()
     result = {
         "model": model,
@@ -278,6 +296,7 @@ def benchmark(
         "target_seq": target if enc_dec else None,
         "dtype": dtype,
         "attention_kernel": kernel,
+        "cudnn_attention_calls": fused,
         "remat": remat,
         "scan_layers": scan_layers,
         "steps": steps,
@@ -309,12 +328,27 @@ def benchmark(
     if reference == "torch":
         from train.benchmark_torch import train_benchmark
 
-        ref = train_benchmark(cfg, host, steps=steps, warmup=warmup, dtype=dtype)
+        ref = train_benchmark(
+            cfg, host, steps=steps, warmup=warmup, dtype=dtype, device=_torch_device()
+        )
         result["reference"] = ref
         result["speedup_vs_reference"] = result["tokens_per_s"] / ref["tokens_per_s"]
     elif reference is not None:
         raise ValueError(f"reference={reference!r}; the only reference runner is 'torch'")
     return result
+
+
+def _torch_device() -> str:
+    """Where the PyTorch reference runs: on the GPU when JAX runs on one."""
+    return "cuda" if jax.devices()[0].platform == "gpu" else "cpu"
+
+
+def _fused_attention_calls(compiled) -> int | None:
+    """How many cuDNN fused-attention calls (forward and backward) the compiled step makes, on a
+    GPU (None elsewhere): evidence that kernel "auto" really reached cuDNN."""
+    if jax.devices()[0].platform != "gpu":
+        return None
+    return len(re.findall(r'custom_call_target="__cudnn\$fmha', compiled.as_text()))
 
 
 def profile_ops(trace_dir: str, compiled, top: int = 20) -> list[dict]:
@@ -403,7 +437,12 @@ def decode_benchmark(
         from train.benchmark_torch import decode_benchmark as torch_decode
 
         ref = torch_decode(
-            cfg.replace(dtype="float32"), prompt, new_tokens, params=params, repeats=repeats
+            cfg.replace(dtype="float32"),
+            prompt,
+            new_tokens,
+            params=params,
+            repeats=repeats,
+            device=_torch_device(),
         )
         theirs = ref.pop("tokens")
         ref["token_agreement"] = float(np.mean(theirs == tokens))  # same weights, both greedy
@@ -412,9 +451,17 @@ def decode_benchmark(
     return result
 
 
-def run_suite(name: str, out_dir: Path = DOCS, *, reference: str | None = "torch") -> dict:
-    """Runs a standard suite and writes results.json, README.md and PNG plots to `out_dir`."""
+def suite_dir(name: str) -> Path:
+    """Where a suite's report lives: docs/benchmarks/ for cpu, docs/benchmarks/NAME/ otherwise."""
+    return DOCS if name == "cpu" else DOCS / name
+
+
+def run_suite(name: str, out_dir: Path | None = None, *, reference: str | None = "torch") -> dict:
+    """Runs a standard suite and writes results.json, README.md and PNG plots to `out_dir`
+    (`suite_dir(name)` by default), rewriting them after every row so that an interrupted run
+    keeps what it measured."""
     suite = SUITES[name]
+    out_dir = suite_dir(name) if out_dir is None else Path(out_dir)
     results = {
         "suite": name,
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
@@ -438,6 +485,7 @@ def run_suite(name: str, out_dir: Path = DOCS, *, reference: str | None = "torch
             r.pop("environment")
             results["train"].append(r)
             print(_train_line(r), flush=True)
+            write_report(results, out_dir)
     d = suite["decode"]
     for batch in d["batches"]:
         r = decode_benchmark(
@@ -445,10 +493,12 @@ def run_suite(name: str, out_dir: Path = DOCS, *, reference: str | None = "torch
             batch,
             prompt_len=d["prompt_len"],
             new_tokens=d["new_tokens"],
+            dtype=d.get("dtype", "f32"),
             reference=reference,
         )
         results["decode"].append(r)
         print(_decode_line(r), flush=True)
+        write_report(results, out_dir)
     results["environment"]["load_average_end"] = os.getloadavg()
     write_report(results, out_dir)
     return results
@@ -487,8 +537,9 @@ def render_markdown(results: dict) -> str:
         "of the timed steps (min-max in brackets). PyTorch: the Hugging Face class of the same "
         "shape, random init, fused AdamW, f32 or `torch.autocast(bfloat16)` with f32 weights, in "
         "the same process right after ours. MFU = analytic FLOPs (train/flops.py, causal "
-        "attention at half) / step time / peak, the peak being a 2048^3 matmul measured here "
-        "(f32, or bf16 inputs with f32 accumulation). Energy: train/carbon.py over the timed "
+        "attention at half) / step time / peak, the peak being the published dense figure on a "
+        "GPU or TPU and a 2048^3 matmul measured here on a CPU (f32, or bf16 inputs with f32 "
+        "accumulation); see the last lines. Energy: train/carbon.py over the timed "
         "steps (see docs/carbon.md). Where a CPU step's time goes, and what changed it: "
         "[cpu-profile.md](cpu-profile.md).",
         "",
@@ -573,7 +624,10 @@ def _plot(results: dict, out_dir: Path) -> None:
         plt.close(fig)
 
     env = results["environment"]
-    where = f"{env['cpu_count']}x {env['platform']} ({env.get('cpu_model') or env['device_kind']})"
+    if env["platform"] == "cpu":
+        where = f"{env['cpu_count']}x cpu ({env.get('cpu_model') or env['device_kind']})"
+    else:
+        where = f"{env['device_count']}x {env['device_kind']}"
     train = results["train"]
     bars(
         train,
@@ -646,7 +700,11 @@ def main(argv=None) -> int:
         prog="python -m train.benchmark", description=__doc__.split("\n")[0]
     )
     p.add_argument("--suite", choices=sorted(SUITES), help="run a standard suite, write docs")
-    p.add_argument("--out", default=str(DOCS), help="suite output directory")
+    p.add_argument(
+        "--out",
+        default=None,
+        help="suite output directory (default docs/benchmarks/ for cpu, docs/benchmarks/NAME/)",
+    )
     p.add_argument("--model")
     p.add_argument("--batch", type=int)
     p.add_argument("--seq", type=int)
@@ -679,10 +737,14 @@ def main(argv=None) -> int:
         "--profile", default=None, metavar="DIR", help="profile one more step: trace + top ops"
     )
     args = p.parse_args(argv)
+    if args.suite or args.reference:
+        # PyTorch shares the GPU: JAX takes memory as it needs it rather than 75% at start
+        # (no effect once JAX has started, as when main() is called from a test).
+        os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
     carbon = {"country_iso_code": args.country} if args.country else None
     try:
         if args.suite:
-            run_suite(args.suite, Path(args.out), reference=args.reference or "torch")
+            run_suite(args.suite, args.out, reference=args.reference or "torch")
             return 0
         if args.model is None or args.batch is None or args.seq is None:
             p.error("--model, --batch and --seq are required without --suite")

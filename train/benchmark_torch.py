@@ -6,6 +6,9 @@ from that config with random initialisation, so that a ratio "ours / PyTorch" is
 run on one machine. Training: forward with `labels`, backward, `torch.optim.AdamW` step, with f32
 weights and either f32 compute or `torch.autocast(dtype=bfloat16)`. Decoding: `generate` (greedy,
 use_cache=True) with EOS suppressed so that every row produces exactly `new_tokens` tokens.
+`device` is "cpu" or "cuda" (the caller passes the one JAX runs on); on CUDA the model uses
+PyTorch's default attention (SDPA, flash attention in bf16) and each timed step ends with a
+synchronising `.item()`.
 
 Needs the `hf` extra (torch + transformers); importing this module does not import them.
 """
@@ -70,11 +73,11 @@ def _tied_keys(model) -> set[str]:
     return tied
 
 
-def _torch_batch(host: dict, family: str) -> dict:
+def _torch_batch(host: dict, family: str, device: str = "cpu") -> dict:
     """Our synthetic batch (numpy) -> the keyword arguments of the HF forward with labels."""
     import torch
 
-    t = lambda x: torch.from_numpy(np.asarray(x, np.int64))  # noqa: E731
+    t = lambda x: torch.from_numpy(np.asarray(x, np.int64)).to(device)  # noqa: E731
     if family == "encoder_decoder":
         return {
             "input_ids": t(host["input_ids"]),
@@ -94,18 +97,55 @@ def train_benchmark(
     warmup: int = 2,
     dtype: str = "f32",
     threads: int | None = None,
+    device: str = "cpu",
 ) -> dict:
     """Times `steps` AdamW training steps of the HF model on `host_batch` (ours, numpy)."""
     import torch
 
     if threads:
         torch.set_num_threads(threads)
-    model = hf_model(cfg)
+    model = hf_model(cfg).to(device)
+    inputs = _torch_batch(host_batch, cfg.family, device)
+    tokens = sum(int(np.prod(v.shape)) for k, v in inputs.items() if k.endswith("input_ids"))
+    name = type(model).__name__
+    attn = getattr(model.config, "_attn_implementation", None)
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    times, loss = _time_steps(model, inputs, dtype, device, steps, warmup)
+    peak_memory = torch.cuda.max_memory_allocated() if device == "cuda" else None
+    del model, inputs
+    _release(device)
+    step_s = statistics.median(times)
+    return {
+        "framework": "pytorch",
+        "class": name,
+        "device": device,
+        "dtype": dtype,
+        "compute": "torch.autocast(bfloat16), f32 weights" if dtype == "bf16" else "float32",
+        "optimizer": _OPTIMIZER,
+        "torch": torch.__version__,
+        "transformers": _transformers_version(),
+        "threads": torch.get_num_threads(),
+        "attn_implementation": attn,
+        "step_time_s": step_s,
+        "step_times_s": times,
+        "tokens_per_step": tokens,
+        "tokens_per_s": tokens / step_s,
+        "final_loss": loss,
+        "peak_memory_bytes": peak_memory,
+    }
+
+
+def _time_steps(model, inputs: dict, dtype: str, device: str, steps: int, warmup: int):
+    """(per-step seconds, last loss) of `steps` AdamW steps after `warmup` untimed ones."""
+    import torch
+
     model.train()  # dropout rates are 0 in the benchmark config; train mode as in training
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.01, fused=True)
-    inputs = _torch_batch(host_batch, cfg.family)
     autocast = (
-        torch.autocast("cpu", dtype=torch.bfloat16) if dtype == "bf16" else contextlib.nullcontext()
+        torch.autocast(device, dtype=torch.bfloat16)
+        if dtype == "bf16"
+        else contextlib.nullcontext()
     )
 
     def step():
@@ -114,7 +154,7 @@ def train_benchmark(
             loss = model(**inputs).loss
         loss.backward()
         opt.step()
-        return loss.detach().item()
+        return loss.detach().item()  # waits for the device
 
     for _ in range(warmup):
         step()
@@ -123,24 +163,18 @@ def train_benchmark(
         start = time.perf_counter()
         loss = step()
         times.append(time.perf_counter() - start)
-    tokens = sum(int(np.prod(v.shape)) for k, v in inputs.items() if k.endswith("input_ids"))
-    step_s = statistics.median(times)
-    return {
-        "framework": "pytorch",
-        "class": type(model).__name__,
-        "dtype": dtype,
-        "compute": "torch.autocast(bfloat16), f32 weights" if dtype == "bf16" else "float32",
-        "optimizer": _OPTIMIZER,
-        "torch": torch.__version__,
-        "transformers": _transformers_version(),
-        "threads": torch.get_num_threads(),
-        "attn_implementation": getattr(model.config, "_attn_implementation", None),
-        "step_time_s": step_s,
-        "step_times_s": times,
-        "tokens_per_step": tokens,
-        "tokens_per_s": tokens / step_s,
-        "final_loss": loss,
-    }
+    return times, loss
+
+
+def _release(device: str) -> None:
+    """Hands PyTorch's cached GPU memory back, so that the next JAX run can use it."""
+    if device == "cuda":
+        import gc
+
+        import torch
+
+        gc.collect()
+        torch.cuda.empty_cache()
 
 
 def decode_benchmark(
@@ -151,6 +185,7 @@ def decode_benchmark(
     params=None,
     repeats: int = 3,
     threads: int | None = None,
+    device: str = "cpu",
 ) -> dict:
     """Times greedy `generate` (use_cache=True) of `new_tokens` tokens after `prompt` (B, P).
 
@@ -160,9 +195,9 @@ def decode_benchmark(
 
     if threads:
         torch.set_num_threads(threads)
-    model = hf_model(cfg, params)
+    model = hf_model(cfg, params).to(device)
     model.eval()
-    ids = torch.from_numpy(np.asarray(prompt, np.int64))
+    ids = torch.from_numpy(np.asarray(prompt, np.int64)).to(device)
     kwargs = dict(
         attention_mask=torch.ones_like(ids),
         max_new_tokens=new_tokens,
@@ -181,11 +216,15 @@ def decode_benchmark(
             start = time.perf_counter()
             out = model.generate(ids, **kwargs)
             times.append(time.perf_counter() - start)
-    tokens = out[:, -new_tokens:].numpy()
+    tokens = out[:, -new_tokens:].cpu().numpy()
     seconds = statistics.median(times)
+    name = type(model).__name__
+    del model, out
+    _release(device)
     return {
         "framework": "pytorch",
-        "class": type(model).__name__,
+        "class": name,
+        "device": device,
         "batch": int(ids.shape[0]),
         "prompt_len": int(ids.shape[1]),
         "new_tokens": new_tokens,

@@ -138,6 +138,9 @@ class CarbonTracker:
         except ImportError:
             log.warning("codecarbon is not installed: no energy or CO2 figures for this run")
             return
+        except Exception as e:  # installed but broken (e.g. a dependency of the wrong version)
+            log.warning("codecarbon failed to import (%r): no energy or CO2 figures", e)
+            return
         logging.getLogger("codecarbon").setLevel(logging.ERROR)  # its init chatter
         try:
             self._tracker = OfflineEmissionsTracker(
