@@ -76,6 +76,7 @@ SUITES = {
         "steps": 3,
         "warmup": 1,
         "decode": {"model": "gpt2", "batches": (1, 16), "prompt_len": 32, "new_tokens": 64},
+        "notes": "cpu-profile.md",  # relative to the report
     },
     # One NVIDIA GPU, bf16 with f32 weights (cuDNN flash attention via kernel "auto"); gpt2-medium
     # at 1024 tokens is the size of the MFU target in the README.
@@ -84,12 +85,13 @@ SUITES = {
             ("gpt2-medium", 16, 1024, None),
             ("gpt2", 16, 1024, None),
             ("bert-base-uncased", 32, 512, None),
-            ("t5-base", 16, 512, 512),
+            ("t5-small", 16, 512, 512),
         ],
         "dtypes": ("bf16",),
         "steps": 20,
         "warmup": 3,
         "decode": {"model": "gpt2", "batches": (1, 16), "prompt_len": 32, "new_tokens": 128},
+        "notes": "../gpu-notes.md",
     },
 }
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "benchmarks"
@@ -167,15 +169,18 @@ def _cpu_model() -> str | None:
 
 
 def _peak_memory(compiled) -> tuple[int | None, str]:
-    stats = jax.devices()[0].memory_stats() or {}
-    if "peak_bytes_in_use" in stats:
-        return int(stats["peak_bytes_in_use"]), "device allocator peak"
+    """The step's own memory: XLA's analysis of the compiled program where the backend gives one
+    (the device allocator's peak covers the whole process, earlier benchmarks included)."""
     try:
         m = compiled.memory_analysis()
         total = m.temp_size_in_bytes + m.argument_size_in_bytes + m.output_size_in_bytes
         return int(total - m.alias_size_in_bytes), "XLA memory analysis (args + temps + outputs)"
     except Exception:  # not every backend reports it
-        return None, "unavailable"
+        pass
+    stats = jax.devices()[0].memory_stats() or {}
+    if "peak_bytes_in_use" in stats:
+        return int(stats["peak_bytes_in_use"]), "device allocator peak (whole process)"
+    return None, "unavailable"
 
 
 def synthetic_batch(cfg, batch: int, seq: int, target: int, seed: int = 0) -> dict:
@@ -362,11 +367,22 @@ def profile_ops(trace_dir: str, compiled, top: int = 20) -> list[dict]:
         m.group(1): m.group(0)
         for m in re.finditer(r"^\s*(?:ROOT )?%([\w.\-]+) = .*$", compiled.as_text(), re.M)
     }
+    # On a GPU the kernels run in the device's own trace processes, named after their CUDA kernels
+    # with the HLO instruction in args["hlo_op"]; the host threads' events there are launches.
+    processes = {
+        e.get("pid"): str(e.get("args", {}).get("name", ""))
+        for e in events
+        if e.get("ph") == "M" and e.get("name") == "process_name"
+    }
+    devices = {pid for pid, name in processes.items() if "/device:GPU" in name}
     totals, counts = collections.Counter(), collections.Counter()
     for e in events:
-        if e.get("ph") == "X" and e.get("name") in lines:
-            totals[e["name"]] += e.get("dur", 0)
-            counts[e["name"]] += 1
+        if e.get("ph") != "X" or (devices and e.get("pid") not in devices):
+            continue
+        name = (e.get("args") or {}).get("hlo_op") or e.get("name")
+        if name in lines:  # kernels XLA did not name after an instruction are left out
+            totals[name] += e.get("dur", 0)
+            counts[name] += 1
     ops = []
     for name, micros in totals.most_common(top):
         shape = re.search(r"= (\S+) ", lines[name])
@@ -527,6 +543,7 @@ def _fmt(x, spec: str, empty: str = "-") -> str:
 
 def render_markdown(results: dict) -> str:
     env = results["environment"]
+    notes = SUITES.get(results["suite"], {}).get("notes")
     lines = [
         f"# Benchmarks: suite `{results['suite']}`",
         "",
@@ -536,12 +553,12 @@ def render_markdown(results: dict) -> str:
         "Training: the real jitted train step (forward, backward, AdamW), synthetic tokens, median "
         "of the timed steps (min-max in brackets). PyTorch: the Hugging Face class of the same "
         "shape, random init, fused AdamW, f32 or `torch.autocast(bfloat16)` with f32 weights, in "
-        "the same process right after ours. MFU = analytic FLOPs (train/flops.py, causal "
-        "attention at half) / step time / peak, the peak being the published dense figure on a "
-        "GPU or TPU and a 2048^3 matmul measured here on a CPU (f32, or bf16 inputs with f32 "
-        "accumulation); see the last lines. Energy: train/carbon.py over the timed "
-        "steps (see docs/carbon.md). Where a CPU step's time goes, and what changed it: "
-        "[cpu-profile.md](cpu-profile.md).",
+        "the same process and on the same device, right after ours. MFU = analytic FLOPs "
+        "(train/flops.py, causal attention at half) / step time / peak, the peak being the "
+        "published dense figure on a GPU or TPU and a 2048^3 matmul measured here on a CPU "
+        "(f32, or bf16 inputs with f32 accumulation); see the last lines. Energy: train/carbon.py "
+        "over the timed "
+        "steps (see docs/carbon.md)." + (f" Analysis: [{notes}]({notes})." if notes else ""),
         "",
         "| model | batch x seq | dtype | ours tokens/s | PyTorch tokens/s | ours / PyTorch | MFU "
         "| compile s | peak memory GiB | energy Wh | g CO2eq |",
@@ -590,6 +607,7 @@ def render_markdown(results: dict) -> str:
     lines += [""] + [
         f"Peak {dtype}: {p / 1e9:,.0f} GFLOP/s ({src})." for dtype, (p, src) in peaks.items()
     ]
+    lines += [f"\n{note}" for note in results.get("notes", [])]
     return "\n".join(lines) + "\n"
 
 
