@@ -129,3 +129,47 @@ def test_profile_lists_the_slowest_ops(tmp_path, capsys):
     assert any("dot" in op["op"] or "ynn" in op["op"] for op in ops)  # the matmuls are there
     assert ops[0]["op"] in capsys.readouterr().out
     assert list((tmp_path / "p").rglob("perfetto_trace.json.gz"))
+
+
+def test_profile_counts_only_device_kernels_on_a_gpu_trace(tmp_path):
+    """In a GPU trace the host threads' launch events carry the same HLO names as the kernels;
+    only the events of the device's trace processes count, named by their args["hlo_op"]."""
+    import gzip
+
+    class Compiled:  # the two HLO lines profile_ops reads
+        def as_text(self):
+            return (
+                '  %fusion.1 = bf16[16,1024]{1,0} fusion(), metadata={op_name="jit(s)/dot"}\n'
+                '  ROOT %fusion.2 = f32[8]{0} fusion(), metadata={op_name="jit(s)/add"}\n'
+            )
+
+    events = [
+        {"ph": "M", "name": "process_name", "pid": 1, "args": {"name": "/host:CPU"}},
+        {"ph": "M", "name": "process_name", "pid": 7, "args": {"name": "/device:GPU:0"}},
+        {"ph": "X", "pid": 1, "name": "fusion.1", "dur": 900.0},  # a launch, not the kernel
+        {
+            "ph": "X",
+            "pid": 7,
+            "name": "sm90_gemm_bf16",
+            "dur": 300.0,
+            "args": {"hlo_op": "fusion.1"},
+        },
+        {
+            "ph": "X",
+            "pid": 7,
+            "name": "sm90_gemm_bf16",
+            "dur": 200.0,
+            "args": {"hlo_op": "fusion.1"},
+        },
+        {"ph": "X", "pid": 7, "name": "fusion.2", "dur": 100.0},
+        {"ph": "X", "pid": 7, "name": "memcpy", "dur": 50.0},  # not an instruction: left out
+    ]
+    (tmp_path / "t").mkdir()
+    with gzip.open(tmp_path / "t" / "perfetto_trace.json.gz", "wt") as f:
+        json.dump({"traceEvents": events}, f)
+    ops = benchmark.profile_ops(str(tmp_path), Compiled())
+    assert [(op["op"], op["ms"], op["calls"]) for op in ops] == [
+        ("fusion.1", 0.5, 2),
+        ("fusion.2", 0.1, 1),
+    ]
+    assert ops[0]["shape"] == "bf16[16,1024]{1,0}" and ops[0]["source"] == "jit(s)/dot"
