@@ -125,6 +125,29 @@ def test_cudnn_causal_flag_gradients_match_reference(padding, with_bias):
         np.testing.assert_allclose(np.asarray(a, np.float32), b, atol=3e-2 * scale)
 
 
+@pytest.mark.skipif(BACKEND != "gpu", reason="cuDNN attention needs an NVIDIA GPU")
+def test_cudnn_bias_gradient_matches_reference():
+    """T5's relative-position bias is learned through the attention's bias gradient: cuDNN's
+    dbias (causal, with padding) equals the reference's."""
+    q, k, v, full = _inputs(jnp.bfloat16, t=256)
+    pad = masks.key_mask(jnp.arange(256)[None, :] < jnp.array([[256], [170]]))
+    bias = _relative_bias(1, 8, 256)
+
+    def bias_grad(fn):
+        loss = lambda b: jnp.sum(fn(b).astype(jnp.float32) ** 2)  # noqa: E731
+        return jax.jit(jax.grad(loss))(bias)
+
+    f32 = [x.astype(jnp.float32) for x in (q, k, v)]
+    ref = bias_grad(lambda b: attention.reference_attention(*f32, mask=full, bias=b, scale=0.125))
+    out = bias_grad(
+        lambda b: attention.dot_product_attention(
+            q, k, v, kernel="cudnn", mask=pad, bias=b, scale=0.125, causal=True
+        )
+    )
+    assert float(jnp.abs(ref).max()) > 0
+    np.testing.assert_allclose(out, ref, atol=3e-2 * float(jnp.abs(ref).max()))
+
+
 @pytest.mark.parametrize("kernel", ["xla", "jax", "blocked"])
 def test_causal_flag_adds_the_causal_mask(kernel):
     """`causal=True` with only a padding mask (as the stack passes it outside decoding) equals the
