@@ -173,3 +173,10 @@ def test_profile_counts_only_device_kernels_on_a_gpu_trace(tmp_path):
         ("fusion.2", 0.1, 1),
     ]
     assert ops[0]["shape"] == "bf16[16,1024]{1,0}" and ops[0]["source"] == "jit(s)/dot"
+
+
+def test_gpu_suite_refuses_to_run_on_a_cpu(capsys, tmp_path):
+    assert benchmark.main(["--suite", "gpu", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "suite 'gpu' is sized for one GPU but JAX runs on cpu" in err
+    assert not list(tmp_path.iterdir())  # nothing written

@@ -92,6 +92,7 @@ SUITES = {
         "warmup": 3,
         "decode": {"model": "gpt2", "batches": (1, 16), "prompt_len": 32, "new_tokens": 128},
         "notes": "../gpu-notes.md",
+        "platform": "gpu",
     },
 }
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "benchmarks"
@@ -467,6 +468,10 @@ def decode_benchmark(
     return result
 
 
+class SuiteError(ValueError):
+    """A standard suite asked for on a machine it is not sized for."""
+
+
 def suite_dir(name: str) -> Path:
     """Where a suite's report lives: docs/benchmarks/ for cpu, docs/benchmarks/NAME/ otherwise."""
     return DOCS if name == "cpu" else DOCS / name
@@ -477,6 +482,12 @@ def run_suite(name: str, out_dir: Path | None = None, *, reference: str | None =
     (`suite_dir(name)` by default), rewriting them after every row so that an interrupted run
     keeps what it measured."""
     suite = SUITES[name]
+    needs, backend = suite.get("platform"), jax.default_backend()
+    if needs and needs != backend:
+        raise SuiteError(
+            f"suite {name!r} is sized for one {needs.upper()} but JAX runs on {backend}; "
+            f"run it on a {needs.upper()} machine, or use --suite cpu here"
+        )
     out_dir = suite_dir(name) if out_dir is None else Path(out_dir)
     results = {
         "suite": name,
@@ -798,7 +809,7 @@ def main(argv=None) -> int:
                 )
                 result["decode"].append(r)
                 print(_decode_line(r), flush=True)
-    except (models.ConfigError, partitioning.MeshError) as e:
+    except (models.ConfigError, partitioning.MeshError, SuiteError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if args.json:
