@@ -142,6 +142,7 @@ def environment() -> dict:
         "machine": platform.machine(),
         "os": platform.platform(),
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        "xla_python_client_preallocate": os.environ.get("XLA_PYTHON_CLIENT_PREALLOCATE"),
         "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
     }
     for package in ("torch", "transformers", "codecarbon"):
