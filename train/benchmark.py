@@ -569,8 +569,8 @@ def render_markdown(results: dict) -> str:
         "(train/flops.py, causal attention at half) / step time / peak, the peak being the "
         "published dense figure on a GPU or TPU and a 2048^3 matmul measured here on a CPU "
         "(f32, or bf16 inputs with f32 accumulation); see the last lines. Energy: train/carbon.py "
-        "over the timed "
-        "steps (see docs/carbon.md)." + (f" Analysis: [{notes}]({notes})." if notes else ""),
+        "over the timed steps (see docs/carbon.md)."
+        + (f" Analysis: [{notes}]({notes})." if notes else ""),
         "",
         "| model | batch x seq | dtype | ours tokens/s | PyTorch tokens/s | ours / PyTorch | MFU "
         "| compile s | peak memory GiB | energy Wh | g CO2eq |",
