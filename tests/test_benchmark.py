@@ -133,14 +133,19 @@ def test_profile_lists_the_slowest_ops(tmp_path, capsys):
 
 def test_profile_counts_only_device_kernels_on_a_gpu_trace(tmp_path):
     """In a GPU trace the host threads' launch events carry the same HLO names as the kernels;
-    only the events of the device's trace processes count, named by their args["hlo_op"]."""
+    only the events of the device's trace processes count, named by their args["hlo_op"] or,
+    inside a CUDA graph, by the kernel's own name (the shape of an H200 trace of 2026-11-26)."""
     import gzip
+
+    CUDA_GRAPH = {"hlo_op": "command_buffer_1", "cuda_graph_id": "389"}
 
     class Compiled:  # the two HLO lines profile_ops reads
         def as_text(self):
             return (
                 '  %fusion.1 = bf16[16,1024]{1,0} fusion(), metadata={op_name="jit(s)/dot"}\n'
                 '  ROOT %fusion.2 = f32[8]{0} fusion(), metadata={op_name="jit(s)/add"}\n'
+                '  %loop_add_fusion.4 = f32[8]{0} fusion(), metadata={op_name="jit(s)/add"}\n'
+                "  %command_buffer.1 = f32[8]{0} call()\n"
             )
 
     events = [
@@ -162,7 +167,12 @@ def test_profile_counts_only_device_kernels_on_a_gpu_trace(tmp_path):
             "args": {"hlo_op": "fusion.1"},
         },
         {"ph": "X", "pid": 7, "name": "fusion.2", "dur": 100.0},
-        {"ph": "X", "pid": 7, "name": "memcpy", "dur": 50.0},  # not an instruction: left out
+        # inside a CUDA graph: hlo_op is the command buffer, the kernel is named after its fusion
+        {"ph": "X", "pid": 7, "name": "loop_add_fusion_4", "dur": 80.0, "args": CUDA_GRAPH},
+        {"ph": "X", "pid": 7, "name": "loop_add_fusion_4", "dur": 40.0, "args": CUDA_GRAPH},
+        # ...and a library kernel there has no instruction of its own: listed by kernel name
+        {"ph": "X", "pid": 7, "name": "cudnn_sdpa_fwd", "dur": 70.0, "args": CUDA_GRAPH},
+        {"ph": "X", "pid": 7, "name": "Memcpy DtoD", "dur": 50.0},  # a copy: left out
     ]
     (tmp_path / "t").mkdir()
     with gzip.open(tmp_path / "t" / "perfetto_trace.json.gz", "wt") as f:
@@ -170,8 +180,11 @@ def test_profile_counts_only_device_kernels_on_a_gpu_trace(tmp_path):
     ops = benchmark.profile_ops(str(tmp_path), Compiled())
     assert [(op["op"], op["ms"], op["calls"]) for op in ops] == [
         ("fusion.1", 0.5, 2),
+        ("loop_add_fusion.4", 0.12, 2),
         ("fusion.2", 0.1, 1),
+        ("cudnn_sdpa_fwd", 0.07, 1),
     ]
+    assert ops[1]["source"] == "jit(s)/add" and ops[3]["shape"] is None
     assert ops[0]["shape"] == "bf16[16,1024]{1,0}" and ops[0]["source"] == "jit(s)/dot"
 
 

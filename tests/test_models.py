@@ -350,3 +350,30 @@ def test_unrolled_layers_fence_the_residual_gradient():
     )
     hlo = grad.lower(params).compile().as_text()
     assert hlo.count(" conditional(") == config.num_layers - 1
+
+
+def test_tied_head_pads_vocab_for_16bit_products_without_changing_logits():
+    """Embed.attend pads a 300-row table to 384 rows in bf16: the logits and the table's
+    gradient equal the unpadded product's, with the table's own shape."""
+    from models.layers import Embed
+
+    embed = Embed(300, 64, dtype=jnp.bfloat16)
+    x = jax.random.normal(jax.random.key(0), (2, 5, 64), jnp.bfloat16)
+    params = embed.init(jax.random.key(1), jnp.zeros((1, 1), jnp.int32))["params"]
+    table = nn.meta.unbox(params)["embedding"]
+
+    def loss(table, fn):
+        return jnp.sum(jnp.sin(fn(table).astype(jnp.float32)))
+
+    padded = lambda t: embed.apply({"params": {"embedding": t}}, x, method=Embed.attend)  # noqa: E731
+    plain = lambda t: jnp.einsum("btd,vd->btv", x, t.astype(jnp.bfloat16))  # noqa: E731
+    assert padded(table).shape == (2, 5, 300)
+    np.testing.assert_allclose(
+        np.asarray(padded(table), np.float32), np.asarray(plain(table), np.float32), atol=1e-2
+    )
+    grad_padded = jax.grad(loss)(table, padded)
+    grad_plain = jax.grad(loss)(table, plain)
+    assert grad_padded.shape == table.shape
+    np.testing.assert_allclose(
+        grad_padded, grad_plain, atol=1e-2 * float(jnp.abs(grad_plain).max())
+    )

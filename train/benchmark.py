@@ -7,8 +7,10 @@ optionally side by side with the Hugging Face PyTorch model of the same shape.
     python -m train.benchmark --suite gpu      # regenerates docs/benchmarks/gpu/ (one NVIDIA GPU)
 
 The step is the real one (train/step.py: forward, backward, AdamW update, sharded over every
-device along `data`), compiled ahead of time, warmed up, then timed step by step; the median is
-reported. MFU = analytic FLOPs per step (train/flops.py) / median step time / peak FLOP/s, where
+device along `data`), compiled ahead of time, warmed up, then timed as the training loop runs
+it: each step is launched while the one before still runs, and a step's time is the interval
+between two steps becoming ready; the median is reported. MFU = analytic FLOPs per step
+(train/flops.py) / median step time / peak FLOP/s, where
 the peak is the published dense bf16 (or TF32 for f32) figure on GPUs/TPUs and a matmul measured
 on the spot on CPUs (f32, or bf16 inputs with f32 accumulation for --dtype bf16). Energy and CO2
 come from train/carbon.py over the timed steps. `--reference torch` times the same step in
@@ -214,6 +216,28 @@ def benchmark_config(model: str, dtype: str, **overrides) -> models.ModelConfig:
     return base.replace(**fields)
 
 
+def _timed_steps(compiled, state, data, rng, steps: int):
+    """Runs `steps` steps the way the training loop does, dispatching each before waiting for
+    the one before it, and returns (state, metrics, seconds per step).
+
+    A step's time is the interval between the moments its loss and the previous step's were
+    ready. The host launches step i while the device still runs step i-1, as in train/loop.py,
+    which reads metrics only every few steps. Waiting for each step before launching the next
+    would add the launch latency to every step: about 9 ms on an H200 for gpt2-medium's ~400
+    arrays (argument handling and the CUDA-graph launch), 8% of its step."""
+    start = time.perf_counter()
+    state, metrics = compiled(state, data, rng)
+    ready = []
+    for _ in range(steps - 1):
+        pending = metrics["loss"]
+        state, metrics = compiled(state, data, rng)
+        pending.block_until_ready()
+        ready.append(time.perf_counter())
+    jax.block_until_ready((state, metrics))
+    ready.append(time.perf_counter())
+    return state, metrics, [float(t) for t in np.diff([start, *ready])]
+
+
 def benchmark(
     model: str,
     batch: int,
@@ -275,13 +299,8 @@ def benchmark(
         for _ in range(warmup):
             state, metrics = compiled(state, data, rng)
         jax.block_until_ready(state)
-        times = []
         with CarbonTracker(carbon) as tracker:
-            for _ in range(steps):
-                start = time.perf_counter()
-                state, metrics = compiled(state, data, rng)
-                jax.block_until_ready(state)
-                times.append(time.perf_counter() - start)
+            state, metrics, times = _timed_steps(compiled, state, data, rng, steps)
         if profile:
             with jax.profiler.trace(profile, create_perfetto_trace=True):
                 state, metrics = compiled(state, data, rng)
@@ -360,7 +379,15 @@ def _fused_attention_calls(compiled) -> int | None:
 
 def profile_ops(trace_dir: str, compiled, top: int = 20) -> list[dict]:
     """The `top` XLA ops of a profiled step by total time, each with its HLO shape and the JAX
-    operation it came from (the `op_name` metadata of `compiled.as_text()`)."""
+    operation it came from (the `op_name` metadata of `compiled.as_text()`).
+
+    On a CPU the trace's op events are named after HLO instructions. On a GPU only the device's
+    own trace processes count (the host threads hold launches). Their kernels name the
+    instruction in `args["hlo_op"]`, except inside a CUDA graph, where `hlo_op` is the command
+    buffer and the kernel itself is named after its fusion with "." and "-" turned into "_"
+    ("loop_add_fusion_48" for %loop_add_fusion.48). Library kernels with no instruction of their
+    own there (cuDNN attention, cuBLAS) are listed under their kernel name, with no shape.
+    """
     # the newest trace: a reused directory keeps earlier runs' traces beside it
     newest = max(Path(trace_dir).rglob("perfetto_trace.json.gz"), key=lambda p: p.stat().st_mtime)
     trace = json.load(gzip.open(newest))
@@ -369,8 +396,7 @@ def profile_ops(trace_dir: str, compiled, top: int = 20) -> list[dict]:
         m.group(1): m.group(0)
         for m in re.finditer(r"^\s*(?:ROOT )?%([\w.\-]+) = .*$", compiled.as_text(), re.M)
     }
-    # On a GPU the kernels run in the device's own trace processes, named after their CUDA kernels
-    # with the HLO instruction in args["hlo_op"]; the host threads' events there are launches.
+    kernel_names = {re.sub(r"[.\-]", "_", name): name for name in lines}
     processes = {
         e.get("pid"): str(e.get("args", {}).get("name", ""))
         for e in events
@@ -381,14 +407,22 @@ def profile_ops(trace_dir: str, compiled, top: int = 20) -> list[dict]:
     for e in events:
         if e.get("ph") != "X" or (devices and e.get("pid") not in devices):
             continue
-        name = (e.get("args") or {}).get("hlo_op") or e.get("name")
-        if name in lines:  # kernels XLA did not name after an instruction are left out
-            totals[name] += e.get("dur", 0)
-            counts[name] += 1
+        hlo_op, kernel = (e.get("args") or {}).get("hlo_op"), str(e.get("name"))
+        if hlo_op in lines and not hlo_op.startswith("command_buffer"):
+            name = hlo_op
+        elif kernel in lines or kernel in kernel_names:
+            name = kernel_names.get(kernel, kernel)
+        elif devices and not kernel.startswith("Memcpy"):
+            name = kernel[:60]  # a library kernel inside a command buffer
+        else:
+            continue  # host events, copies
+        totals[name] += e.get("dur", 0)
+        counts[name] += 1
     ops = []
     for name, micros in totals.most_common(top):
-        shape = re.search(r"= (\S+) ", lines[name])
-        source = re.search(r'op_name="([^"]+)"', lines[name])
+        line = lines.get(name, "")
+        shape = re.search(r"= (\S+) ", line)
+        source = re.search(r'op_name="([^"]+)"', line)
         ops.append(
             {
                 "op": name,

@@ -154,16 +154,21 @@ def _time_steps(model, inputs: dict, dtype: str, device: str, steps: int, warmup
             loss = model(**inputs).loss
         loss.backward()
         opt.step()
-        return loss.detach().item()  # waits for the device
+        return loss.detach()
 
     for _ in range(warmup):
-        step()
-    times = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        loss = step()
-        times.append(time.perf_counter() - start)
-    return times, loss
+        step().item()
+    # as on the JAX side: step i is launched before step i-1's loss is read (which waits for it)
+    start = time.perf_counter()
+    loss = step()
+    ready = []
+    for _ in range(steps - 1):
+        pending, loss = loss, step()
+        pending.item()
+        ready.append(time.perf_counter())
+    last = loss.item()
+    ready.append(time.perf_counter())
+    return [b - a for a, b in zip([start, *ready], ready)], last
 
 
 def _release(device: str) -> None:
