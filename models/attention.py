@@ -209,6 +209,12 @@ def dot_product_attention(
         if reason is None:
             if mask is not None:  # cuDNN takes a mask as a bias over every query row
                 mask = jnp.broadcast_to(mask, (mask.shape[0], 1, q.shape[1], k.shape[1]))
+            if bias is not None:
+                # In q's dtype: with a float32 bias and bf16 q/k/v, jax 0.11.2's cuDNN path
+                # returns a wrong bias gradient (relative error ~1 on an H200, 2026-11-26); with
+                # a bf16 bias it matches the reference to 0.5%. T5 learns its relative-position
+                # bias through this gradient.
+                bias = bias.astype(q.dtype)
             return _jax_attention(
                 q, k, v, mask=mask, bias=bias, scale=scale, causal=causal, implementation="cudnn"
             )
