@@ -42,6 +42,7 @@ def test_init_from_copies_the_body_and_adds_a_fresh_head(tmp_path):
     run.ckpt.close()
 
 
+@pytest.mark.slow
 @needs
 def test_minilm_on_sst2_beats_the_majority_baseline(tmp_path):
     config = finetune_cls.get_config("smoke")

@@ -86,6 +86,7 @@ def _assert_close(a: dict, b: dict, keys, steps):
             )
 
 
+@pytest.mark.slow
 def test_two_processes_match_one_and_resume_on_one(tmp_path):
     reference = _single(tmp_path / "one", "--config.steps=12")
     assert reference.returncode == 0, reference.stderr[-3000:]

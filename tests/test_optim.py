@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+import pytest
 
 import models
 from train import partitioning
@@ -76,6 +77,7 @@ def test_freeze_body_trains_only_the_head():
         assert changed == k.startswith("head/"), k
 
 
+@pytest.mark.slow
 def test_body_learning_rate_factor():
     before, full = map(_flat, _run(_opt(weight_decay=0.0)))
     _, slow = map(_flat, _run(_opt(weight_decay=0.0, body_lr_factor=0.0)))

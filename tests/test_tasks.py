@@ -146,6 +146,7 @@ def translate_run(tmp_path_factory):
     return workdir, summary
 
 
+@pytest.mark.slow
 def test_evaluate_reproduces_the_loops_eval_and_scores_bleu(translate_run):
     workdir, summary = translate_run
     config = translate.get_config("smoke")
@@ -159,6 +160,7 @@ def test_evaluate_reproduces_the_loops_eval_and_scores_bleu(translate_run):
     assert again["bleu"] == pytest.approx(summary["eval"]["eval_bleu"], abs=1e-6)
 
 
+@pytest.mark.slow
 def test_predict_cli_translates_and_refuses_other_tasks(translate_run):
     workdir, _ = translate_run
     result = _cli("train.predict", "--workdir", str(workdir), "A dog runs .", "Two men talk .")
@@ -194,6 +196,7 @@ def test_text_generation_continues_the_prompt_as_generate_does(tmp_path):
 # ------------------------------------------------------------------ length buckets
 
 
+@pytest.mark.slow
 def test_trimmed_batches_hold_the_same_rows_and_give_the_same_loss(tmp_path):
     import models
     from train.objectives import loss_sums
@@ -246,6 +249,7 @@ def test_the_best_checkpoint_is_the_highest_score_or_the_lowest_loss(tmp_path, m
     ckpt.close()
 
 
+@pytest.mark.slow
 def test_pretrain_then_fine_tune_evaluate_and_summarize(tmp_path):
     """The whole path for an encoder-decoder: span-corruption pretraining, a summarization
     fine-tune that starts from that workdir (and its tokenizer), standalone evaluation with

@@ -57,6 +57,7 @@ RESUME_FLAGS = [
 ]
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_is_bit_exact(tmp_path):
     reference = _train(tmp_path / "a", *RESUME_FLAGS)
     assert reference.returncode == 0, reference.stderr[-2000:]
@@ -145,7 +146,15 @@ def test_failing_runs_keep_checkpoints(trained_workdir, flags, needle):
 
 
 @pytest.mark.parametrize(
-    "name", ["gpt_lm", "bert_mlm", "t5_span", "bart_denoise", "summarize", "finetune_ner"]
+    "name",
+    [
+        "gpt_lm",
+        "bert_mlm",
+        *(
+            pytest.param(name, marks=pytest.mark.slow)
+            for name in ("t5_span", "bart_denoise", "summarize", "finetune_ner")
+        ),
+    ],
 )
 def test_every_config_loads_and_smoke_trains(tmp_path, name):
     """(translate and finetune_cls smoke-train in test_tasks.py and test_finetune.py.)"""

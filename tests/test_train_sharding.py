@@ -122,6 +122,7 @@ def test_golden_partition_specs():
     assert state.opt_state[1][0].count.sharding.is_fully_replicated
 
 
+@pytest.mark.slow
 def test_gradient_accumulation_equals_full_batch():
     # Plain SGD, so that parameters move by exactly the (accumulated) gradient; Adam would
     # blow up round-off in gradients that are zero in exact arithmetic.

@@ -156,19 +156,30 @@ def _time_steps(model, inputs: dict, dtype: str, device: str, steps: int, warmup
         opt.step()
         return loss.detach()
 
+    losses = []
+
+    def launched():
+        """Runs one step; returns a function that waits for its end. On CUDA that waits on an
+        event recorded after the step, so for that step only: reading the loss (`.item()`)
+        would also wait for the next step, queued behind it on the same stream."""
+        losses.append(step())
+        if device != "cuda":
+            return lambda: None  # eager CPU steps have finished when step() returns
+        done = torch.cuda.Event()
+        done.record()
+        return done.synchronize
+
     for _ in range(warmup):
-        step().item()
-    # as on the JAX side: step i is launched before step i-1's loss is read (which waits for it)
+        launched()()
+    # as on the JAX side: step i is launched before waiting for step i-1
     start = time.perf_counter()
-    loss = step()
-    ready = []
-    for _ in range(steps - 1):
-        pending, loss = loss, step()
-        pending.item()
+    waits, ready = [launched()], []
+    for i in range(steps):
+        if i + 1 < steps:
+            waits.append(launched())
+        waits[i]()
         ready.append(time.perf_counter())
-    last = loss.item()
-    ready.append(time.perf_counter())
-    return [b - a for a, b in zip([start, *ready], ready)], last
+    return [b - a for a, b in zip([start, *ready], ready)], losses[-1].item()
 
 
 def _release(device: str) -> None:
