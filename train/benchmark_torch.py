@@ -156,15 +156,23 @@ def _time_steps(model, inputs: dict, dtype: str, device: str, steps: int, warmup
         opt.step()
         return loss.detach()
 
+    if device != "cuda":  # eager CPU steps have finished when step() returns
+        for _ in range(warmup):
+            step()
+        times = []
+        for _ in range(steps):
+            start = time.perf_counter()
+            loss = step().item()
+            times.append(time.perf_counter() - start)
+        return times, loss
+
     losses = []
 
     def launched():
-        """Runs one step; returns a function that waits for its end. On CUDA that waits on an
-        event recorded after the step, so for that step only: reading the loss (`.item()`)
-        would also wait for the next step, queued behind it on the same stream."""
+        """Runs one step; returns a function that waits for its end: an event recorded after
+        the step, which waits for that step only. Reading the loss (`.item()`) would also wait
+        for the next step, queued behind it on the same stream."""
         losses.append(step())
-        if device != "cuda":
-            return lambda: None  # eager CPU steps have finished when step() returns
         done = torch.cuda.Event()
         done.record()
         return done.synchronize
