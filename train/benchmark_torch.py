@@ -166,28 +166,29 @@ def _time_steps(model, inputs: dict, dtype: str, device: str, steps: int, warmup
             times.append(time.perf_counter() - start)
         return times, loss
 
-    losses = []
-
     def launched():
-        """Runs one step; returns a function that waits for its end: an event recorded after
-        the step, which waits for that step only. Reading the loss (`.item()`) would also wait
-        for the next step, queued behind it on the same stream."""
-        losses.append(step())
+        """Runs one step; returns (its loss, an event recorded after it). Waiting on the event
+        waits for that step only; reading the loss (`.item()`) would also wait for the next
+        step, queued behind it on the same stream."""
+        loss = step()
         done = torch.cuda.Event()
         done.record()
-        return done.synchronize
+        return loss, done
 
     for _ in range(warmup):
-        launched()()
-    # as on the JAX side: step i is launched before waiting for step i-1
+        launched()[1].synchronize()
+    # as train/benchmark.py's _timed_steps: step i is launched before waiting for step i-1
     start = time.perf_counter()
-    waits, ready = [launched()], []
-    for i in range(steps):
-        if i + 1 < steps:
-            waits.append(launched())
-        waits[i]()
+    loss, done = launched()
+    ready = []
+    for _ in range(steps - 1):
+        pending = done
+        loss, done = launched()
+        pending.synchronize()
         ready.append(time.perf_counter())
-    return [b - a for a, b in zip([start, *ready], ready)], losses[-1].item()
+    done.synchronize()
+    ready.append(time.perf_counter())
+    return [b - a for a, b in zip([start, *ready], ready)], loss.item()
 
 
 def _release(device: str) -> None:
