@@ -35,7 +35,8 @@ $extra_sbatch
 set -euo pipefail
 
 # One JAX process per node, owning all $gpus_per_node GPUs; process 0 runs on the first node.
-head_node="$$(scontrol show hostnames "$$SLURM_JOB_NODELIST" | head -n 1)"
+# sed reads every line; `head -n 1` could close the pipe early (SIGPIPE: exit 141 under pipefail)
+head_node="$$(scontrol show hostnames "$$SLURM_JOB_NODELIST" | sed -n 1p)"
 export JAX_COORDINATOR_ADDRESS="$$head_node:$port"
 export JAX_NUM_PROCESSES=$nodes
 export TRIPTYCH_INIT_TIMEOUT=$init_timeout

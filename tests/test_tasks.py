@@ -103,7 +103,7 @@ def test_classification_matches_transformers(tmp_path):
 
 @pytest.mark.hf
 def test_ner_tags_the_first_subtoken_of_each_word_as_transformers_does(tmp_path):
-    import torch
+    torch = pytest.importorskip("torch")
 
     tags = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]
     model, tokenizer, _ = _hf_dir(
