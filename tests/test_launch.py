@@ -355,3 +355,45 @@ def test_gke_jobset_tpu():
     }
     assert pod["containers"][0]["resources"]["limits"] == {"google.com/tpu": 4}
     assert "volumes" not in pod
+
+
+# launch.allocator: the command-line tools restart once under tcmalloc where it is installed.
+
+_SHOW_ALLOCATOR = (
+    "import os; from launch import allocator; allocator.reexec_with_tcmalloc(); "
+    "print(allocator.in_use(), os.environ.get('TCMALLOC_RELEASE_RATE'))"
+)
+
+
+def _allocator_of(env_overrides: dict) -> str:
+    env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "TRIPTYCH_TCMALLOC")}
+    env.update(PYTHONPATH=str(ROOT), **env_overrides)
+    out = subprocess.run(
+        _script(_SHOW_ALLOCATOR), env=env, capture_output=True, text=True, timeout=60, cwd=ROOT
+    )
+    assert out.returncode == 0, out.stderr
+    return out.stdout.strip()
+
+
+def test_tcmalloc_environ_preloads_first_and_keeps_user_settings():
+    from launch import allocator
+
+    env = allocator.tcmalloc_environ(
+        {"LD_PRELOAD": "libfoo.so", "TCMALLOC_RELEASE_RATE": "2", "HOME": "/h"}, "libtc.so.4"
+    )
+    assert env["LD_PRELOAD"] == "libtc.so.4 libfoo.so"
+    assert env["TCMALLOC_RELEASE_RATE"] == "2"  # the user's value wins
+    assert int(env["TCMALLOC_LARGE_ALLOC_REPORT_THRESHOLD"]) >= 1 << 40
+    assert env["TRIPTYCH_TCMALLOC"] == "active" and env["HOME"] == "/h"
+    assert allocator.tcmalloc_environ({}, "libtc.so.4")["LD_PRELOAD"] == "libtc.so.4"
+
+
+def test_reexec_restarts_once_under_tcmalloc_unless_told_not_to():
+    from launch import allocator
+
+    if allocator.find_tcmalloc() is None:
+        # Nothing to restart into: the process keeps the system allocator and runs on.
+        assert _allocator_of({}) == "system None"
+        return
+    assert _allocator_of({}) == "tcmalloc 0"
+    assert _allocator_of({"TRIPTYCH_TCMALLOC": "0"}) == "system None"

@@ -114,4 +114,7 @@ def run() -> None:
 
 
 if __name__ == "__main__":
+    from launch import allocator
+
+    allocator.reexec_with_tcmalloc()  # XLA:CPU steps without page faults (launch/allocator.py)
     run()

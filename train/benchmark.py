@@ -43,6 +43,7 @@ import numpy as np
 import optax
 
 import models
+from launch import allocator
 from train import partitioning
 from train.carbon import CarbonTracker
 from train.flops import train_flops_per_step
@@ -145,6 +146,7 @@ def environment() -> dict:
         "os": platform.platform(),
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
         "xla_python_client_preallocate": os.environ.get("XLA_PYTHON_CLIENT_PREALLOCATE"),
+        "host_allocator": allocator.in_use(),  # launch/allocator.py
         "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
     }
     for package in ("torch", "transformers", "codecarbon"):
@@ -855,4 +857,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
+    allocator.reexec_with_tcmalloc()  # XLA:CPU steps without page faults (launch/allocator.py)
     sys.exit(main())
