@@ -193,3 +193,22 @@ def test_gpu_suite_refuses_to_run_on_a_cpu(capsys, tmp_path):
     err = capsys.readouterr().err
     assert "suite 'gpu' is sized for one GPU but JAX runs on cpu" in err
     assert not list(tmp_path.iterdir())  # nothing written
+
+
+@pytest.mark.hf
+def test_suite_leaves_out_pytorch_bf16_on_a_cpu_without_bf16_instructions(monkeypatch, tmp_path):
+    tiny = {
+        "train": [("gpt2-tiny", 8, 16, None)],
+        "dtypes": ("f32", "bf16"),
+        "steps": 2,
+        "warmup": 1,
+        "decode": {"model": "gpt2-tiny", "batches": (), "prompt_len": 4, "new_tokens": 4},
+    }
+    monkeypatch.setitem(benchmark.SUITES, "tiny", tiny)
+    monkeypatch.setattr(benchmark, "cpu_has_bf16_instructions", lambda: False)
+    results = benchmark.run_suite("tiny", tmp_path, reference="torch")
+    f32, bf16 = results["train"]
+    assert f32["reference"]["tokens_per_s"] > 0 and "reference_skipped" not in f32
+    assert "reference" not in bf16 and "no bf16 instructions" in bf16["reference_skipped"]
+    text = (tmp_path / "README.md").read_text()
+    assert "| not timed |" in text and bf16["reference_skipped"] in text

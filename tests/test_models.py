@@ -1,5 +1,6 @@
 """Model invariants: published sizes, causality, padding, packing, KV cache, cross-attention."""
 
+import functools
 import subprocess
 import sys
 
@@ -35,8 +36,13 @@ ALL_TINY = ENCODERS + DECODERS + ENC_DECS
 
 
 def tiny(name, **overrides):
-    """A tiny model in f32 with its parameters (unboxed)."""
-    config = models.get_config(name, **overrides)
+    """A tiny model in f32 with its parameters (unboxed), built once per test process."""
+    return _tiny(name, tuple(sorted(overrides.items())))
+
+
+@functools.cache
+def _tiny(name, overrides):
+    config = models.get_config(name, **dict(overrides))
     model = models.build(config)
     ids = jnp.ones((2, 12), jnp.int32)
     kwargs = {"decoder_input_ids": ids} if config.family == "encoder_decoder" else {}
@@ -45,7 +51,13 @@ def tiny(name, **overrides):
 
 
 def run(model, params, **kwargs):
-    return jax.jit(lambda p, kw: model.apply({"params": p}, **kw))(params, kwargs)
+    """model.apply under jit, compiled once per model and input structure (not once per call)."""
+    return _jitted_apply(model)(params, kwargs)
+
+
+@functools.cache
+def _jitted_apply(model):
+    return jax.jit(lambda p, kw: model.apply({"params": p}, **kw))
 
 
 def random_ids(seed, shape, vocab=128):
