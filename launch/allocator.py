@@ -1,17 +1,17 @@
-"""tcmalloc under the command-line tools: XLA:CPU steps without a page fault per byte.
+"""tcmalloc under the command-line tools: XLA:CPU steps that do not fault their memory in again.
 
 XLA:CPU allocates a compiled step's temporaries afresh at every execution. Under glibc's
 malloc, allocations that large are mmap-ed and unmapped each time, so every page of them is
 faulted in and zeroed by the kernel again on the next step. For gpt2 at batch 8 x 256 that was
-875,000 page faults and 2-3 s of kernel time per 17-18 s step on a 2-core EPYC. tcmalloc with its
-release rate at 0 keeps freed pages mapped and hands them out again: the same step took 13.7 s
-(docs/benchmarks/cpu-profile.md). PyTorch allocates per op and gained nothing measurable from it.
+875,000 page faults and 2.4-3.0 s of kernel time per step on a 2-core EPYC. tcmalloc with its
+release rate at 0 keeps freed pages mapped and hands them out again: the median step went from
+15.1 s to 13.8 s (docs/benchmarks/cpu-profile.md). PyTorch's eager ops gain from it as well.
 
-`python -m train` and `python -m train.benchmark` call `reexec_with_tcmalloc()` before anything
-else: where libtcmalloc is installed (Debian and Ubuntu: `apt install libtcmalloc-minimal4`) and
-not yet preloaded, the process restarts itself once with `LD_PRELOAD` set, the way MaxText and
-AXLearn run their hosts. `TRIPTYCH_TCMALLOC=0` keeps the system allocator. Where the library is
-missing nothing happens: the tools run as before, only slower on CPUs.
+`python -m train` and `python -m train.benchmark` call `reexec_with_tcmalloc()` first: where
+libtcmalloc is installed (Debian and Ubuntu: `apt install libtcmalloc-minimal4`) and not yet
+preloaded, the process restarts itself once with `LD_PRELOAD` set (AXLearn preloads tcmalloc on
+its hosts too). `TRIPTYCH_TCMALLOC=0` keeps the system allocator. Where the library is missing
+nothing happens: the tools run as before, only slower on CPUs.
 """
 
 from __future__ import annotations
