@@ -197,8 +197,6 @@ def test_gpu_suite_refuses_to_run_on_a_cpu(capsys, tmp_path):
 
 @pytest.mark.hf
 def test_suite_leaves_out_pytorch_bf16_on_a_cpu_without_bf16_instructions(monkeypatch, tmp_path):
-    pytest.importorskip("torch")
-    pytest.importorskip("transformers")
     tiny = {
         "train": [("gpt2-tiny", 8, 16, None)],
         "dtypes": ("f32", "bf16"),

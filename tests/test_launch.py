@@ -48,15 +48,10 @@ def test_local_sets_env_and_prefixes_output():
     ]
     addresses = {line.split()[3] for line in lines}
     assert len(addresses) == 1 and addresses.pop().startswith("127.0.0.1:")
-    for line in lines:  # the device count replaced, the caller's other XLA flags kept
-        *flags, platforms = line.split()[4:]
-        assert [f for f in flags if "device_count" in f] == [
-            "--xla_force_host_platform_device_count=2"
-        ]
-        assert set(flags) - {"--xla_force_host_platform_device_count=2"} == set(
-            os.environ.get("XLA_FLAGS", "").split()
-        ) - {"--xla_force_host_platform_device_count=8"}
-        assert platforms == "cpu"
+    # the caller's XLA flags kept, their device count replaced
+    kept = [f for f in os.environ.get("XLA_FLAGS", "").split() if "device_count" not in f]
+    expected = [*kept, "--xla_force_host_platform_device_count=2", "cpu"]
+    assert all(line.split()[4:] == expected for line in lines)
 
 
 def test_local_stops_all_when_one_fails_and_propagates_status():

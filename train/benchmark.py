@@ -163,15 +163,20 @@ def _version(package: str) -> str | None:
         return None
 
 
-def _cpu_model() -> str | None:
+def _cpuinfo(field: str) -> str | None:
+    """The first `field` line of /proc/cpuinfo (Linux), or None."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("model name"):
+                if line.startswith(field):
                     return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return platform.processor() or None
+    return None
+
+
+def _cpu_model() -> str | None:
+    return _cpuinfo("model name") or platform.processor() or None
 
 
 def _peak_memory(compiled) -> tuple[int | None, str]:
@@ -575,14 +580,7 @@ def run_suite(name: str, out_dir: Path | None = None, *, reference: str | None =
 
 def cpu_has_bf16_instructions() -> bool:
     """Whether this x86 CPU multiplies bf16 natively (AVX-512 BF16 or AMX), from /proc/cpuinfo."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = next(
-                (line.split(":", 1)[1].split() for line in f if line.startswith("flags")), []
-            )
-    except OSError:
-        return False
-    return bool({"avx512_bf16", "amx_bf16"} & set(flags))
+    return bool({"avx512_bf16", "amx_bf16"} & set((_cpuinfo("flags") or "").split()))
 
 
 def _reference_skipped(reference: str | None, dtype: str, backend: str) -> str | None:
