@@ -212,3 +212,46 @@ def test_suite_leaves_out_pytorch_bf16_on_a_cpu_without_bf16_instructions(monkey
     assert "reference" not in bf16 and "no bf16 instructions" in bf16["reference_skipped"]
     text = (tmp_path / "README.md").read_text()
     assert "| not timed |" in text and bf16["reference_skipped"] in text
+
+
+@pytest.mark.hf
+def test_reference_rounds_alternate_with_ours(monkeypatch):
+    from train import benchmark_torch
+
+    order = []
+    timed, run = benchmark._timed_steps, benchmark_torch.TrainRunner.run
+
+    def ours(*args):
+        order.append("ours")
+        return timed(*args)
+
+    def theirs(self, steps):
+        order.append("torch")
+        return run(self, steps)
+
+    monkeypatch.setattr(benchmark, "_timed_steps", ours)
+    monkeypatch.setattr(benchmark_torch.TrainRunner, "run", theirs)
+    r = benchmark.benchmark(
+        "gpt2-tiny", 8, 16, steps=2, warmup=1, dtype="f32", reference="torch", rounds=3
+    )
+    assert order == ["ours", "torch"] * 3
+    ref = r["reference"]
+    assert len(r["step_times_s"]) == 6 and len(ref["step_times_s"]) == 6
+    assert r["speedup_vs_reference"] == pytest.approx(r["tokens_per_s"] / ref["tokens_per_s"])
+    per_round = r["speedup_per_round"]
+    assert len(per_round) == 3 and all(x > 0 for x in per_round)
+    # each round's ratio is PyTorch's median step time over ours in that round
+    ours_rounds = [sorted(r["step_times_s"][i : i + 2]) for i in (0, 2, 4)]
+    theirs_rounds = [sorted(ref["step_times_s"][i : i + 2]) for i in (0, 2, 4)]
+    for x, o, t in zip(per_round, ours_rounds, theirs_rounds):
+        assert x == pytest.approx(sum(t) / sum(o))
+    assert "rounds)" in benchmark.render_markdown(
+        {"suite": "t", "date": "d", "command": "c", "environment": {}, "train": [r]}
+    )
+
+
+def test_cli_rejects_zero_rounds(capsys):
+    with pytest.raises(SystemExit) as e:
+        benchmark.main(["--model", "gpt2-tiny", *TINY, "--rounds", "0"])
+    assert e.value.code == 2
+    assert "--rounds must be at least 1" in capsys.readouterr().err

@@ -2,7 +2,7 @@
 optionally side by side with the Hugging Face PyTorch model of the same shape.
 
     python -m train.benchmark --model gpt2 --batch 8 --seq 256 --steps 10 --dtype bf16 \\
-        [--reference torch] [--decode] [--json out.json]
+        [--reference torch [--rounds R]] [--decode] [--json out.json]
     python -m train.benchmark --suite cpu      # regenerates docs/benchmarks/
     python -m train.benchmark --suite gpu      # regenerates docs/benchmarks/gpu/ (one NVIDIA GPU)
 
@@ -14,16 +14,18 @@ between two steps becoming ready; the median is reported. MFU = analytic FLOPs p
 the peak is the published dense bf16 (or TF32 for f32) figure on GPUs/TPUs and a matmul measured
 on the spot on CPUs (f32, or bf16 inputs with f32 accumulation for --dtype bf16). Energy and CO2
 come from train/carbon.py over the timed steps. `--reference torch` times the same step in
-PyTorch (train/benchmark_torch.py), on the GPU when JAX runs on one; `--decode` times cached
-greedy generation (train/decode.py) against transformers' `generate`. With PyTorch in the same
-process on a GPU, JAX allocates as it goes (XLA_PYTHON_CLIENT_PREALLOCATE=false) instead of
-taking most of the memory up front.
+PyTorch (train/benchmark_torch.py), on the GPU when JAX runs on one, after ours or, with
+`--rounds R`, alternating with ours R times (a drifting machine then slows both); `--decode`
+times cached greedy generation (train/decode.py) against transformers' `generate`. With PyTorch
+in the same process on a GPU, JAX allocates as it goes (XLA_PYTHON_CLIENT_PREALLOCATE=false)
+instead of taking most of the memory up front.
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import datetime
 import functools
 import gzip
@@ -76,7 +78,10 @@ SUITES = {
             ("t5-small", 8, 128, 128),
         ],
         "dtypes": ("f32", "bf16"),
-        "steps": 3,
+        # 3 rounds of 2 steps, ours and PyTorch alternating: this shared VM's speed drifts by
+        # 20% within the hour (cpu-profile.md), and alternating lets both sides see the drift.
+        "steps": 2,
+        "rounds": 3,
         "warmup": 1,
         "decode": {"model": "gpt2", "batches": (1, 16), "prompt_len": 32, "new_tokens": 64},
         "notes": "cpu-profile.md",  # relative to the report
@@ -261,17 +266,26 @@ def benchmark(
     reference: str | None = None,
     carbon: dict | None = None,
     profile: str | None = None,
+    rounds: int = 1,
 ) -> dict:
-    """Times `steps` training steps after `warmup`; returns the result dict.
+    """Times `steps` training steps after `warmup` (`rounds` times); returns the result dict.
 
     Args:
       model: a named architecture (models.list_architectures()).
       overrides: further ModelConfig fields (e.g. num_layers=2 for a quick run).
       reference: "torch" also times the Hugging Face PyTorch model on the same batch.
+      rounds: with a reference, >1 alternates the two: `steps` of ours, `steps` of PyTorch, and
+        again, so that a machine whose speed drifts (shared CPUs) slows both sides alike. Both
+        models are then in memory at once. Medians and the ratio are over all rounds;
+        `speedup_per_round` shows their spread. Energy is measured over our first round.
       carbon: the carbon config section (train/carbon.py); None = defaults.
       profile: a directory: one more step runs under `jax.profiler.trace` (a Perfetto trace
         there) and the result's "profile" lists the ops that took longest (see profile_ops).
     """
+    if reference not in (None, "torch"):
+        raise ValueError(f"reference={reference!r}; the only reference runner is 'torch'")
+    if rounds < 1 or steps < 1:
+        raise ValueError(f"steps={steps} and rounds={rounds} must be at least 1")
     cfg = benchmark_config(
         model,
         dtype,
@@ -306,8 +320,21 @@ def benchmark(
         for _ in range(warmup):
             state, metrics = compiled(state, data, rng)
         jax.block_until_ready(state)
-        with CarbonTracker(carbon) as tracker:
-            state, metrics, times = _timed_steps(compiled, state, data, rng, steps)
+        runner = None
+        if reference == "torch" and rounds > 1:
+            from train.benchmark_torch import TrainRunner
+
+            runner = TrainRunner(cfg, host, dtype=dtype, device=_torch_device())
+            runner.warm_up(warmup)
+        times, per_round = [], []
+        tracker = CarbonTracker(carbon)
+        for i in range(rounds):
+            with tracker if i == 0 else contextlib.nullcontext():
+                state, metrics, round_times = _timed_steps(compiled, state, data, rng, steps)
+            times += round_times
+            per_round.append(statistics.median(round_times))
+            if runner is not None:
+                runner.run(steps)
         if profile:
             with jax.profiler.trace(profile, create_perfetto_trace=True):
                 state, metrics = compiled(state, data, rng)
@@ -334,6 +361,7 @@ def benchmark(
         "scan_layers": scan_layers,
         "steps": steps,
         "warmup": warmup,
+        "rounds": rounds,
         "params": sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params)),
         "step_time_s": step_s,
         "step_times_s": times,
@@ -358,16 +386,20 @@ def benchmark(
     if profile:
         result["profile"] = {"dir": str(profile), "top_ops": profile_ops(profile, compiled)}
     del state, compiled, data  # free ours before the reference allocates
-    if reference == "torch":
+    if runner is not None:
+        ref = runner.result()
+        runner.close()
+        ref_rounds = [statistics.median(r) for r in runner.rounds]
+        result["speedup_per_round"] = [p / o for o, p in zip(per_round, ref_rounds)]
+    elif reference == "torch":
         from train.benchmark_torch import train_benchmark
 
         ref = train_benchmark(
             cfg, host, steps=steps, warmup=warmup, dtype=dtype, device=_torch_device()
         )
+    if reference is not None:
         result["reference"] = ref
         result["speedup_vs_reference"] = result["tokens_per_s"] / ref["tokens_per_s"]
-    elif reference is not None:
-        raise ValueError(f"reference={reference!r}; the only reference runner is 'torch'")
     return result
 
 
@@ -549,6 +581,7 @@ def run_suite(name: str, out_dir: Path | None = None, *, reference: str | None =
                 target_seq=target,
                 steps=suite["steps"],
                 warmup=suite["warmup"],
+                rounds=suite.get("rounds", 1),
                 dtype=dtype,
                 reference=None if skip else reference,
             )
@@ -629,7 +662,9 @@ def render_markdown(results: dict) -> str:
         "step launched while the previous one runs (as in training), median of the timed steps "
         "(min-max in brackets). PyTorch, timed the same way: the Hugging Face class of the same "
         "shape, random init, fused AdamW, f32 or `torch.autocast(bfloat16)` with f32 weights, in "
-        "the same process and on the same device, right after ours. MFU = analytic FLOPs "
+        "the same process and on the same device, right after ours, or alternating with ours "
+        "in rounds where a row says so (the ratio's per-round range in brackets). MFU = "
+        "analytic FLOPs "
         "(train/flops.py, causal attention at half) / step time / peak, the peak being the "
         "published dense figure on a GPU or TPU and a 2048^3 matmul measured here on a CPU "
         "(f32, or bf16 inputs with f32 accumulation); see the last lines. Energy: train/carbon.py "
@@ -648,11 +683,15 @@ def render_markdown(results: dict) -> str:
         spread = r["step_time_spread_s"]
         no_ref = "not timed" if r.get("reference_skipped") else "-"
         lo, hi = r["tokens_per_step"] / spread[1], r["tokens_per_step"] / spread[0]
+        ratio = _fmt(r.get("speedup_vs_reference"), ".2f")
+        if r.get("speedup_per_round"):
+            per = r["speedup_per_round"]
+            ratio += f" [{min(per):.2f}-{max(per):.2f}] ({len(per)} rounds)"
         lines.append(
             f"| {r['model']} | {shape} | {r['dtype']} | {r['tokens_per_s']:,.0f} "
             f"[{lo:,.0f}-{hi:,.0f}] | {_fmt(ref.get('tokens_per_s'), ',.0f', no_ref)} | "
-            f"{_fmt(r.get('speedup_vs_reference'), '.2f')} | {r['mfu']:.1%} | "
-            f"{r['compile_s']:.1f} | {_fmt(_gib(r['peak_memory_bytes']), '.2f')} | "
+            f"{ratio} | {r['mfu']:.1%} | {r['compile_s']:.1f} | "
+            f"{_fmt(_gib(r['peak_memory_bytes']), '.2f')} | "
             f"{_fmt(_scale(r['energy_kwh'], 1e3), '.3f')} | "
             f"{_fmt(_scale(r['emissions_kg_co2eq'], 1e3), '.3f')} |"
         )
@@ -762,6 +801,8 @@ def _train_line(r: dict) -> str:
             f"; PyTorch {r['reference']['tokens_per_s']:,.0f} tokens/s "
             f"-> ours/PyTorch {r['speedup_vs_reference']:.2f}x"
         )
+        if r.get("speedup_per_round"):
+            line += " (rounds: " + ", ".join(f"{x:.2f}" for x in r["speedup_per_round"]) + ")"
     return line
 
 
@@ -820,6 +861,12 @@ def main(argv=None) -> int:
     )
     p.add_argument("--reference", choices=("torch",), default=None, help="also time PyTorch")
     p.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="with --reference: alternate --steps of ours and of PyTorch this many times",
+    )
+    p.add_argument(
         "--decode",
         action="store_true",
         help="also time greedy cached decoding at batch 1 and 16 (--prompt-len, --new-tokens)",
@@ -832,6 +879,8 @@ def main(argv=None) -> int:
         "--profile", default=None, metavar="DIR", help="profile one more step: trace + top ops"
     )
     args = p.parse_args(argv)
+    if args.steps < 1 or args.rounds < 1:
+        p.error(f"--steps and --rounds must be at least 1 (got {args.steps} and {args.rounds})")
     if args.suite or args.reference:
         # PyTorch shares the GPU: JAX takes memory as it needs it rather than 75% at start
         # (no effect once JAX has started, as when main() is called from a test).
@@ -858,6 +907,7 @@ def main(argv=None) -> int:
             reference=args.reference,
             carbon=carbon,
             profile=args.profile,
+            rounds=args.rounds,
         )
         print(_train_line(result), flush=True)
         for op in result.get("profile", {}).get("top_ops", []):

@@ -100,65 +100,127 @@ def train_benchmark(
     device: str = "cpu",
 ) -> dict:
     """Times `steps` AdamW training steps of the HF model on `host_batch` (ours, numpy)."""
-    import torch
-
-    if threads:
-        torch.set_num_threads(threads)
-    model = hf_model(cfg).to(device)
-    inputs = _torch_batch(host_batch, cfg.family, device)
-    tokens = sum(int(np.prod(v.shape)) for k, v in inputs.items() if k.endswith("input_ids"))
-    name = type(model).__name__
-    attn = getattr(model.config, "_attn_implementation", None)
-    if device == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    times, loss = _time_steps(model, inputs, dtype, device, steps, warmup)
-    peak_memory = torch.cuda.max_memory_allocated() if device == "cuda" else None
-    del model, inputs
-    _release(device)
-    step_s = statistics.median(times)
-    return {
-        "framework": "pytorch",
-        "class": name,
-        "device": device,
-        "dtype": dtype,
-        "compute": "torch.autocast(bfloat16), f32 weights" if dtype == "bf16" else "float32",
-        "optimizer": _OPTIMIZER,
-        "torch": torch.__version__,
-        "transformers": _transformers_version(),
-        "threads": torch.get_num_threads(),
-        "attn_implementation": attn,
-        "step_time_s": step_s,
-        "step_times_s": times,
-        "tokens_per_step": tokens,
-        "tokens_per_s": tokens / step_s,
-        "final_loss": loss,
-        "peak_memory_bytes": peak_memory,
-    }
+    runner = TrainRunner(cfg, host_batch, dtype=dtype, threads=threads, device=device)
+    try:
+        runner.warm_up(warmup)
+        runner.run(steps)
+        return runner.result()
+    finally:
+        runner.close()
 
 
-def _time_steps(model, inputs: dict, dtype: str, device: str, steps: int, warmup: int):
-    """(per-step seconds, last loss) of `steps` AdamW steps after `warmup` untimed ones."""
-    import torch
+class TrainRunner:
+    """The HF model, its AdamW optimizer and the batch, kept between timed rounds.
 
-    model.train()  # dropout rates are 0 in the benchmark config; train mode as in training
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.01, fused=True)
-    autocast = (
-        torch.autocast(device, dtype=torch.bfloat16)
-        if dtype == "bf16"
-        else contextlib.nullcontext()
-    )
+    `run` may be called several times, alternating with our own steps (train/benchmark.py's
+    `rounds`), so that both sides see the same machine when its speed drifts; `result` reports
+    every timed step so far.
+    """
 
-    def step():
-        opt.zero_grad(set_to_none=True)
+    def __init__(
+        self,
+        cfg: ModelConfig,
+        host_batch: dict,
+        *,
+        dtype: str = "f32",
+        threads: int | None = None,
+        device: str = "cpu",
+    ):
+        import torch
+
+        if threads:
+            torch.set_num_threads(threads)
+        self.dtype, self.device = dtype, device
+        self.model = hf_model(cfg).to(device)
+        self.model.train()  # dropout rates are 0 in the benchmark config; train mode as in training
+        self.inputs = _torch_batch(host_batch, cfg.family, device)
+        self.optimizer = torch.optim.AdamW(
+            self.model.parameters(), lr=1e-4, weight_decay=0.01, fused=True
+        )
+        self.times: list[float] = []
+        self.rounds: list[list[float]] = []
+        self.loss = None
+        self._info = {
+            "class": type(self.model).__name__,
+            "attn_implementation": getattr(self.model.config, "_attn_implementation", None),
+            "tokens_per_step": sum(
+                int(np.prod(v.shape)) for k, v in self.inputs.items() if k.endswith("input_ids")
+            ),
+        }
+        if device == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+
+    def _step(self):
+        import torch
+
+        autocast = (
+            torch.autocast(self.device, dtype=torch.bfloat16)
+            if self.dtype == "bf16"
+            else contextlib.nullcontext()
+        )
+        self.optimizer.zero_grad(set_to_none=True)
         with autocast:
-            loss = model(**inputs).loss
+            loss = self.model(**self.inputs).loss
         loss.backward()
-        opt.step()
+        self.optimizer.step()
         return loss.detach()
 
+    def warm_up(self, steps: int) -> None:
+        """Runs `steps` untimed steps (the first ones allocate and pick kernels)."""
+        for _ in range(steps):
+            self._step()
+        if self.device == "cuda":
+            import torch
+
+            torch.cuda.synchronize()
+
+    def run(self, steps: int) -> list[float]:
+        """Times `steps` steps; returns this round's seconds."""
+        times, self.loss = _time_steps(self._step, self.device, steps)
+        self.times += times
+        self.rounds.append(times)
+        return times
+
+    def result(self) -> dict:
+        import torch
+
+        step_s = statistics.median(self.times)
+        tokens = self._info["tokens_per_step"]
+        return {
+            "framework": "pytorch",
+            "class": self._info["class"],
+            "device": self.device,
+            "dtype": self.dtype,
+            "compute": "torch.autocast(bfloat16), f32 weights"
+            if self.dtype == "bf16"
+            else "float32",
+            "optimizer": _OPTIMIZER,
+            "torch": torch.__version__,
+            "transformers": _transformers_version(),
+            "threads": torch.get_num_threads(),
+            "attn_implementation": self._info["attn_implementation"],
+            "step_time_s": step_s,
+            "step_times_s": list(self.times),
+            "rounds": len(self.rounds),
+            "tokens_per_step": tokens,
+            "tokens_per_s": tokens / step_s,
+            "final_loss": self.loss,
+            "peak_memory_bytes": torch.cuda.max_memory_allocated()
+            if self.device == "cuda"
+            else None,
+        }
+
+    def close(self) -> None:
+        """Frees the model and optimizer (and PyTorch's cached GPU memory)."""
+        del self.model, self.optimizer, self.inputs
+        _release(self.device)
+
+
+def _time_steps(step, device: str, steps: int):
+    """(per-step seconds, last loss) of `steps` calls of `step`."""
+    import torch
+
     if device != "cuda":  # eager CPU steps have finished when step() returns
-        for _ in range(warmup):
-            step()
         times = []
         for _ in range(steps):
             start = time.perf_counter()
@@ -175,8 +237,6 @@ def _time_steps(model, inputs: dict, dtype: str, device: str, steps: int, warmup
         done.record()
         return loss, done
 
-    for _ in range(warmup):
-        launched()[1].synchronize()
     # as train/benchmark.py's _timed_steps: step i is launched before waiting for step i-1
     start = time.perf_counter()
     loss, done = launched()
