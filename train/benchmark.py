@@ -276,8 +276,10 @@ def benchmark(
       reference: "torch" also times the Hugging Face PyTorch model on the same batch.
       rounds: with a reference, >1 alternates the two: `steps` of ours, `steps` of PyTorch, and
         again, so that a machine whose speed drifts (shared CPUs) slows both sides alike. Both
-        models are then in memory at once. Medians and the ratio are over all rounds;
-        `speedup_per_round` shows their spread. Energy is measured over our first round.
+        models are then in memory at once. `speedup_per_round` holds each round's ratio (PyTorch's
+        median step time there over ours) and `speedup_vs_reference` is their median, so drift
+        between rounds cancels; the tokens/s medians are over all rounds. Energy is measured over
+        our first round.
       carbon: the carbon config section (train/carbon.py); None = defaults.
       profile: a directory: one more step runs under `jax.profiler.trace` (a Perfetto trace
         there) and the result's "profile" lists the ops that took longest (see profile_ops).
@@ -399,7 +401,11 @@ def benchmark(
         )
     if reference is not None:
         result["reference"] = ref
-        result["speedup_vs_reference"] = result["tokens_per_s"] / ref["tokens_per_s"]
+        result["speedup_vs_reference"] = (
+            statistics.median(result["speedup_per_round"])
+            if runner is not None
+            else result["tokens_per_s"] / ref["tokens_per_s"]
+        )
     return result
 
 
@@ -663,8 +669,9 @@ def render_markdown(results: dict) -> str:
         "(min-max in brackets). PyTorch, timed the same way: the Hugging Face class of the same "
         "shape, random init, fused AdamW, f32 or `torch.autocast(bfloat16)` with f32 weights, in "
         "the same process and on the same device, right after ours, or alternating with ours "
-        "in rounds where a row says so (the ratio's per-round range in brackets). MFU = "
-        "analytic FLOPs "
+        "in rounds where a row gives a range after its ratio: the ratio is then the median of the "
+        "rounds' ratios (each PyTorch's median step time in the round over ours), the range "
+        "theirs. MFU = analytic FLOPs "
         "(train/flops.py, causal attention at half) / step time / peak, the peak being the "
         "published dense figure on a GPU or TPU and a 2048^3 matmul measured here on a CPU "
         "(f32, or bf16 inputs with f32 accumulation); see the last lines. Energy: train/carbon.py "
@@ -686,7 +693,7 @@ def render_markdown(results: dict) -> str:
         ratio = _fmt(r.get("speedup_vs_reference"), ".2f")
         if r.get("speedup_per_round"):
             per = r["speedup_per_round"]
-            ratio += f" [{min(per):.2f}-{max(per):.2f}] ({len(per)} rounds)"
+            ratio += f" [{min(per):.2f}-{max(per):.2f}]"
         lines.append(
             f"| {r['model']} | {shape} | {r['dtype']} | {r['tokens_per_s']:,.0f} "
             f"[{lo:,.0f}-{hi:,.0f}] | {_fmt(ref.get('tokens_per_s'), ',.0f', no_ref)} | "
