@@ -184,3 +184,27 @@ def test_mesh_errors():
     mesh = partitioning.make_mesh({"data": 4, "fsdp": 2})
     with pytest.raises(partitioning.MeshError, match="batch_size=12 is not divisible"):
         partitioning.check_batch(12, mesh)
+
+
+def test_close_waits_for_orbax_temporary_directory_cleanup(tmp_path, monkeypatch):
+    """A run that fails right after start closes its Checkpointer and exits; Orbax's clean-up
+    of unfinished saves, started in a thread with the manager, must be over by then (else the
+    thread dies with a traceback at interpreter shutdown)."""
+    import asyncio
+
+    from orbax.checkpoint import checkpoint_manager
+
+    done = []
+    cleanup = checkpoint_manager.temporary_paths.cleanup_temporary_paths
+
+    async def slow_cleanup(*args, **kwargs):
+        await asyncio.sleep(0.5)
+        await cleanup(*args, **kwargs)
+        done.append(True)
+
+    monkeypatch.setattr(checkpoint_manager.temporary_paths, "cleanup_temporary_paths", slow_cleanup)
+    (tmp_path / "3.orbax-checkpoint-tmp-123").mkdir(parents=True)  # an unfinished save
+    ckpt = Checkpointer(tmp_path)
+    ckpt.close()
+    assert done == [True]
+    assert not (tmp_path / "3.orbax-checkpoint-tmp-123").exists()

@@ -158,6 +158,14 @@ class Checkpointer:
         self._manager.wait_until_finished()
 
     def close(self) -> None:
+        """Waits for every background operation, then closes the manager."""
+        # Orbax removes the temporary directories of unfinished saves in a thread started with
+        # the manager, and its close() does not wait for that thread (orbax-checkpoint 0.12.8):
+        # a run that failed right after start (an unknown architecture) exited under it, and
+        # the thread printed a traceback as the interpreter shut down.
+        cleanup = getattr(self._manager, "_maybe_await_cleanup_tmp_directory", None)
+        if cleanup is not None:
+            cleanup()
         self._manager.wait_until_finished()
         self._manager.close()
 
