@@ -8,6 +8,7 @@ the fast path for bfloat16 on CPUs, GPUs and TPUs.
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Callable, Sequence
 
 import flax.linen as nn
@@ -134,7 +135,15 @@ class DenseGeneral(nn.Module):
             self.kernel_axes,
             self.param_dtype,
         )
-        y = dot_last_first(x.astype(self.dtype), kernel.astype(self.dtype), self.contract)
+        # One 2-D product, (..., prod(in)) . (prod(in), prod(features)), of the same numbers:
+        # with several free or contracted dims (attention's heads) XLA otherwise lays the weight
+        # gradient out transposed, and the optimizer and weight-gradient products each copy it
+        # back (cpu-profile.md).
+        lead = x.shape[: x.ndim - self.contract]
+        y = dot_last_first(
+            x.astype(self.dtype).reshape(*lead, math.prod(in_shape)),
+            kernel.astype(self.dtype).reshape(math.prod(in_shape), math.prod(features)),
+        ).reshape(*lead, *features)
         if self.use_bias:
             bias = param(
                 self,
