@@ -7,8 +7,10 @@ run on one machine. Training: forward with `labels`, backward, `torch.optim.Adam
 weights and either f32 compute or `torch.autocast(dtype=bfloat16)`. Decoding: `generate` (greedy,
 use_cache=True) with EOS suppressed so that every row produces exactly `new_tokens` tokens.
 `device` is "cpu" or "cuda" (the caller passes the one JAX runs on); on CUDA the model uses
-PyTorch's default attention (SDPA, flash attention in bf16) and each timed step ends with a
-synchronising `.item()`.
+PyTorch's default attention (SDPA, flash attention in bf16), each step is launched before
+waiting for the one before it, and a step's time ends at a CUDA event recorded after it.
+`TrainRunner` keeps the model between timed rounds, so that train/benchmark.py can alternate
+PyTorch's steps with ours.
 
 Needs the `hf` extra (torch + transformers); importing this module does not import them.
 """
