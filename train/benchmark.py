@@ -288,6 +288,8 @@ def benchmark(
         raise ValueError(f"reference={reference!r}; the only reference runner is 'torch'")
     if rounds < 1 or steps < 1:
         raise ValueError(f"steps={steps} and rounds={rounds} must be at least 1")
+    if reference == "torch":
+        from train.benchmark_torch import TrainRunner
     cfg = benchmark_config(
         model,
         dtype,
@@ -324,8 +326,6 @@ def benchmark(
         jax.block_until_ready(state)
         runner = None
         if reference == "torch" and rounds > 1:
-            from train.benchmark_torch import TrainRunner
-
             runner = TrainRunner(cfg, host, dtype=dtype, device=_torch_device())
             runner.warm_up(warmup)
         times, per_round = [], []
@@ -388,24 +388,19 @@ def benchmark(
     if profile:
         result["profile"] = {"dir": str(profile), "top_ops": profile_ops(profile, compiled)}
     del state, compiled, data  # free ours before the reference allocates
-    if runner is not None:
-        ref = runner.result()
+    if reference == "torch":
+        if runner is None:  # one round: PyTorch runs after ours, with ours freed
+            runner = TrainRunner(cfg, host, dtype=dtype, device=_torch_device())
+            runner.warm_up(warmup)
+            runner.run(steps)
+        result["reference"] = ref = runner.result()
         runner.close()
-        ref_rounds = [statistics.median(r) for r in runner.rounds]
-        result["speedup_per_round"] = [p / o for o, p in zip(per_round, ref_rounds)]
-    elif reference == "torch":
-        from train.benchmark_torch import train_benchmark
-
-        ref = train_benchmark(
-            cfg, host, steps=steps, warmup=warmup, dtype=dtype, device=_torch_device()
-        )
-    if reference is not None:
-        result["reference"] = ref
-        result["speedup_vs_reference"] = (
-            statistics.median(result["speedup_per_round"])
-            if runner is not None
-            else result["tokens_per_s"] / ref["tokens_per_s"]
-        )
+        if rounds > 1:
+            ref_rounds = [statistics.median(r) for r in runner.rounds]
+            result["speedup_per_round"] = [p / o for o, p in zip(per_round, ref_rounds)]
+            result["speedup_vs_reference"] = statistics.median(result["speedup_per_round"])
+        else:
+            result["speedup_vs_reference"] = result["tokens_per_s"] / ref["tokens_per_s"]
     return result
 
 
