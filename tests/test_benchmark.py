@@ -251,6 +251,38 @@ def test_reference_rounds_alternate_with_ours(monkeypatch):
     assert f"| {sorted(per_round)[1]:.2f} [{min(per_round):.2f}-{max(per_round):.2f}] |" in text
 
 
+def test_one_round_times_pytorch_first_and_frees_it_before_ours(monkeypatch):
+    """JAX's GPU allocator keeps what it takes, PyTorch's hands it back: with one round PyTorch
+    runs and is closed before our train state exists (gpt2-medium ran out of an H100's memory
+    the other way round)."""
+    from train import benchmark_torch
+
+    order = []
+    timed, close = benchmark._timed_steps, benchmark_torch.TrainRunner.close
+    create = benchmark.create_train_state
+
+    def ours(*args):
+        order.append("ours")
+        return timed(*args)
+
+    def closed(self):
+        order.append("torch closed")
+        return close(self)
+
+    def state(*args, **kwargs):
+        order.append("our state")
+        return create(*args, **kwargs)
+
+    monkeypatch.setattr(benchmark, "_timed_steps", ours)
+    monkeypatch.setattr(benchmark_torch.TrainRunner, "close", closed)
+    monkeypatch.setattr(benchmark, "create_train_state", state)
+    r = benchmark.benchmark("gpt2-tiny", 8, 16, steps=2, warmup=1, dtype="f32", reference="torch")
+    assert order == ["torch closed", "our state", "ours"]
+    ref = r["reference"]
+    assert len(ref["step_times_s"]) == 2 and ref["rounds"] == 1
+    assert r["speedup_vs_reference"] == pytest.approx(r["tokens_per_s"] / ref["tokens_per_s"])
+
+
 def test_cli_rejects_zero_rounds(capsys):
     with pytest.raises(SystemExit) as e:
         benchmark.main(["--model", "gpt2-tiny", *TINY, "--rounds", "0"])

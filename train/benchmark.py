@@ -14,11 +14,12 @@ between two steps becoming ready; the median is reported. MFU = analytic FLOPs p
 the peak is the published dense bf16 (or TF32 for f32) figure on GPUs/TPUs and a matmul measured
 on the spot on CPUs (f32, or bf16 inputs with f32 accumulation for --dtype bf16). Energy and CO2
 come from train/carbon.py over the timed steps. `--reference torch` times the same step in
-PyTorch (train/benchmark_torch.py), on the GPU when JAX runs on one, after ours or, with
+PyTorch (train/benchmark_torch.py), on the GPU when JAX runs on one, before ours or, with
 `--rounds R`, alternating with ours R times (a drifting machine then slows both); `--decode`
 times cached greedy generation (train/decode.py) against transformers' `generate`. With PyTorch
 in the same process on a GPU, JAX allocates as it goes (XLA_PYTHON_CLIENT_PREALLOCATE=false)
-instead of taking most of the memory up front.
+instead of taking most of the memory up front, and in a suite takes at most half of it
+(XLA_PYTHON_CLIENT_MEM_FRACTION=0.5).
 """
 
 from __future__ import annotations
@@ -151,6 +152,7 @@ def environment() -> dict:
         "os": platform.platform(),
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
         "xla_python_client_preallocate": os.environ.get("XLA_PYTHON_CLIENT_PREALLOCATE"),
+        "xla_python_client_mem_fraction": os.environ.get("XLA_PYTHON_CLIENT_MEM_FRACTION"),
         "host_allocator": allocator.in_use(),  # launch/allocator.py
         "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
     }
@@ -274,12 +276,12 @@ def benchmark(
       model: a named architecture (models.list_architectures()).
       overrides: further ModelConfig fields (e.g. num_layers=2 for a quick run).
       reference: "torch" also times the Hugging Face PyTorch model on the same batch.
-      rounds: with a reference, >1 alternates the two: `steps` of ours, `steps` of PyTorch, and
-        again, so that a machine whose speed drifts (shared CPUs) slows both sides alike. Both
-        models are then in memory at once. `speedup_per_round` holds each round's ratio (PyTorch's
-        median step time there over ours) and `speedup_vs_reference` is their median, so drift
-        between rounds cancels; the tokens/s medians are over all rounds. Energy is measured over
-        our first round.
+      rounds: with a reference, 1 times PyTorch first, frees it, then times ours; >1
+        alternates the two: `steps` of ours, `steps` of PyTorch, and again, so that a machine
+        whose speed drifts (shared CPUs) slows both sides alike. Both models are then in memory
+        at once. `speedup_per_round` holds each round's ratio (PyTorch's median step time there
+        over ours) and `speedup_vs_reference` is their median, so drift between rounds cancels;
+        the tokens/s medians are over all rounds. Energy is measured over our first round.
       carbon: the carbon config section (train/carbon.py); None = defaults.
       profile: a directory: one more step runs under `jax.profiler.trace` (a Perfetto trace
         there) and the result's "profile" lists the ops that took longest (see profile_ops).
@@ -302,11 +304,22 @@ def benchmark(
     enc_dec = cfg.family == "encoder_decoder"
     target = target_seq or seq
     net = models.build(cfg)
+    host = synthetic_batch(cfg, batch, seq, target)
+    runner = None
+    if reference == "torch":
+        runner = TrainRunner(cfg, host, dtype=dtype, device=_torch_device())
+        runner.warm_up(warmup)
+        if rounds == 1:
+            # PyTorch first, then freed: its allocator hands its cached GPU memory back, JAX's
+            # keeps what it has taken (up to twice the step's need), and an 80 GiB GPU does not
+            # hold both for gpt2-medium 16 x 1024 (PyTorch alone peaks at 47 GiB).
+            runner.run(steps)
+            ref = runner.result()
+            runner.close()
     mesh = partitioning.make_mesh({"data": -1})
     rules = partitioning.DEFAULT_RULES
     tx = optax.adamw(1e-4, weight_decay=0.01)
     state, shardings = create_train_state(net, cfg, tx, mesh, rules, jax.random.key(0))
-    host = synthetic_batch(cfg, batch, seq, target)
     data = {
         k: jax.device_put(v, partitioning.batch_sharding(mesh, v.ndim)) for k, v in host.items()
     }
@@ -324,10 +337,6 @@ def benchmark(
         for _ in range(warmup):
             state, metrics = compiled(state, data, rng)
         jax.block_until_ready(state)
-        runner = None
-        if reference == "torch" and rounds > 1:
-            runner = TrainRunner(cfg, host, dtype=dtype, device=_torch_device())
-            runner.warm_up(warmup)
         times, per_round = [], []
         tracker = CarbonTracker(carbon)
         for i in range(rounds):
@@ -335,7 +344,7 @@ def benchmark(
                 state, metrics, round_times = _timed_steps(compiled, state, data, rng, steps)
             times += round_times
             per_round.append(statistics.median(round_times))
-            if runner is not None:
+            if runner is not None and rounds > 1:
                 runner.run(steps)
         if profile:
             with jax.profiler.trace(profile, create_perfetto_trace=True):
@@ -387,14 +396,12 @@ def benchmark(
     }
     if profile:
         result["profile"] = {"dir": str(profile), "top_ops": profile_ops(profile, compiled)}
-    del state, compiled, data  # free ours before the reference allocates
+    del state, compiled, data
     if reference == "torch":
-        if runner is None:  # one round: PyTorch runs after ours, with ours freed
-            runner = TrainRunner(cfg, host, dtype=dtype, device=_torch_device())
-            runner.warm_up(warmup)
-            runner.run(steps)
-        result["reference"] = ref = runner.result()
-        runner.close()
+        if rounds > 1:
+            ref = runner.result()
+            runner.close()
+        result["reference"] = ref
         if rounds > 1:
             ref_rounds = [statistics.median(r) for r in runner.rounds]
             result["speedup_per_round"] = [p / o for o, p in zip(per_round, ref_rounds)]
@@ -663,7 +670,7 @@ def render_markdown(results: dict) -> str:
         "step launched while the previous one runs (as in training), median of the timed steps "
         "(min-max in brackets). PyTorch, timed the same way: the Hugging Face class of the same "
         "shape, random init, fused AdamW, f32 or `torch.autocast(bfloat16)` with f32 weights, in "
-        "the same process and on the same device, right after ours, or alternating with ours "
+        "the same process and on the same device, right before ours, or alternating with ours "
         "in rounds where a row gives a range after its ratio: the ratio is then the median of the "
         "rounds' ratios (each PyTorch's median step time in the round over ours), the range "
         "theirs. MFU = analytic FLOPs "
@@ -887,6 +894,10 @@ def main(argv=None) -> int:
         # PyTorch shares the GPU: JAX takes memory as it needs it rather than 75% at start
         # (no effect once JAX has started, as when main() is called from a test).
         os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+    if args.suite:
+        # and no more than half of it: a suite runs PyTorch after ours from the second row on,
+        # and JAX's allocator keeps what an earlier row took
+        os.environ.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.5")
     carbon = {"country_iso_code": args.country} if args.country else None
     try:
         if args.suite:

@@ -302,6 +302,8 @@ def decode_benchmark(
         for _ in range(repeats):
             start = time.perf_counter()
             out = model.generate(ids, **kwargs)
+            if device == "cuda":
+                torch.cuda.synchronize()
             times.append(time.perf_counter() - start)
     tokens = out[:, -new_tokens:].cpu().numpy()
     seconds = statistics.median(times)
