@@ -230,6 +230,15 @@ def benchmark_config(model: str, dtype: str, **overrides) -> models.ModelConfig:
     return base.replace(**fields)
 
 
+# Warm-up repeats while one warm-up run of our steps takes SETTLED_FAULTS or more page faults.
+WARMUP_TRIES, SETTLED_FAULTS = 4, 25_000  # 25k faults: 100 MB of 4 KiB pages
+
+
+def _page_faults() -> int:
+    """Minor page faults of this process so far (memory touched for the first time)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
 def _timed_steps(compiled, state, data, rng, steps: int):
     """Runs `steps` steps the way the training loop does, dispatching each before waiting for
     the one before it, and returns (state, metrics, seconds per step).
@@ -238,7 +247,19 @@ def _timed_steps(compiled, state, data, rng, steps: int):
     ready. The host launches step i while the device still runs step i-1, as in train/loop.py,
     which reads metrics only every few steps. Waiting for each step before launching the next
     would add the launch latency to every step: about 9 ms on an H200 for gpt2-medium's ~400
-    arrays (argument handling and the CUDA-graph launch), 8% of its step."""
+    arrays (argument handling and the CUDA-graph launch), 8% of its step.
+
+    On a CPU each step is waited for: the host's dispatch runs on the same cores, so launching
+    ahead hides nothing there, and XLA then holds two steps' temporary buffers, whose first
+    use faulted in 3.4 GB (850k page faults, 1-3 s) in gpt2 8 x 256's first timed round."""
+    if jax.default_backend() == "cpu":
+        times = []
+        for _ in range(steps):
+            start = time.perf_counter()
+            state, metrics = compiled(state, data, rng)
+            jax.block_until_ready((state, metrics))
+            times.append(time.perf_counter() - start)
+        return state, metrics, times
     start = time.perf_counter()
     state, metrics = compiled(state, data, rng)
     ready = []
@@ -308,8 +329,8 @@ def benchmark(
     runner = None
     if reference == "torch":
         runner = TrainRunner(cfg, host, dtype=dtype, device=_torch_device())
-        runner.warm_up(warmup)
         if rounds == 1:
+            runner.warm_up(warmup)
             # PyTorch first, then freed: its allocator hands its cached GPU memory back, JAX's
             # keeps what it has taken (up to twice the step's need), and an 80 GiB GPU does not
             # hold both for gpt2-medium 16 x 1024 (PyTorch alone peaks at 47 GiB).
@@ -334,14 +355,28 @@ def benchmark(
         start = time.perf_counter()
         compiled = step.lower(state, data, rng).compile()
         compile_s = time.perf_counter() - start
-        for _ in range(warmup):
-            state, metrics = compiled(state, data, rng)
-        jax.block_until_ready(state)
+        # Warm-up, again (up to WARMUP_TRIES times) while our steps still fault in fresh memory,
+        # and with rounds in alternation with PyTorch's, as the rounds will run. On a CPU
+        # our step's 3.4 GB (gpt2 8 x 256) landed in untouched memory after each of PyTorch's
+        # first runs (850k page faults, 1-3 s of a 12 s step), and settled after the third.
+        alternate = rounds > 1 and runner is not None
+        warmup_faults = []
+        for _ in range(WARMUP_TRIES if warmup else 0):
+            faults = _page_faults()
+            state, metrics, _ = _timed_steps(compiled, state, data, rng, warmup)
+            warmup_faults.append(_page_faults() - faults)
+            if alternate:
+                runner.warm_up(warmup)
+            if warmup_faults[-1] < SETTLED_FAULTS:
+                break
         times, per_round = [], []
         tracker = CarbonTracker(carbon)
+        round_faults = []
         for i in range(rounds):
+            faults = _page_faults()
             with tracker if i == 0 else contextlib.nullcontext():
                 state, metrics, round_times = _timed_steps(compiled, state, data, rng, steps)
+            round_faults.append(_page_faults() - faults)
             times += round_times
             per_round.append(statistics.median(round_times))
             if runner is not None and rounds > 1:
@@ -373,6 +408,8 @@ def benchmark(
         "steps": steps,
         "warmup": warmup,
         "rounds": rounds,
+        "warmup_page_faults": warmup_faults,  # per warm-up run of ours (see WARMUP_TRIES)
+        "page_faults_per_round": round_faults,  # of our timed steps: memory touched anew
         "params": sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params)),
         "step_time_s": step_s,
         "step_times_s": times,
