@@ -7,9 +7,10 @@ optionally side by side with the Hugging Face PyTorch model of the same shape.
     python -m train.benchmark --suite gpu      # regenerates docs/benchmarks/gpu/ (one NVIDIA GPU)
 
 The step is the real one (train/step.py: forward, backward, AdamW update, sharded over every
-device along `data`), compiled ahead of time, warmed up, then timed as the training loop runs
-it: each step is launched while the one before still runs, and a step's time is the interval
-between two steps becoming ready; the median is reported. MFU = analytic FLOPs per step
+device along `data`), compiled ahead of time, warmed up (again while its steps still touch
+fresh memory), then timed: on a GPU or TPU as the training loop runs it, each step launched
+while the one before still runs, a step's time the interval between two steps becoming ready;
+on a CPU each step waited for. The median is reported. MFU = analytic FLOPs per step
 (train/flops.py) / median step time / peak FLOP/s, where
 the peak is the published dense bf16 (or TF32 for f32) figure on GPUs/TPUs and a matmul measured
 on the spot on CPUs (f32, or bf16 inputs with f32 accumulation for --dtype bf16). Energy and CO2
@@ -704,7 +705,8 @@ def render_markdown(results: dict) -> str:
         "[results.json](results.json). Do not edit by hand.",
         "",
         "Training: the real jitted train step (forward, backward, AdamW), synthetic tokens, each "
-        "step launched while the previous one runs (as in training), median of the timed steps "
+        "step launched while the previous one runs on a GPU or TPU (as in training) and waited "
+        "for on a CPU, median of the timed steps "
         "(min-max in brackets). PyTorch, timed the same way: the Hugging Face class of the same "
         "shape, random init, fused AdamW, f32 or `torch.autocast(bfloat16)` with f32 weights, in "
         "the same process and on the same device, right before ours, or alternating with ours "
