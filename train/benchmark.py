@@ -312,8 +312,6 @@ def benchmark(
         raise ValueError(f"reference={reference!r}; the only reference runner is 'torch'")
     if rounds < 1 or steps < 1:
         raise ValueError(f"steps={steps} and rounds={rounds} must be at least 1")
-    if reference == "torch":
-        from train.benchmark_torch import TrainRunner
     cfg = benchmark_config(
         model,
         dtype,
@@ -329,15 +327,17 @@ def benchmark(
     host = synthetic_batch(cfg, batch, seq, target)
     runner = None
     if reference == "torch":
+        from train.benchmark_torch import TrainRunner
+
         runner = TrainRunner(cfg, host, dtype=dtype, device=_torch_device())
-        if rounds == 1:
-            runner.warm_up(warmup)
-            # PyTorch first, then freed: its allocator hands its cached GPU memory back, JAX's
-            # keeps what it has taken (up to twice the step's need), and an 80 GiB GPU does not
-            # hold both for gpt2-medium 16 x 1024 (PyTorch alone peaks at 47 GiB).
-            runner.run(steps)
-            ref = runner.result()
-            runner.close()
+    alternate = runner is not None and rounds > 1
+    if runner is not None and not alternate:
+        # PyTorch first, then freed: its allocator hands its cached GPU memory back, JAX's
+        # keeps what it has taken (up to twice the step's need), and an 80 GiB GPU does not
+        # hold both for gpt2-medium 16 x 1024 (PyTorch alone peaks at 47 GiB).
+        runner.warm_up(warmup)
+        runner.run(steps)
+        runner.close()
     mesh = partitioning.make_mesh({"data": -1})
     rules = partitioning.DEFAULT_RULES
     tx = optax.adamw(1e-4, weight_decay=0.01)
@@ -360,7 +360,6 @@ def benchmark(
         # and with rounds in alternation with PyTorch's, as the rounds will run. On a CPU
         # our step's 3.4 GB (gpt2 8 x 256) landed in untouched memory after each of PyTorch's
         # first runs (850k page faults, 1-3 s of a 12 s step), and settled after the third.
-        alternate = rounds > 1 and runner is not None
         warmup_faults = []
         for _ in range(WARMUP_TRIES if warmup else 0):
             faults = _page_faults()
@@ -380,7 +379,7 @@ def benchmark(
             round_faults.append(_page_faults() - faults)
             times += round_times
             per_round.append(statistics.median(round_times))
-            if runner is not None and rounds > 1:
+            if alternate:
                 runner.run(steps)
         if profile:
             with jax.profiler.trace(profile, create_perfetto_trace=True):
@@ -435,12 +434,11 @@ def benchmark(
     if profile:
         result["profile"] = {"dir": str(profile), "top_ops": profile_ops(profile, compiled)}
     del state, compiled, data
-    if reference == "torch":
-        if rounds > 1:
-            ref = runner.result()
-            runner.close()
-        result["reference"] = ref
-        if rounds > 1:
+    if alternate:
+        runner.close()
+    if runner is not None:
+        result["reference"] = ref = runner.result()
+        if alternate:
             ref_rounds = [statistics.median(r) for r in runner.rounds]
             result["speedup_per_round"] = [p / o for o, p in zip(per_round, ref_rounds)]
             result["speedup_vs_reference"] = statistics.median(result["speedup_per_round"])

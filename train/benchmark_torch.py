@@ -221,7 +221,7 @@ class TrainRunner:
         }
 
     def close(self) -> None:
-        """Frees the model and optimizer (and PyTorch's cached GPU memory)."""
+        """Frees the model and optimizer (and PyTorch's cached GPU memory); result() still works."""
         del self.model, self.optimizer, self.inputs
         _release(self.device)
 
