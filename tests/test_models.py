@@ -380,7 +380,7 @@ def test_tied_head_pads_vocab_for_16bit_products_without_changing_logits():
 
     padded = lambda t: embed.apply({"params": {"embedding": t}}, x, method=Embed.attend)  # noqa: E731
     plain = lambda t: jnp.einsum("btd,vd->btv", x, t.astype(jnp.bfloat16))  # noqa: E731
-    assert padded(table).shape == (2, 5, 300)
+    assert padded(table).shape == (2, 5, 300) and padded(table).dtype == jnp.bfloat16
     np.testing.assert_allclose(
         np.asarray(padded(table), np.float32), np.asarray(plain(table), np.float32), atol=1e-2
     )
@@ -390,3 +390,38 @@ def test_tied_head_pads_vocab_for_16bit_products_without_changing_logits():
     np.testing.assert_allclose(
         grad_padded, grad_plain, atol=1e-2 * float(jnp.abs(grad_plain).max())
     )
+
+
+def _saved_for_backward(fn, *args):
+    """The arrays that autodiff keeps from fn's forward pass for its backward pass."""
+    _, vjp = jax.vjp(fn, *args)
+    return jax.tree.leaves(vjp)
+
+
+@pytest.mark.parametrize("kind", ["layernorm", "rmsnorm"])
+def test_norm_keeps_only_its_input_for_the_backward(kind):
+    """The norm is recomputed in the backward pass: of activation-sized arrays only the bf16
+    input is kept (plain autodiff keeps float32 intermediates, each twice the input's size)."""
+    from models.layers import Norm
+
+    x = jax.random.normal(jax.random.key(0), (2, 8, 64), jnp.bfloat16)
+    norm = Norm(kind, dtype=jnp.bfloat16)
+    params = norm.init(jax.random.key(1), x)
+    saved = _saved_for_backward(lambda x: norm.apply(params, x), x)
+    big = [a for a in saved if a.size >= x.size]
+    assert [(a.shape, a.dtype) for a in big] == [(x.shape, x.dtype)]
+
+
+def test_mlp_activation_keeps_only_its_input_for_the_backward():
+    """GELU is recomputed in the backward pass: of (B, T, d_ff)-sized arrays the MLP keeps the
+    activation's bf16 input and output (the second product's operand), not tanh's
+    intermediates."""
+    from models.layers import MLP
+
+    cfg = models.get_config("gpt2-tiny", dtype="bfloat16", dropout_rate=0.0)
+    x = jax.random.normal(jax.random.key(0), (2, 8, cfg.d_model), jnp.bfloat16)
+    mlp = MLP(cfg)
+    params = mlp.init(jax.random.key(1), x)
+    saved = _saved_for_backward(lambda x: mlp.apply(params, x), x)
+    wide = [a for a in saved if a.shape[-1:] == (cfg.d_ff,) and a.ndim == 3]
+    assert len(wide) == 2 and all(a.dtype == jnp.bfloat16 for a in wide)

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import contextlib
 import datetime
 import functools
 import gzip
@@ -323,6 +322,14 @@ def benchmark(
     objective, _ = OBJECTIVE[cfg.family]
     enc_dec = cfg.family == "encoder_decoder"
     target = target_seq or seq
+    phases, clock = {}, time.perf_counter()  # wall seconds of each phase (the result's phases_s)
+
+    def phase(name):
+        nonlocal clock
+        now = time.perf_counter()
+        phases[name] = phases.get(name, 0.0) + now - clock
+        clock = now
+
     net = models.build(cfg)
     host = synthetic_batch(cfg, batch, seq, target)
     runner = None
@@ -338,6 +345,7 @@ def benchmark(
         runner.warm_up(warmup)
         runner.run(steps)
         runner.close()
+        phase("reference")
     mesh = partitioning.make_mesh({"data": -1})
     rules = partitioning.DEFAULT_RULES
     tx = optax.adamw(1e-4, weight_decay=0.01)
@@ -345,6 +353,7 @@ def benchmark(
     data = {
         k: jax.device_put(v, partitioning.batch_sharding(mesh, v.ndim)) for k, v in host.items()
     }
+    phase("init")
     with partitioning.activate(mesh, rules):
         step = jax.jit(
             make_train_step(net, tx, lambda s: 1e-4, objective, dropout=False),
@@ -356,6 +365,7 @@ def benchmark(
         start = time.perf_counter()
         compiled = step.lower(state, data, rng).compile()
         compile_s = time.perf_counter() - start
+        phase("compile")
         # Warm-up, again (up to WARMUP_TRIES times) while our steps still fault in fresh memory,
         # and with rounds in alternation with PyTorch's, as the rounds will run. On a CPU
         # our step's 3.4 GB (gpt2 8 x 256) landed in untouched memory after each of PyTorch's
@@ -369,22 +379,31 @@ def benchmark(
                 runner.warm_up(warmup)
             if warmup_faults[-1] < SETTLED_FAULTS:
                 break
+        phase("warmup")
         times, per_round = [], []
         tracker = CarbonTracker(carbon)
         round_faults = []
         for i in range(rounds):
+            if i == 0:  # energy over our first round; codecarbon's start and stop timed apart
+                tracker.start()
+                phase("carbon")
             faults = _page_faults()
-            with tracker if i == 0 else contextlib.nullcontext():
-                state, metrics, round_times = _timed_steps(compiled, state, data, rng, steps)
+            state, metrics, round_times = _timed_steps(compiled, state, data, rng, steps)
             round_faults.append(_page_faults() - faults)
+            if i == 0:
+                phase("timed")
+                tracker.stop()
+                phase("carbon")
             times += round_times
             per_round.append(statistics.median(round_times))
             if alternate:
                 runner.run(steps)
+        phase("timed")
         if profile:
             with jax.profiler.trace(profile, create_perfetto_trace=True):
                 state, metrics = compiled(state, data, rng)
                 jax.block_until_ready(state)
+            phase("profile")
     step_s = statistics.median(times)
     flops = train_flops_per_step(cfg, batch, seq, target if enc_dec else None)
     peak, peak_source = device_peak(dtype)
@@ -425,6 +444,11 @@ def benchmark(
         "peak_memory_bytes": memory,
         "peak_memory_source": memory_source,
         "max_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        # where the run's wall time went: reference (PyTorch, when timed first), init (model,
+        # optimizer state, batch), compile, warmup, carbon (codecarbon's start and stop), timed
+        # (with PyTorch's rounds when they alternate), profile, report (memory analysis,
+        # environment, trace reading)
+        "phases_s": phases,
         "final_loss": float(metrics["loss"]),
         "energy_kwh": footprint["energy_kwh"],
         "emissions_kg_co2eq": footprint["emissions_kg_co2eq"],
@@ -433,6 +457,7 @@ def benchmark(
     }
     if profile:
         result["profile"] = {"dir": str(profile), "top_ops": profile_ops(profile, compiled)}
+    phase("report")
     del state, compiled, data
     if alternate:
         runner.close()
@@ -837,6 +862,12 @@ def _train_line(r: dict) -> str:
         f"(peak {r['peak_flops'] / 1e12:.3f} TFLOP/s, {r['peak_source']}), "
         f"compile {r['compile_s']:.1f}s" + (f", peak memory {mem / 2**30:.2f} GiB" if mem else "")
     )
+    if r.get("phases_s"):
+        line += (
+            f", {sum(r['phases_s'].values()):.0f} s in all ("
+            + ", ".join(f"{k} {v:.1f}" for k, v in r["phases_s"].items())
+            + ")"
+        )
     if r.get("energy_kwh") is not None:
         line += (
             f", {r['energy_kwh'] * 1e3:.4f} Wh / {r['emissions_kg_co2eq'] * 1e3:.4f} g CO2eq "
