@@ -221,17 +221,19 @@ def _normalize(x, scale, bias, kind: str, eps: float, dtype):
     return y.astype(dtype)
 
 
-# Recomputed in the backward pass from the norm's input: autodiff would otherwise keep float32
-# intermediates of every norm ((B, T, D), twice the size of a 16-bit input) until the backward.
-_normalize = jax.checkpoint(_normalize, static_argnums=(3, 4, 5))
+# Recomputed in the backward pass from the norm's input (16-bit compute): autodiff would otherwise
+# keep float32 intermediates of every norm ((B, T, D), twice the size of a 16-bit input).
+_normalize_recomputed = jax.checkpoint(_normalize, static_argnums=(3, 4, 5))
 
 
 class Norm(nn.Module):
     """LayerNorm (scale + bias) or RMSNorm (scale only, T5/Llama); statistics in float32.
 
-    The backward pass recomputes the normalisation from the input (`jax.checkpoint`) instead of
-    keeping its float32 intermediates: with the MLP activation's recomputation, about 2.7 GiB
-    less for gpt2-medium's bf16 step at 16 x 1024 on an H100 (docs/benchmarks/gpu-notes.md).
+    In 16-bit compute the backward pass recomputes the normalisation from the input
+    (`jax.checkpoint`) instead of keeping its float32 intermediates: with the MLP activation's
+    recomputation, about 2.7 GiB less for gpt2-medium's bf16 step at 16 x 1024 on an H100
+    (docs/benchmarks/gpu-notes.md). In float32 they are the input's size, and recomputing
+    them slowed t5-small's step on a 2-core CPU in three runs out of three; autodiff keeps them.
     """
 
     kind: str = "layernorm"
@@ -246,7 +248,9 @@ class Norm(nn.Module):
         bias = None
         if self.kind == "layernorm":
             bias = param(self, "bias", nn.initializers.zeros, (d,), (axes.EMBED,), self.param_dtype)
-        return _normalize(x, scale, bias, self.kind, self.eps, jnp.dtype(self.dtype))
+        dtype = jnp.dtype(self.dtype)
+        fn = _normalize if dtype == jnp.float32 else _normalize_recomputed
+        return fn(x, scale, bias, self.kind, self.eps, dtype)
 
 
 def make_norm(config: ModelConfig, name: str | None = None) -> Norm:
@@ -287,9 +291,9 @@ class MLP(nn.Module):
             kernel_init=nn.initializers.normal(cfg.init_std),
             name=name,
         )
-        # recomputed in the backward pass from its input (as the norms are): autodiff would keep
-        # the activation's intermediates, each (B, T, F), beside the input it needs anyway
-        act = jax.checkpoint(activation_fn(cfg.activation))
+        act = activation_fn(cfg.activation)
+        if dtype != jnp.float32:  # recomputed in the backward pass from its input, as in Norm
+            act = jax.checkpoint(act)
         h = act(dense(cfg.d_ff, (axes.EMBED, axes.MLP), "wi")(x))
         if cfg.gated_mlp:
             h = h * dense(cfg.d_ff, (axes.EMBED, axes.MLP), "wi_linear")(x)  # (B, T, F)

@@ -400,8 +400,9 @@ def _saved_for_backward(fn, *args):
 
 @pytest.mark.parametrize("kind", ["layernorm", "rmsnorm"])
 def test_norm_keeps_only_its_input_for_the_backward(kind):
-    """The norm is recomputed in the backward pass: of activation-sized arrays only the bf16
-    input is kept (plain autodiff keeps float32 intermediates, each twice the input's size)."""
+    """In 16-bit compute the norm is recomputed in the backward pass: of activation-sized arrays
+    only the bf16 input is kept (plain autodiff keeps float32 intermediates, each twice the
+    input's size)."""
     from models.layers import Norm
 
     x = jax.random.normal(jax.random.key(0), (2, 8, 64), jnp.bfloat16)
@@ -410,6 +411,10 @@ def test_norm_keeps_only_its_input_for_the_backward(kind):
     saved = _saved_for_backward(lambda x: norm.apply(params, x), x)
     big = [a for a in saved if a.size >= x.size]
     assert [(a.shape, a.dtype) for a in big] == [(x.shape, x.dtype)]
+    # in float32 the intermediates are the input's size: kept, not recomputed (CPU speed)
+    x32, norm32 = x.astype(jnp.float32), Norm(kind)
+    saved = _saved_for_backward(lambda x: norm32.apply(params, x), x32)
+    assert len([a for a in saved if a.size >= x.size]) > 1
 
 
 def test_mlp_activation_keeps_only_its_input_for_the_backward():
