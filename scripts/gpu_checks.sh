@@ -5,7 +5,12 @@
 #   1. the cuDNN attention tests (skipped on CPUs): values, gradients, the causal flag, padding;
 #   2. `python -m train.benchmark --suite gpu` (the table in docs/benchmarks/gpu/, with PyTorch);
 #   3. with XLA=1: gpt2-medium (16 x 1024, bf16) with XLA's attention instead of cuDNN's;
-#   4. with PROFILE=1: one profiled gpt2-medium step (the kernels that took longest).
+#   4. with PROFILE=1: one profiled gpt2-medium step (the kernels that took longest);
+#   5. with FLAGS=1: gpt2-medium with XLA's cuDNN LayerNorm, then with cuBLASLt GEMM epilogues
+#      (flags not yet measured here), and once without either as the baseline.
+# SUITE=0 or TESTS=0 leave those parts out (e.g. `SUITE=0 TESTS=0 FLAGS=1`). Each gpt2-medium
+# run took 75-110 s of wall time on an H100 in session 9 (18-27 s of it compile); the result's
+# phases_s says where the rest goes.
 #
 #   bash scripts/gpu_checks.sh [OUT]       # OUT: where logs and the suite go (default gpu-checks/)
 #
@@ -24,13 +29,16 @@ nvidia-smi --query-gpu=name,memory.total,driver_version,power.limit,clocks.max.s
   --format=csv,noheader >"$OUT/gpu.txt" || { step "no NVIDIA GPU here"; exit 3; }
 cat "$OUT/gpu.txt"
 
-step "cuDNN attention tests"
-timeout 90 python -m pytest -q -p no:cacheprovider tests/test_attention.py \
-  -k "cudnn or causal_flag or do_not_depend" 2>&1 | tail -25 | tee "$OUT/pytest.log"
-
-step "suite gpu"
-timeout 470 python -m train.benchmark --suite gpu --out "$OUT/gpu" >"$OUT/suite.log" 2>&1
-grep -v '^\s*$\|^  ' "$OUT/suite.log" | tail -20
+if [ "${TESTS:-1}" != 0 ]; then
+  step "cuDNN attention tests"
+  timeout 90 python -m pytest -q -p no:cacheprovider tests/test_attention.py \
+    -k "cudnn or causal_flag or do_not_depend" 2>&1 | tail -25 | tee "$OUT/pytest.log"
+fi
+if [ "${SUITE:-1}" != 0 ]; then
+  step "suite gpu"
+  timeout 470 python -m train.benchmark --suite gpu --out "$OUT/gpu" >"$OUT/suite.log" 2>&1
+  grep -v '^\s*$\|^  ' "$OUT/suite.log" | tail -20
+fi
 
 if [ -n "${XLA:-}" ]; then
   step "gpt2-medium with XLA attention"
@@ -42,5 +50,15 @@ if [ -n "${PROFILE:-}" ]; then
   timeout 120 python -m train.benchmark --model gpt2-medium --batch 16 --seq 1024 --steps 5 \
     --warmup 2 --profile /tmp/triptych-gpu-profile --json "$OUT/profile.json" 2>&1 | tail -24 |
     tee "$OUT/profile.log"
+fi
+if [ -n "${FLAGS:-}" ]; then
+  i=0
+  for flags in "" --xla_gpu_enable_cudnn_layer_norm=true --xla_gpu_enable_cublaslt=true; do
+    step "gpt2-medium with XLA_FLAGS='$flags' (OUT/flags-$i.json)"
+    XLA_FLAGS="$flags" timeout 130 python -m train.benchmark --model gpt2-medium --batch 16 \
+      --seq 1024 --steps 10 --warmup 2 --json "$OUT/flags-$i.json" 2>&1 |
+      tail -2 | tee -a "$OUT/flags.log"
+    i=$((i + 1))
+  done
 fi
 step "done"
