@@ -388,12 +388,14 @@ def benchmark(
                 tracker.start()
                 phase("carbon")
             faults = _page_faults()
-            state, metrics, round_times = _timed_steps(compiled, state, data, rng, steps)
-            round_faults.append(_page_faults() - faults)
-            if i == 0:
-                phase("timed")
-                tracker.stop()
-                phase("carbon")
+            try:
+                state, metrics, round_times = _timed_steps(compiled, state, data, rng, steps)
+                round_faults.append(_page_faults() - faults)
+            finally:
+                if i == 0:  # stopped even when a step fails (codecarbon's thread with it)
+                    phase("timed")
+                    tracker.stop()
+                    phase("carbon")
             times += round_times
             per_round.append(statistics.median(round_times))
             if alternate:
