@@ -181,3 +181,43 @@ def test_every_config_loads_and_smoke_trains(tmp_path, name):
 
     for metric in TASK_METRICS.get(config.task, ()):  # e.g. eval_entity_f1, eval_rougeL
         assert 0.0 <= summary["eval"][f"eval_{metric}"] <= 100.0
+
+
+def test_cpu_training_waits_for_each_step_before_launching_the_next(tmp_path, monkeypatch):
+    """On a CPU at most one step is in flight (a launched-ahead step held a second step's
+    buffers: 3.4 GB more for gpt2 8 x 256): each step's outputs are ready before the next step
+    is launched, even with metrics read only at the end. The step is slowed down here (an
+    extra chain of 256^3 matmuls on its loss) so that a loop launching ahead would be caught."""
+    import jax
+    import jax.numpy as jnp
+
+    from train import loop
+
+    jit_steps, in_flight = loop._jit_steps, []
+
+    @jax.jit
+    def slow(x):
+        m = jnp.full((256, 256), 1e-3, jnp.float32) * x
+        for _ in range(8):
+            m = jnp.tanh(m @ m)  # bounded: the loss stays the loss
+        return x + 0.0 * jnp.sum(m)
+
+    def slowed(*args, **kwargs):
+        train_step, eval_step = jit_steps(*args, **kwargs)
+        previous = []
+
+        def step(state, batch, rng):
+            if previous:
+                in_flight.append(not all(x.is_ready() for x in jax.tree.leaves(previous[-1])))
+            state, metrics = train_step(state, batch, rng)
+            metrics = dict(metrics, loss=slow(metrics["loss"]))
+            previous.append(metrics)
+            return state, metrics
+
+        return step, eval_step
+
+    monkeypatch.setattr(loop, "_jit_steps", slowed)
+    config = importlib.import_module("configs.gpt_lm").get_config("smoke")
+    config.log_every_steps, config.eval_every_steps, config.sample_tokens = 8, 0, 0
+    loop.train_and_evaluate(config, tmp_path)
+    assert len(in_flight) == config.steps - 1 and not any(in_flight)

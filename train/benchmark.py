@@ -8,7 +8,7 @@ optionally side by side with the Hugging Face PyTorch model of the same shape.
 
 The step is the real one (train/step.py: forward, backward, AdamW update, sharded over every
 device along `data`), compiled ahead of time, warmed up (again while its steps still touch
-fresh memory), then timed: on a GPU or TPU as the training loop runs it, each step launched
+fresh memory), then timed as the training loop runs it: on a GPU or TPU each step launched
 while the one before still runs, a step's time the interval between two steps becoming ready;
 on a CPU each step waited for. The median is reported. MFU = analytic FLOPs per step
 (train/flops.py) / median step time / peak FLOP/s, where
@@ -240,8 +240,8 @@ def _page_faults() -> int:
 
 
 def _timed_steps(compiled, state, data, rng, steps: int):
-    """Runs `steps` steps the way the training loop does, dispatching each before waiting for
-    the one before it, and returns (state, metrics, seconds per step).
+    """Runs `steps` steps the way the training loop does (on a GPU or TPU dispatching each
+    before waiting for the one before it) and returns (state, metrics, seconds per step).
 
     A step's time is the interval between the moments its loss and the previous step's were
     ready. The host launches step i while the device still runs step i-1, as in train/loop.py,
@@ -249,9 +249,10 @@ def _timed_steps(compiled, state, data, rng, steps: int):
     would add the launch latency to every step: about 9 ms on an H200 for gpt2-medium's ~400
     arrays (argument handling and the CUDA-graph launch), 8% of its step.
 
-    On a CPU each step is waited for: the host's dispatch runs on the same cores, so launching
-    ahead hides nothing there, and XLA then holds two steps' temporary buffers, whose first
-    use faulted in 3.4 GB (850k page faults, 1-3 s) in gpt2 8 x 256's first timed round."""
+    On a CPU each step is waited for, here and in the loop: the host's dispatch runs on the same
+    cores, so launching ahead hides nothing there, and XLA then holds two steps' temporary
+    buffers, whose first use faulted in 3.4 GB (850k page faults, 1-3 s) in gpt2 8 x 256's
+    first timed round."""
     if jax.default_backend() == "cpu":
         times = []
         for _ in range(steps):
