@@ -51,7 +51,7 @@ from train import partitioning
 from train.carbon import CarbonTracker
 from train.flops import train_flops_per_step
 from train.state import create_train_state
-from train.step import make_train_step
+from train.step import make_train_step, waits_for_each_step
 
 # Published dense peaks per chip, FLOP/s: (bf16, f32 via TF32 or native).
 PEAK_FLOPS = {
@@ -247,13 +247,9 @@ def _timed_steps(compiled, state, data, rng, steps: int):
     ready. The host launches step i while the device still runs step i-1, as in train/loop.py,
     which reads metrics only every few steps. Waiting for each step before launching the next
     would add the launch latency to every step: about 9 ms on an H200 for gpt2-medium's ~400
-    arrays (argument handling and the CUDA-graph launch), 8% of its step.
-
-    On a CPU each step is waited for, here and in the loop: the host's dispatch runs on the same
-    cores, so launching ahead hides nothing there, and XLA then holds two steps' temporary
-    buffers, whose first use faulted in 3.4 GB (850k page faults, 1-3 s) in gpt2 8 x 256's
-    first timed round."""
-    if jax.default_backend() == "cpu":
+    arrays (argument handling and the CUDA-graph launch), 8% of its step. On a CPU each step is
+    waited for, here and in the loop (train.step.waits_for_each_step says why)."""
+    if waits_for_each_step():
         times = []
         for _ in range(steps):
             start = time.perf_counter()

@@ -34,7 +34,7 @@ from train.init_from import load_pretrained, merge_params
 from train.objectives import check_objective
 from train.optim import make_optimizer
 from train.state import abstract_state, create_train_state
-from train.step import make_eval_step, make_train_step, summarize
+from train.step import make_eval_step, make_train_step, summarize, waits_for_each_step
 from train.tasks import TASK_METRICS, LoadedModel, TaskError, task_metrics
 from train.writers import MetricWriter
 
@@ -436,11 +436,9 @@ def _train_steps(run: Run, progress: _Progress, writer: MetricWriter, preemption
     config, state = run.config, run.state
     last_good = run.ckpt.latest_step()
     rng = jax.random.key(config.seed + 1)
-    # On a GPU or TPU the next step is launched while this one runs (metrics are read only at
-    # log steps), which hides the host's share of each step. On a CPU the host and the "device"
-    # share the cores, and a launched-ahead step held a second step's buffers: 9.2 against 5.8
-    # GB peak RSS for gpt2 at 8 x 256 (configs/gpt_lm.py:gpt2), in the same time.
-    wait_each_step = jax.default_backend() == "cpu"
+    # Metrics are read only at log steps, so on a GPU or TPU the next step is launched while
+    # this one runs; on a CPU each step is waited for (see waits_for_each_step).
+    wait_each_step = waits_for_each_step()
     while progress.step < config.steps:
         batch = next(run.train_iter)
         tokens = int(np.sum(batch.get("weights", batch.get("attention_mask", 0))))
