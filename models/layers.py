@@ -221,9 +221,12 @@ def _normalize(x, scale, bias, kind: str, eps: float, dtype):
     return y.astype(dtype)
 
 
-# Recomputed in the backward pass from the norm's input (16-bit compute): autodiff would otherwise
-# keep float32 intermediates of every norm ((B, T, D), twice the size of a 16-bit input).
-_normalize_recomputed = jax.checkpoint(_normalize, static_argnums=(3, 4, 5))
+def recomputed_in_16bit(fn, dtype, **checkpoint_kwargs):
+    """`fn` recomputed in the backward pass from its inputs (`jax.checkpoint`) when `dtype` is
+    16-bit, where autodiff would keep float32 intermediates twice the input's size (the norms)
+    or several (B, T, F) arrays beside the input (the MLP activation); `fn` itself in float32,
+    where the intermediates are the input's size and recomputing them cost time on a CPU."""
+    return fn if jnp.dtype(dtype) == jnp.float32 else jax.checkpoint(fn, **checkpoint_kwargs)
 
 
 class Norm(nn.Module):
@@ -249,8 +252,8 @@ class Norm(nn.Module):
         if self.kind == "layernorm":
             bias = param(self, "bias", nn.initializers.zeros, (d,), (axes.EMBED,), self.param_dtype)
         dtype = jnp.dtype(self.dtype)
-        fn = _normalize if dtype == jnp.float32 else _normalize_recomputed
-        return fn(x, scale, bias, self.kind, self.eps, dtype)
+        normalize = recomputed_in_16bit(_normalize, dtype, static_argnums=(3, 4, 5))
+        return normalize(x, scale, bias, self.kind, self.eps, dtype)
 
 
 def make_norm(config: ModelConfig, name: str | None = None) -> Norm:
@@ -291,9 +294,7 @@ class MLP(nn.Module):
             kernel_init=nn.initializers.normal(cfg.init_std),
             name=name,
         )
-        act = activation_fn(cfg.activation)
-        if dtype != jnp.float32:  # recomputed in the backward pass from its input, as in Norm
-            act = jax.checkpoint(act)
+        act = recomputed_in_16bit(activation_fn(cfg.activation), dtype)
         h = act(dense(cfg.d_ff, (axes.EMBED, axes.MLP), "wi")(x))
         if cfg.gated_mlp:
             h = h * dense(cfg.d_ff, (axes.EMBED, axes.MLP), "wi_linear")(x)  # (B, T, F)

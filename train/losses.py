@@ -89,8 +89,8 @@ def _logit_stats_16bit_bwd(with_mean, residuals, cotangents):
     logits, targets, log_z = residuals
     d_log_z, d_target, d_mean = cotangents
     grad = jnp.exp(logits.astype(jnp.float32) - log_z[..., None]) * d_log_z[..., None]
-    is_target = lax.broadcasted_iota(jnp.int32, logits.shape, logits.ndim - 1)
-    grad = grad + jnp.where(is_target == targets[..., None], d_target[..., None], 0.0)
+    ids = lax.broadcasted_iota(jnp.int32, logits.shape, logits.ndim - 1)
+    grad = grad + jnp.where(ids == targets[..., None], d_target[..., None], 0.0)
     if with_mean:
         grad = grad + (d_mean / logits.shape[-1])[..., None]
     return grad.astype(logits.dtype), None
