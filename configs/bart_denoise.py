@@ -5,7 +5,9 @@ permutation.
     python -m train --config configs/bart_denoise.py:smoke --workdir /tmp/bart-smoke
 """
 
-from configs.common import base_config, model_section, smoke
+from configs.common import base_config, model_section, smoke, unknown_variant
+
+VARIANTS = ("smoke", "base")
 
 
 def get_config(arg: str | None = None):
@@ -32,5 +34,5 @@ def get_config(arg: str | None = None):
         c.optimizer.warmup_steps = 10_000
         c.optimizer.schedule = "linear"
     elif arg:
-        raise ValueError(f"unknown variant {arg!r} of bart_denoise; choose smoke or base")
+        raise unknown_variant("bart_denoise", arg, VARIANTS)
     return c

@@ -4,7 +4,9 @@ python -m train --config configs/bert_mlm.py --workdir runs/bert
 python -m train --config configs/bert_mlm.py:smoke --workdir /tmp/bert-smoke
 """
 
-from configs.common import base_config, model_section, smoke
+from configs.common import base_config, model_section, smoke, unknown_variant
+
+VARIANTS = ("smoke", "base")
 
 
 def get_config(arg: str | None = None):
@@ -31,5 +33,5 @@ def get_config(arg: str | None = None):
         c.optimizer.warmup_steps = 10_000
         c.optimizer.schedule = "linear"
     elif arg:
-        raise ValueError(f"unknown variant {arg!r} of bert_mlm; choose smoke or base")
+        raise unknown_variant("bert_mlm", arg, VARIANTS)
     return c

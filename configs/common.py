@@ -35,6 +35,7 @@ from ml_collections.config_dict import placeholder
 
 from data.pipeline import default_config as data_defaults
 from models.config import ModelConfig
+from models.errors import UserError
 from train.tasks import decode_config
 
 _TYPES = {"int": int, "float": float, "bool": bool, "str": str}
@@ -135,3 +136,10 @@ def smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     c.tokenizer.train_examples = 2000
     c.sample_tokens = min(c.sample_tokens, 8)
     return c
+
+
+def unknown_variant(name: str, arg: str, variants) -> UserError:
+    """The error for `configs/NAME.py:ARG` when ARG is not one of the file's variants."""
+    return UserError(
+        f"configs/{name}.py has no variant {arg!r}; its variants: {', '.join(variants)}"
+    )

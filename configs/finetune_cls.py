@@ -14,7 +14,7 @@ workdir; the tokenizer that comes with it is used. `:local` and `:smoke` read $S
 import os
 from pathlib import Path
 
-from configs.common import base_config, model_section, smoke
+from configs.common import base_config, model_section, smoke, unknown_variant
 
 
 def minilm_dir() -> str:
@@ -31,6 +31,9 @@ def sst2_files() -> dict:
         os.environ.get("SST2_DIR", Path(__file__).resolve().parents[2] / "shared" / "data" / "sst2")
     )
     return {"train": str(root / "train.tsv"), "validation": str(root / "dev.tsv")}
+
+
+VARIANTS = ("local", "smoke")
 
 
 def get_config(arg: str | None = None):
@@ -65,5 +68,5 @@ def get_config(arg: str | None = None):
         c.best_metric = "eval_accuracy"
         c.optimizer.learning_rate = 1e-4
     elif arg not in (None, "local", "smoke"):
-        raise ValueError(f"unknown variant {arg!r} of finetune_cls; choose local or smoke")
+        raise unknown_variant("finetune_cls", arg, VARIANTS)
     return c

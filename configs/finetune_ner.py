@@ -20,7 +20,7 @@ Then:
 import os
 from pathlib import Path
 
-from configs.common import base_config, model_section, smoke
+from configs.common import base_config, model_section, smoke, unknown_variant
 from configs.finetune_cls import minilm_dir
 
 
@@ -31,6 +31,9 @@ def conll_files() -> dict:
         )
     )
     return {"train": str(root / "train.txt"), "validation": str(root / "dev.txt")}
+
+
+VARIANTS = ("local", "smoke")
 
 
 def get_config(arg: str | None = None):
@@ -65,5 +68,5 @@ def get_config(arg: str | None = None):
         c.eval_task_examples = 64
         c.optimizer.learning_rate = 1e-4
     elif arg not in (None, "local", "smoke"):
-        raise ValueError(f"unknown variant {arg!r} of finetune_ner; choose local or smoke")
+        raise unknown_variant("finetune_ner", arg, VARIANTS)
     return c

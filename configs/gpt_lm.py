@@ -6,7 +6,9 @@ python -m train --config configs/gpt_lm.py:smoke  # seconds
 python -m train --config configs/gpt_lm.py:gpt2 --config.data.name=lm1b   # real GPT-2 size
 """
 
-from configs.common import base_config, model_section, smoke
+from configs.common import base_config, model_section, smoke, unknown_variant
+
+VARIANTS = ("smoke", "gpt2")
 
 
 def get_config(arg: str | None = None):
@@ -45,5 +47,5 @@ def get_config(arg: str | None = None):
         c.optimizer.learning_rate = 6e-4
         c.optimizer.warmup_steps = 2000
     elif arg:
-        raise ValueError(f"unknown variant {arg!r} of gpt_lm; choose smoke or gpt2")
+        raise unknown_variant("gpt_lm", arg, VARIANTS)
     return c

@@ -17,7 +17,9 @@ Then:
     python -m train.predict --workdir runs/cnndm --task summarization "$(cat article.txt)"
 """
 
-from configs.common import base_config, model_section, smoke
+from configs.common import base_config, model_section, smoke, unknown_variant
+
+VARIANTS = ("xsum", "smoke")
 
 
 def get_config(arg: str | None = None):
@@ -64,5 +66,5 @@ def get_config(arg: str | None = None):
         c.decode.beams = 2
         c.decode.max_new_tokens = 8
     elif arg is not None:
-        raise ValueError(f"unknown variant {arg!r} of summarize; choose xsum or smoke")
+        raise unknown_variant("summarize", arg, VARIANTS)
     return c

@@ -4,7 +4,9 @@ python -m train --config configs/t5_span.py --workdir runs/t5
 python -m train --config configs/t5_span.py:smoke --workdir /tmp/t5-smoke
 """
 
-from configs.common import base_config, model_section, smoke
+from configs.common import base_config, model_section, smoke, unknown_variant
+
+VARIANTS = ("smoke", "small")
 
 
 def get_config(arg: str | None = None):
@@ -31,5 +33,5 @@ def get_config(arg: str | None = None):
         c.steps = 524_288
         c.optimizer.warmup_steps = 10_000
     elif arg:
-        raise ValueError(f"unknown variant {arg!r} of t5_span; choose smoke or small")
+        raise unknown_variant("t5_span", arg, VARIANTS)
     return c

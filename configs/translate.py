@@ -18,7 +18,7 @@ as eval_bleu; the best-BLEU checkpoint is kept. `:multi30k` and `:smoke` read $M
 import os
 from pathlib import Path
 
-from configs.common import base_config, model_section, smoke
+from configs.common import base_config, model_section, smoke, unknown_variant
 
 
 def multi30k_files() -> dict:
@@ -31,6 +31,9 @@ def multi30k_files() -> dict:
         split: {"source": str(root / f"{name}.en"), "target": str(root / f"{name}.de")}
         for split, name in (("train", "train"), ("validation", "val"))
     }
+
+
+VARIANTS = ("multi30k", "smoke")
 
 
 def get_config(arg: str | None = None):
@@ -99,5 +102,5 @@ def get_config(arg: str | None = None):
         c.decode.beams = 2
         c.decode.max_new_tokens = 8
     elif arg not in (None, "multi30k", "smoke"):
-        raise ValueError(f"unknown variant {arg!r} of translate; choose multi30k or smoke")
+        raise unknown_variant("translate", arg, VARIANTS)
     return c

@@ -5,6 +5,8 @@ not there, a label outside the declared set, a dataset name TFDS does not know) 
 `DataError` with a single-line message that names the file and line, or the field.
 """
 
+from models.errors import UserError
 
-class DataError(ValueError):
+
+class DataError(UserError):
     """Bad input data or data configuration; the message is one line naming the culprit."""

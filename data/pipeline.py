@@ -51,6 +51,7 @@ from typing import Any
 import grain
 import ml_collections
 import numpy as np
+from ml_collections.config_dict import placeholder
 
 from data import sources
 from data.errors import DataError
@@ -62,21 +63,23 @@ STATE_VERSION = 1
 
 
 def default_config() -> ml_collections.ConfigDict:
-    """Returns the `data` config with every key and its default (the embedded pydoc corpus)."""
+    """Returns the `data` config with every key and its default (the embedded pydoc corpus).
+
+    Keys without a value are typed placeholders, so that the command line can set them."""
     return ml_collections.ConfigDict(
         {
             "name": sources.DEFAULT_NAME,
-            "files": None,
+            "files": placeholder(dict),
             "format": "auto",
             "splits": {},
             "fields": {},
-            "label_names": None,
-            "tag_names": None,
+            "label_names": placeholder(tuple),
+            "tag_names": placeholder(tuple),
             "text_mode": "lines",
             "table_format": "auto",
             "token_column": 0,
             "tag_column": -1,
-            "data_dir": None,
+            "data_dir": placeholder(str),
             "download": True,
             "objective": "clm",
             "pack": True,
@@ -88,9 +91,9 @@ def default_config() -> ml_collections.ConfigDict:
             "poisson_lambda": 3.0,
             "permute_sentences": True,
             "task_prefix": "",
-            "target_length": None,
-            "shuffle": None,
-            "num_epochs": None,
+            "target_length": placeholder(int),
+            "shuffle": placeholder(bool),
+            "num_epochs": placeholder(int),
             "trim_padding": 0,
         }
     )

@@ -30,6 +30,7 @@ from tokenizers import decoders, models, normalizers, pre_tokenizers, trainers
 from data.errors import DataError
 
 ROLES = ("pad", "unk", "bos", "eos", "cls", "sep", "mask")
+KINDS = ("bpe", "wordpiece", "unigram")
 FAMILIES: dict[str, dict[str, str]] = {
     "bert": {"pad": "[PAD]", "unk": "[UNK]", "cls": "[CLS]", "sep": "[SEP]", "mask": "[MASK]"},
     "gpt": {
@@ -250,7 +251,7 @@ def train_tokenizer(
             show_progress=False,
         )
     else:
-        raise DataError(f"tokenizer kind {kind!r} is not one of bpe, wordpiece, unigram")
+        raise DataError(f"tokenizer.kind={kind!r} is not one of {', '.join(KINDS)}")
     if lowercase and kind != "wordpiece":
         backend.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Lowercase()])
     elif kind == "unigram":

@@ -6,6 +6,8 @@ import argparse
 import shlex
 from collections.abc import Sequence
 
+from models.errors import UserError
+
 # The port process 0 listens on for the jax.distributed coordinator (any free port works).
 DEFAULT_PORT = 8476
 
@@ -48,13 +50,25 @@ def train_argv(
 ) -> list[str]:
     """`python -m train --config C --workdir W --config.k=v ...` as an argument list."""
     argv = [python, "-m", "train", "--config", config, "--workdir", workdir]
+    pairs = []
     for item in overrides:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise ValueError(f"override {item!r} is not KEY=VALUE")
+            raise UserError(f"--set {item!r} is not KEY=VALUE")
         key = key.removeprefix("--").removeprefix("config.")
+        pairs.append((key, value))
         argv.append(f"--config.{key}={value}")
+    check_config(config, pairs)
     return argv
+
+
+def check_config(config: str, overrides: Sequence[tuple[str, str]]) -> None:
+    """Loads a config that exists here with its overrides, so that a typo in a key or a value
+    fails before anything is submitted (a path that exists only on the cluster is left alone)."""
+    from configs import cli
+
+    if cli.split_spec(config)[0].is_file():
+        cli.apply_overrides(cli.load_config(config), overrides)
 
 
 def train_command(args: argparse.Namespace) -> str:
@@ -67,6 +81,6 @@ def parse_env(items: Sequence[str]) -> dict[str, str]:
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key.replace("_", "").isalnum():
-            raise ValueError(f"--env {item!r} is not KEY=VALUE")
+            raise UserError(f"--env {item!r} is not KEY=VALUE")
         out[key] = value
     return out

@@ -35,12 +35,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from models.errors import UserError
+
 log = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT_S = 300
 
 
-class DistributedError(RuntimeError):
+class DistributedError(UserError, RuntimeError):
     """Processes that cannot start together or disagree."""
 
 

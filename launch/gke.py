@@ -21,6 +21,7 @@ import sys
 from string import Template
 
 from launch.common import add_train_arguments, parse_env, train_argv
+from models.errors import ArgumentParser, one_line_errors
 
 TEMPLATE = Template("""\
 # Rendered by: python -m launch.gke $invocation
@@ -126,7 +127,7 @@ def render(args: argparse.Namespace, invocation: str = "") -> str:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m launch.gke", description=__doc__.split("\n")[0])
+    p = ArgumentParser(prog="python -m launch.gke", description=__doc__.split("\n")[0])
     p.add_argument("--name", required=True, help="JobSet name (DNS label)")
     p.add_argument("--image", required=True, help="container image with this repository")
     p.add_argument("--hosts", type=int, required=True, help="pods = JAX processes, one per host")
@@ -146,6 +147,7 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+@one_line_errors
 def main(argv: list[str] | None = None) -> int:
     import shlex
 

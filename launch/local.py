@@ -13,7 +13,6 @@ that exit status is returned; Ctrl-C stops them all.
 
 from __future__ import annotations
 
-import argparse
 import os
 import re
 import signal
@@ -22,6 +21,8 @@ import subprocess
 import sys
 import threading
 import time
+
+from models.errors import ArgumentParser, one_line_errors
 
 _DEVICE_FLAG = re.compile(r"--xla_force_host_platform_device_count=\S+")
 
@@ -145,6 +146,7 @@ def run(
     return status
 
 
+@one_line_errors
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if "--" in argv:
@@ -152,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
         ours, command = argv[:split], argv[split + 1 :]
     else:
         ours, command = argv, []
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m launch.local",
         description="Run N cooperating JAX processes on this machine (simulated CPU devices).",
         usage="%(prog)s -n N [--devices-per-process D] [--port P] -- COMMAND ...",

@@ -29,11 +29,11 @@ import json
 import math
 import os
 import re
-import sys
 from dataclasses import asdict, dataclass
 
-from absl import app, flags
-from ml_collections import config_flags
+from absl import flags
+
+from models.errors import UserError
 
 
 @dataclass(frozen=True)
@@ -77,14 +77,16 @@ CHIPS = {
 # preallocates only 75% by default.
 USABLE_FRACTION = 0.9
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config, e.g. gpt_lm.py:gpt2")
+flags.DEFINE_string(  # parsed by configs.cli, with the --config.KEY=VALUE overrides
+    "config", None, "Experiment config, e.g. configs/gpt_lm.py:gpt2 (keys: configs/common.py)"
+)
 _DEVICES = flags.DEFINE_integer("devices", None, "Number of devices to plan for.")
 _MESH = flags.DEFINE_string("mesh", None, "data=..,fsdp=..,tensor=.. (default: config.mesh)")
 _CHIP = flags.DEFINE_enum("chip", "h100", list(CHIPS), "Accelerator for memory and speed.")
 _JSON = flags.DEFINE_bool("json", False, "Print the report as JSON.")
 
 
-class PlanError(ValueError):
+class PlanError(UserError):
     """A plan that cannot be made (bad mesh, too few devices)."""
 
 
@@ -94,7 +96,10 @@ def parse_mesh(text: str) -> dict[str, int]:
         key, sep, value = part.partition("=")
         if not sep or key.strip() not in ("data", "fsdp", "tensor"):
             raise PlanError(f"--mesh {text!r}: use data=..,fsdp=..,tensor=.. (-1 = the rest)")
-        sizes[key.strip()] = int(value)
+        try:
+            sizes[key.strip()] = int(value)
+        except ValueError:
+            raise PlanError(f"--mesh {text!r}: {key.strip()}={value!r} is not an integer") from None
     return {"data": 1, "fsdp": 1, "tensor": 1, **sizes}
 
 
@@ -442,31 +447,24 @@ def format_report(r: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv) -> int:
-    if len(argv) > 1:
-        print(f"error: unexpected arguments {argv[1:]}", file=sys.stderr)
-        return 2
-    if _DEVICES.value is None or _DEVICES.value < 1:
-        print("error: --devices N is required", file=sys.stderr)
-        return 2
-    use_cpu_devices(_DEVICES.value)
-    from models.config import ConfigError
-    from train.optim import OptimizerError
-    from train.partitioning import MeshError
+def main(argv, spec: str, overrides) -> int:
+    """Plans `spec` with `overrides` on --devices (configs.cli.run_absl reports errors)."""
+    from configs import cli
 
-    try:
-        sizes = parse_mesh(_MESH.value) if _MESH.value else None
-        report = plan(_CONFIG.value, _DEVICES.value, sizes, _CHIP.value)
-    except (PlanError, MeshError, ConfigError, OptimizerError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    if _DEVICES.value is None or _DEVICES.value < 1:
+        raise PlanError("--devices N is required (N >= 1)")
+    config = cli.apply_overrides(cli.load_config(spec), overrides)
+    use_cpu_devices(_DEVICES.value)
+    sizes = parse_mesh(_MESH.value) if _MESH.value else None
+    report = plan(config, _DEVICES.value, sizes, _CHIP.value)
     print(json.dumps(report, indent=2) if _JSON.value else format_report(report))
     return 0
 
 
 def run() -> None:
-    flags.mark_flag_as_required("config")
-    app.run(lambda argv: sys.exit(main(argv)))
+    from configs import cli
+
+    cli.run_absl(main)
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ from pathlib import Path
 from string import Template
 
 from launch.common import add_train_arguments, parse_env, train_command
+from models.errors import ArgumentParser, one_line_errors
 
 TEMPLATE = Template("""\
 #!/bin/bash
@@ -78,7 +79,7 @@ def render(args: argparse.Namespace, invocation: str = "") -> str:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m launch.slurm", description=__doc__.split("\n")[0])
+    p = ArgumentParser(prog="python -m launch.slurm", description=__doc__.split("\n")[0])
     p.add_argument("--nodes", type=int, required=True)
     p.add_argument("--gpus-per-node", type=int, default=8)
     p.add_argument("--cpus-per-node", type=int, default=None)
@@ -99,6 +100,7 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+@one_line_errors
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser().parse_args(argv)

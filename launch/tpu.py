@@ -22,6 +22,7 @@ import subprocess
 import sys
 
 from launch.common import add_train_arguments, parse_env, train_command
+from models.errors import ArgumentParser, one_line_errors
 
 
 def commands(args: argparse.Namespace) -> list[list[str]]:
@@ -68,7 +69,7 @@ def commands(args: argparse.Namespace) -> list[list[str]]:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m launch.tpu", description=__doc__.split("\n")[0])
+    p = ArgumentParser(prog="python -m launch.tpu", description=__doc__.split("\n")[0])
     p.add_argument("--tpu", required=True, help="TPU VM (pod slice) name")
     p.add_argument("--zone", required=True)
     p.add_argument("--project", default=None)
@@ -92,6 +93,7 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+@one_line_errors
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(sys.argv[1:] if argv is None else argv)
     lines = commands(args)

@@ -13,11 +13,11 @@ copied along.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 
 from models.config import ConfigError, get_config, list_architectures
+from models.errors import ArgumentParser, one_line_errors
 
 
 def _info(args) -> int:
@@ -91,8 +91,9 @@ def _convert(args) -> int:
     return 0
 
 
+@one_line_errors
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m models", description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="python -m models", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("list", help="the named architectures").set_defaults(fn=_list)
     info = sub.add_parser("info", help="family, sizes and parameter count of an architecture")
@@ -106,11 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     convert.add_argument("--to-hf", help="the Hugging Face directory to write")
     convert.set_defaults(fn=_convert)
     args = parser.parse_args(argv)
-    try:
-        return args.fn(args)
-    except ValueError as e:  # ConfigError, hf.CheckpointError, train.checkpoint.CheckpointError
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    return args.fn(args)
 
 
 if __name__ == "__main__":

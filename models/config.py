@@ -11,6 +11,8 @@ import dataclasses
 import json
 from typing import Any
 
+from models.errors import UserError
+
 FAMILIES = ("encoder", "decoder", "encoder_decoder")
 POSITIONS = ("learned", "sinusoidal", "relative", "rope", "none")
 NORMS = ("layernorm", "rmsnorm")
@@ -21,7 +23,7 @@ REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch", "save_attention_out")
 DTYPES = ("float32", "bfloat16", "float16")
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError):
     """A model configuration that cannot be built; the message names the field and the fix."""
 
 

@@ -15,9 +15,10 @@ from typing import Any
 import numpy as np
 
 from models.config import ModelConfig
+from models.errors import UserError
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError):
     """A Hugging Face checkpoint that cannot be read, converted or written; one-line message."""
 
 

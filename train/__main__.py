@@ -2,23 +2,33 @@
 
 With no arguments it runs the embedded default (configs/gpt_lm.py: a small GPT on the CPython
 documentation corpus bundled with Python) in a fresh workdir under ./runs/.
+
+Any config key is set with `--config.KEY=VALUE` (configs/cli.py says how each type is written);
+every key is documented in configs/common.py. To train on your own text:
+
+    python -m train --config configs/gpt_lm.py:smoke --config.data.files=my_corpus.txt
 """
 
 from __future__ import annotations
 
 import logging
-import sys
 import time
 from pathlib import Path
 
-from absl import app, flags
-from ml_collections import config_flags
+from absl import flags
 
 import configs
+from configs import cli
 
 _DEFAULT_CONFIG = str(Path(configs.__file__).parent / "gpt_lm.py")
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Experiment config file, e.g. configs/gpt_lm.py:smoke (default: gpt_lm)."
+# Parsed by configs.cli (with the --config.KEY=VALUE overrides); declared here for --help.
+flags.DEFINE_string(
+    "config",
+    None,
+    "Experiment config file[:variant], e.g. configs/gpt_lm.py:smoke or bert_mlm:adapt "
+    "(default: configs/gpt_lm.py). Any key is set with --config.KEY=VALUE, e.g. "
+    "--config.steps=100 --config.data.files=corpus.txt; every key is documented in "
+    "configs/common.py.",
 )
 _WORKDIR = flags.DEFINE_string(
     "workdir",
@@ -33,65 +43,33 @@ _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in the r
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index (multi-host).")
 
 
-def main(argv) -> int:
-    if len(argv) > 1:
-        print(
-            f"error: unexpected arguments {argv[1:]}; use --config and --workdir", file=sys.stderr
-        )
-        return 2
+def main(argv, spec: str, overrides) -> int:
+    """Loads the config, joins the hosts and trains (configs.cli.run_absl reports errors)."""
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S"
     )
     for noisy in ("absl", "jax._src", "orbax", "tensorflow_datasets"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    config = cli.apply_overrides(cli.load_config(spec), overrides)
 
     from launch import distributed
 
-    try:  # before anything touches a device
-        distributed.initialize(
-            distributed.detect(
-                coordinator=_COORDINATOR.value,
-                num_processes=_NUM_PROCESSES.value,
-                process_id=_PROCESS_ID.value,
-            )
+    distributed.initialize(  # before anything touches a device
+        distributed.detect(
+            coordinator=_COORDINATOR.value,
+            num_processes=_NUM_PROCESSES.value,
+            process_id=_PROCESS_ID.value,
         )
-    except distributed.DistributedError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    )
     import jax
 
     if jax.process_index() != 0:  # logs and progress from process 0 only
         logging.getLogger().setLevel(logging.WARNING)
+    from train.loop import train_and_evaluate
 
-    from data.errors import DataError
-    from models.config import ConfigError
-    from models.hf import CheckpointError as HFCheckpointError
-    from train.checkpoint import CheckpointError
-    from train.loop import TrainingError, train_and_evaluate
-    from train.objectives import ObjectiveError
-    from train.optim import OptimizerError
-    from train.partitioning import MeshError
-    from train.tasks import TaskError
-
-    config = _CONFIG.value
-    name = Path(flags.FLAGS["config"].config_filename).stem
+    name = cli.split_spec(spec)[0].stem
     workdir = _WORKDIR.value or f"runs/{name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    try:
-        summary = train_and_evaluate(config, workdir)
-    except (
-        ConfigError,
-        DataError,
-        MeshError,
-        CheckpointError,
-        HFCheckpointError,
-        TrainingError,
-        ObjectiveError,
-        OptimizerError,
-        TaskError,
-        distributed.DistributedError,
-    ) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    summary = train_and_evaluate(config, workdir)
     if jax.process_index() != 0:
         return 0
     if "sample" in summary:
@@ -106,11 +84,7 @@ def main(argv) -> int:
 
 
 def run() -> None:
-    # Without --config the default experiment is used; naming it on the command line (rather
-    # than as the flag's default) keeps --config.key=value overrides working.
-    if not any(a == "--config" or a.startswith("--config=") for a in sys.argv[1:]):
-        sys.argv.insert(1, f"--config={_DEFAULT_CONFIG}")
-    app.run(lambda argv: sys.exit(main(argv)))
+    cli.run_absl(main, _DEFAULT_CONFIG)
 
 
 if __name__ == "__main__":

@@ -47,6 +47,7 @@ import optax
 
 import models
 from launch import allocator
+from models.errors import ArgumentParser, UserError, one_line_errors
 from train import partitioning
 from train.carbon import CarbonTracker
 from train.flops import train_flops_per_step
@@ -610,7 +611,7 @@ def decode_benchmark(
     return result
 
 
-class SuiteError(ValueError):
+class SuiteError(UserError):
     """A standard suite asked for on a machine it is not sized for."""
 
 
@@ -907,10 +908,9 @@ def _override(text: str) -> tuple[str, object]:
         return key, value
 
 
+@one_line_errors
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(
-        prog="python -m train.benchmark", description=__doc__.split("\n")[0]
-    )
+    p = ArgumentParser(prog="python -m train.benchmark", description=__doc__.split("\n")[0])
     p.add_argument("--suite", choices=sorted(SUITES), help="run a standard suite, write docs")
     p.add_argument(
         "--out",
@@ -966,48 +966,44 @@ def main(argv=None) -> int:
         # and JAX's allocator keeps what an earlier row took
         os.environ.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.5")
     carbon = {"country_iso_code": args.country} if args.country else None
-    try:
-        if args.suite:
-            run_suite(args.suite, args.out, reference=args.reference or "torch")
-            return 0
-        if args.model is None or args.batch is None or args.seq is None:
-            p.error("--model, --batch and --seq are required without --suite")
-        result = benchmark(
-            args.model,
-            args.batch,
-            args.seq,
-            steps=args.steps,
-            warmup=args.warmup,
-            dtype=args.dtype,
-            kernel=args.kernel,
-            remat=args.remat,
-            target_seq=args.target_seq,
-            scan_layers=args.scan_layers,
-            overrides=dict(args.set),
-            reference=args.reference,
-            carbon=carbon,
-            profile=args.profile,
-            rounds=args.rounds,
-        )
-        print(_train_line(result), flush=True)
-        for op in result.get("profile", {}).get("top_ops", []):
-            print(f"{op['ms']:9.1f} ms {op['calls']:4d}x  {op['op']:34s} {op['source'] or ''}")
-        if args.decode:
-            result["decode"] = []
-            for batch in (1, 16):
-                r = decode_benchmark(
-                    args.model,
-                    batch,
-                    prompt_len=args.prompt_len,
-                    new_tokens=args.new_tokens,
-                    overrides=dict(args.set),
-                    reference=args.reference,
-                )
-                result["decode"].append(r)
-                print(_decode_line(r), flush=True)
-    except (models.ConfigError, partitioning.MeshError, SuiteError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    if args.suite:
+        run_suite(args.suite, args.out, reference=args.reference or "torch")
+        return 0
+    if args.model is None or args.batch is None or args.seq is None:
+        p.error("--model, --batch and --seq are required without --suite")
+    result = benchmark(
+        args.model,
+        args.batch,
+        args.seq,
+        steps=args.steps,
+        warmup=args.warmup,
+        dtype=args.dtype,
+        kernel=args.kernel,
+        remat=args.remat,
+        target_seq=args.target_seq,
+        scan_layers=args.scan_layers,
+        overrides=dict(args.set),
+        reference=args.reference,
+        carbon=carbon,
+        profile=args.profile,
+        rounds=args.rounds,
+    )
+    print(_train_line(result), flush=True)
+    for op in result.get("profile", {}).get("top_ops", []):
+        print(f"{op['ms']:9.1f} ms {op['calls']:4d}x  {op['op']:34s} {op['source'] or ''}")
+    if args.decode:
+        result["decode"] = []
+        for batch in (1, 16):
+            r = decode_benchmark(
+                args.model,
+                batch,
+                prompt_len=args.prompt_len,
+                new_tokens=args.new_tokens,
+                overrides=dict(args.set),
+                reference=args.reference,
+            )
+            result["decode"].append(r)
+            print(_decode_line(r), flush=True)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=2, default=_jsonable)

@@ -18,6 +18,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
+from models.errors import UserError
+
 log = logging.getLogger(__name__)
 
 # Fields of ModelConfig that only change how a model runs, not which weights it has.
@@ -31,7 +33,7 @@ _EXECUTION_FIELDS = {
 }
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError):
     """A workdir or checkpoint that does not fit the run."""
 
 

@@ -13,13 +13,14 @@ parallel text, "SOURCE,TARGET").
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import sys
 import time
 
 import ml_collections
+
+from models.errors import ArgumentParser, one_line_errors
 
 
 def split_data(data: ml_collections.ConfigDict, split: str, file: str | None):
@@ -110,10 +111,9 @@ def quiet_libraries() -> None:
         logging.getLogger(noisy).setLevel(logging.ERROR)
 
 
+@one_line_errors
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m train.evaluate", description=__doc__.split("\n")[0]
-    )
+    parser = ArgumentParser(prog="python -m train.evaluate", description=__doc__.split("\n")[0])
     parser.add_argument("--workdir", required=True, help="a training workdir")
     parser.add_argument("--split", default="validation", help="split name (default validation)")
     parser.add_argument("--step", help="checkpoint: latest (default), best or a step number")
@@ -127,30 +127,21 @@ def main(argv=None) -> int:
     parser.add_argument("--json", help="also write the results to this JSON file")
     args = parser.parse_args(argv)
     quiet_libraries()
-    from data.errors import DataError
-    from models.config import ConfigError
-    from train.checkpoint import CheckpointError
-    from train.tasks import TaskError
-
     decode = {
         k: getattr(args, k)
         for k in ("beams", "length_penalty", "max_new_tokens")
         if getattr(args, k) is not None
     }
-    try:
-        results = evaluate_dir(
-            args.workdir,
-            args.split,
-            step=args.step,
-            file=args.file,
-            max_batches=args.max_batches,
-            max_examples=args.max_examples,
-            decode=decode,
-            task=args.task,
-        )
-    except (TaskError, CheckpointError, DataError, ConfigError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    results = evaluate_dir(
+        args.workdir,
+        args.split,
+        step=args.step,
+        file=args.file,
+        max_batches=args.max_batches,
+        max_examples=args.max_examples,
+        decode=decode,
+        task=args.task,
+    )
     for key, value in results.items():
         print(f"{key:>20}: {value:.4f}" if isinstance(value, float) else f"{key:>20}: {value}")
     if args.json:

@@ -26,6 +26,7 @@ from data.pipeline import iter_texts, make_pipeline
 from data.sources import load_source
 from data.tokenizers import find_tokenizer, load_tokenizer, train_tokenizer
 from launch import distributed
+from models.errors import UserError, one_of
 from train import partitioning
 from train.carbon import CarbonTracker
 from train.checkpoint import Checkpointer, CheckpointError, check_same_architecture
@@ -52,7 +53,7 @@ LOSS_OBJECTIVE = {
 }
 
 
-class TrainingError(RuntimeError):
+class TrainingError(UserError, RuntimeError):
     """A run that must stop (non-finite loss, ...); checkpoints already written are kept."""
 
 
@@ -216,13 +217,8 @@ class Run:
 
 
 def _loss_objective(config) -> str:
-    objective = LOSS_OBJECTIVE.get(config.data.objective)
-    if objective is None:
-        raise ValueError(
-            f"data.objective={config.data.objective!r} is not supported; allowed values: "
-            + ", ".join(LOSS_OBJECTIVE)
-        )
-    return objective
+    one_of("data.objective", config.data.objective, tuple(LOSS_OBJECTIVE))
+    return LOSS_OBJECTIVE[config.data.objective]
 
 
 def _target_len(config) -> int:

@@ -19,6 +19,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from models.errors import UserError
 from train.losses import cross_entropy_sums
 
 OBJECTIVES = ("causal_lm", "masked_lm", "seq2seq", "classification", "token_classification")
@@ -36,7 +37,7 @@ _INPUTS = (
 )
 
 
-class ObjectiveError(ValueError):
+class ObjectiveError(UserError):
     pass
 
 

@@ -24,9 +24,14 @@ import re
 import jax
 import optax
 
+from models.errors import UserError
 
-class OptimizerError(ValueError):
-    pass
+OPTIMIZERS = ("adamw", "adafactor", "sgd")
+SCHEDULES = ("cosine", "linear", "rsqrt", "constant")
+
+
+class OptimizerError(UserError):
+    """A bad `optimizer` section: the message names the key and the allowed values."""
 
 
 def learning_rate_schedule(opt, total_steps: int) -> optax.Schedule:
@@ -46,8 +51,7 @@ def learning_rate_schedule(opt, total_steps: int) -> optax.Schedule:
         after = optax.constant_schedule(peak)
     else:
         raise OptimizerError(
-            f"optimizer.schedule={kind!r} is not supported; allowed values: "
-            "cosine, linear, rsqrt, constant"
+            f"optimizer.schedule={kind!r} is not supported; allowed values: {', '.join(SCHEDULES)}"
         )
     if not warmup:
         return after
@@ -81,7 +85,7 @@ def _core(opt, schedule) -> optax.GradientTransformation:
             optax.sgd(schedule, momentum=opt.get("momentum", 0.9) or None),
         )
     raise OptimizerError(
-        f"optimizer.name={name!r} is not supported; allowed values: adamw, adafactor, sgd"
+        f"optimizer.name={name!r} is not supported; allowed values: {', '.join(OPTIMIZERS)}"
     )
 
 

@@ -20,11 +20,11 @@ section. From Python:
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 
-from train.tasks import TASKS, LoadedModel, TaskError, load
+from models.errors import ArgumentParser, one_line_errors
+from train.tasks import TASKS, LoadedModel, load
 
 
 def default_task(m: LoadedModel) -> str:
@@ -74,10 +74,9 @@ def _format(task: str, text: str, result) -> str:
     return result
 
 
+@one_line_errors
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m train.predict", description=__doc__.split("\n")[0]
-    )
+    parser = ArgumentParser(prog="python -m train.predict", description=__doc__.split("\n")[0])
     parser.add_argument("texts", nargs="*", help="inputs (default: one per line on stdin)")
     parser.add_argument("--workdir", required=True, help="workdir, converted or HF directory")
     parser.add_argument("--task", choices=TASKS, help="default: what the model's head does")
@@ -96,24 +95,16 @@ def main(argv=None) -> int:
     texts = args.texts or [line.rstrip("\n") for line in sys.stdin if line.strip()]
     if not texts:
         parser.error("no input text (give it as arguments or on stdin)")
-    from models.config import ConfigError
-    from models.hf import CheckpointError as HFCheckpointError
-    from train.checkpoint import CheckpointError
-
-    try:
-        m = load(args.workdir, args.step)
-        task = args.task or default_task(m)
-        m.require(task)
-        options = {}  # classification and NER take none
-        if task == "fill-mask":
-            options = {"top_k": args.top_k or 5}
-        elif task in ("text-generation", "translation", "summarization"):
-            names = ("beams", "max_new_tokens", "temperature", "top_k", "top_p", "length_penalty")
-            options = {k: getattr(args, k) for k in names if getattr(args, k) is not None}
-        results = m(task, texts, **options)
-    except (TaskError, CheckpointError, HFCheckpointError, ConfigError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    m = load(args.workdir, args.step)
+    task = args.task or default_task(m)
+    m.require(task)
+    options = {}  # classification and NER take none
+    if task == "fill-mask":
+        options = {"top_k": args.top_k or 5}
+    elif task in ("text-generation", "translation", "summarization"):
+        names = ("beams", "max_new_tokens", "temperature", "top_k", "top_p", "length_penalty")
+        options = {k: getattr(args, k) for k in names if getattr(args, k) is not None}
+    results = m(task, texts, **options)
     for text, result in zip(texts, results):
         if args.json:
             print(json.dumps({"input": text, "task": task, "output": result}))

@@ -39,6 +39,7 @@ from data.formats import special_frame
 from data.objectives import IGNORE
 from data.pipeline import bucket_length, make_pipeline
 from data.tokenizers import Tokenizer, find_tokenizer, load_tokenizer
+from models.errors import UserError
 from train import metrics as task_scores
 from train.checkpoint import Checkpointer, CheckpointError, _restore_numpy
 from train.decode import beam_search, generate, left_pad
@@ -74,7 +75,7 @@ DECODE_DEFAULTS = dict(
 )
 
 
-class TaskError(ValueError):
+class TaskError(UserError):
     """A task the model cannot do, or input it cannot take."""
 
 
