@@ -75,7 +75,7 @@ def choices() -> dict[str, tuple]:
         "optimizer.name": optim.OPTIMIZERS,
         "optimizer.schedule": optim.SCHEDULES,
         "tokenizer.kind": tokenizers.KINDS,
-        "tokenizer.family": tokenizers.FAMILIES,
+        "tokenizer.family": tuple(tokenizers.FAMILIES),
         **{f"model.{k}": v for k, v in model.items()},
     }
 
@@ -100,8 +100,10 @@ def split_spec(spec: str) -> tuple[Path, str | None]:
     elif sep and not Path(spec).exists() and "/" not in tail:
         path, variant = head, tail or None
     resolved = Path(path).expanduser()
-    if not resolved.exists() and (CONFIG_DIR / f"{path}.py").exists():
-        resolved = CONFIG_DIR / f"{path}.py"
+    if not resolved.exists():  # `gpt_lm`, or `configs/gpt_lm.py` away from the checkout
+        shipped = CONFIG_DIR / (resolved.name if resolved.suffix == ".py" else f"{path}.py")
+        if shipped.is_file() and resolved.parent in (Path("."), Path("configs")):
+            resolved = shipped
     return resolved, variant
 
 
@@ -193,6 +195,9 @@ def run_absl(main, default_spec: str | None = None) -> None:
             return flags.FLAGS(argv)
         except flags.Error as e:
             fail(f"{e}; see python -m {prog} --help")
+        except SystemExit as e:  # absl's --help/--helpfull print the flags, then exit 1
+            helped = any(a.lstrip("-") in ("help", "helpfull", "helpshort", "h") for a in argv)
+            sys.exit(0 if helped else e.code)
 
     @one_line_errors
     def checked(argv):
@@ -281,13 +286,20 @@ def set_key(config: ml_collections.ConfigDict, key: str, text: str) -> None:
     leaf = parts[-1]
     if leaf not in parent:
         raise UserError(_unknown(config, key))
+    if isinstance(parent[leaf], ml_collections.ConfigDict) and key not in OPEN_DICTS:
+        names = ", ".join(list(parent[leaf])[:6])
+        raise UserError(
+            f"--config.{key} is a section, not a value; set its keys, e.g. "
+            f"--config.{key}.KEY=VALUE (its keys: {names}, ...)"
+        )
     parent[leaf] = parse_value(key, text, parent.get_type(leaf), parent[leaf])
 
 
 def parse_value(key: str, text: str, kind: type, current=None):
     """Converts command-line text to `kind` (the default's type). Raises UserError."""
     if issubclass(kind, ml_collections.ConfigDict) or kind is dict:
-        value = _literal(key, text, dict, 'a dict such as {"text": "sentence"}')
+        name, _, entry = _EXAMPLES.get(key, "KEY=VALUE").partition("=")
+        value = _literal(key, text, dict, f'a dict such as {{"{name}": "{entry}"}}')
         return ml_collections.ConfigDict(value) if kind is not dict else value
     if kind is bool:
         if text.lower() in _TRUE + _FALSE:
@@ -431,5 +443,10 @@ def _unknown(config, key: str) -> str:
     if not close:  # a right leaf in the wrong section: steps vs data.steps
         leaf = key.rsplit(".", 1)[-1]
         close = [k for k in known if k.rsplit(".", 1)[-1] == leaf][:3]
-    hint = f"; did you mean {' or '.join(close)}?" if close else f"; keys are listed in {DOCS}"
-    return f"--config.{key}: no such key{hint}"
+    if close:
+        return f"--config.{key}: no such key; did you mean {' or '.join(close)}?"
+    closest = difflib.get_close_matches(key, known, n=3, cutoff=0.0)
+    return (
+        f"--config.{key}: no such key; the closest are {', '.join(closest)} "
+        f"(every key is documented in {DOCS})"
+    )

@@ -1,5 +1,8 @@
 """The shared skeleton of every run config; experiment files fill in what differs.
 
+Every key below can be set on the command line, `--config.KEY=VALUE` (configs/cli.py: how each
+type is written; `--config.data.files=PATH` trains on your own files).
+
 Top-level keys:
   steps, batch_size (global), seq_len, microbatches (gradient accumulation), seed,
   log_every_steps, eval_every_steps, eval_batches, checkpoint_every_steps, keep_checkpoints,
@@ -21,6 +24,8 @@ Sections:
              vocab_size, lowercase, train_examples (how many examples to train it on).
   optimizer  see train/optim.py.
   mesh       data, fsdp, tensor sizes; -1 = the remaining devices.
+  partitioning_rules  logical axis -> mesh axes, e.g. [["batch", ["data", "fsdp"]],
+             ["embed", "fsdp"], ["mlp", "tensor"], ...]; () = train.partitioning.DEFAULT_RULES.
   decode     generation for task metrics and `python -m train.predict`: beams (1 = greedy or
              sampling), length_penalty, max_new_tokens, temperature, top_k, top_p, batch_size.
   carbon     enabled, country_iso_code, pue, chip_tdp_w, utilization (see docs/carbon.md).
@@ -102,9 +107,13 @@ def base_config() -> ml_collections.ConfigDict:
             eps=1e-8,
             weight_decay=0.01,
             grad_clip_norm=1.0,
+            momentum=0.9,  # sgd
+            freeze=(),  # parameter-path regexes kept fixed, or "body"
+            body_lr_factor=1.0,
         )
     )
     c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+    c.partitioning_rules = ()  # () = train.partitioning.DEFAULT_RULES
     c.decode = decode_config()
     # Energy and emissions (train/carbon.py, docs/carbon.md): codecarbon offline, or a TDP
     # estimate on TPUs.

@@ -200,9 +200,11 @@ def analytic_flops(model_config, num_params: int, batch: dict) -> dict:
     }
 
 
-def plan(config, devices: int, mesh_sizes: dict | None = None, chip: str = "h100") -> dict:
+def plan(
+    config, devices: int, mesh_sizes: dict | None = None, chip: str = "h100", name=None
+) -> dict:
     """Compiles the train step for `devices` devices (the first of `jax.devices()`) and returns
-    the report (see the module docstring)."""
+    the report (see the module docstring); `name` is the config's `path[:variant]`."""
     import jax
 
     import models
@@ -281,7 +283,7 @@ def plan(config, devices: int, mesh_sizes: dict | None = None, chip: str = "h100
     bound = {compute_s: "compute", memory_s: "memory bandwidth", comm_s: "collectives"}[step_s]
     usable = USABLE_FRACTION * spec.hbm_bytes
     report = {
-        "config": flags.FLAGS["config"].config_filename if flags.FLAGS.is_parsed() else None,
+        "config": name,
         "model": model_config.name,
         "params": int(num_params),
         "compute_dtype": model_config.dtype,
@@ -456,7 +458,7 @@ def main(argv, spec: str, overrides) -> int:
     config = cli.apply_overrides(cli.load_config(spec), overrides)
     use_cpu_devices(_DEVICES.value)
     sizes = parse_mesh(_MESH.value) if _MESH.value else None
-    report = plan(config, _DEVICES.value, sizes, _CHIP.value)
+    report = plan(config, _DEVICES.value, sizes, _CHIP.value, name=spec)
     print(json.dumps(report, indent=2) if _JSON.value else format_report(report))
     return 0
 
