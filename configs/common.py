@@ -58,7 +58,7 @@ def model_section(name: str, **fields) -> ml_collections.ConfigDict:
         kind = _TYPES[str(f.type).split("|")[0].strip()]
         section[f.name] = fields.pop(f.name) if f.name in fields else placeholder(kind)
     if fields:
-        raise KeyError(f"unknown model fields {sorted(fields)}")
+        raise UserError(f"model: unknown ModelConfig fields {sorted(fields)}")
     return section
 
 

@@ -29,6 +29,8 @@ import math
 import time
 from typing import Any
 
+from models.errors import UserError
+
 log = logging.getLogger(__name__)
 
 DEFAULTS = {
@@ -63,7 +65,7 @@ def _settings(config) -> dict[str, Any]:
     items = config.to_dict() if hasattr(config, "to_dict") else dict(config)
     unknown = set(items) - set(DEFAULTS)
     if unknown:
-        raise ValueError(
+        raise UserError(
             f"unknown carbon config key(s) {sorted(unknown)}; keys are: {', '.join(DEFAULTS)}"
         )
     out.update({k: v for k, v in items.items() if v is not None})
