@@ -8,8 +8,9 @@ The step is the one `python -m train` runs (`train.loop.setup(...).train_step`, 
 gives the state and a batch of the default corpus), for the `configs/gpt_lm.py:gpt2`
 architecture (vocabulary padded to 50,304) at batch 8 x 128, in float32 and bfloat16 compute,
 on one device and on a (data 2, fsdp 2, tensor 2) mesh of 8 simulated CPU devices. Each
-variant is written as `<variant>.hlo` with every `metadata={...}` (op names and source lines,
-which move with the code) stripped, and `SHA256SUMS` lists them.
+variant is written as `<variant>.hlo` with its source locations stripped (every
+`metadata={...}`, op names and source lines, and the file and stack-frame tables: they move with
+the code), and `SHA256SUMS` lists them.
 """
 
 from __future__ import annotations
@@ -32,12 +33,19 @@ VARIANTS = {
     "bf16-mesh222": ("bfloat16", {"data": 2, "fsdp": 2, "tensor": 2}),
 }
 _METADATA = re.compile(r", metadata=\{[^}]*\}")
+_LOCATION_TABLES = ("FileNames", "FunctionNames", "FileLocations", "StackFrames")
 
 
 def normalized(hlo: str) -> str:
-    """The HLO text without metadata, so that moved code and renamed ops compare equal."""
-    lines = []
+    """The HLO text without source locations (the `metadata={...}` of each instruction and the
+    file, function and stack-frame tables they point into), so that moved code compares equal."""
+    lines, skipping = [], False
     for line in hlo.splitlines():
+        if line in _LOCATION_TABLES:
+            skipping = True
+        if skipping:
+            skipping = bool(line)
+            continue
         line = _METADATA.sub("", line)
         if line.startswith("HloModule"):
             line = line.split(",")[0]
@@ -49,21 +57,16 @@ def step_hlo(dtype: str, mesh: dict) -> str:
     """The compiled train step of the loop for gpt2 at (8, 128) in `dtype` on `mesh`."""
     import jax
 
-    from configs import cli
+    from configs import gpt_lm
     from train import loop
 
-    config = cli.load_config("gpt_lm:gpt2")
-    overrides = {
-        "batch_size": "8",
-        "seq_len": "128",
-        "model.dtype": dtype,
-        "model.vocab_size": "50304",  # 50257 padded to a multiple of 64 (and of tensor=2)
-        "tokenizer.vocab_size": "512",
-        "tokenizer.train_examples": "200",
-        "async_checkpoints": "false",
-        **{f"mesh.{k}": str(v) for k, v in mesh.items()},
-    }
-    cli.apply_overrides(config, list(overrides.items()))
+    # set directly rather than through configs.cli, so that the script also runs on old commits
+    config = gpt_lm.get_config("gpt2")
+    config.batch_size, config.seq_len = 8, 128
+    config.model.dtype, config.model.vocab_size = dtype, 50304  # 50257 padded to 64 (tensor=2)
+    config.tokenizer.vocab_size, config.tokenizer.train_examples = 512, 200
+    config.async_checkpoints = False
+    config.mesh.update(mesh)
     with tempfile.TemporaryDirectory() as workdir:
         run = loop.setup(config, Path(workdir))
         try:
