@@ -221,3 +221,28 @@ def test_cpu_training_waits_for_each_step_before_launching_the_next(tmp_path, mo
     config.log_every_steps, config.eval_every_steps, config.sample_tokens = 8, 0, 0
     loop.train_and_evaluate(config, tmp_path)
     assert len(in_flight) == config.steps - 1 and not any(in_flight)
+
+
+FIXTURE = ROOT / "tests" / "fixtures" / "resume_v1"
+
+
+def test_a_workdir_written_by_earlier_code_resumes(tmp_path):
+    """tests/fixtures/resume_v1 is a smoke run stopped after its step-4 checkpoint, written by an
+    earlier commit (scripts/make_resume_fixture.py). Today's code must restore it (weights,
+    optimizer and data position) and continue with the losses that run had at steps 5-8. They
+    match bit for bit on the machine kind that captured them; another CPU may round the last
+    bits differently, and a wrong batch or state would be off by far more than the tolerance."""
+    import shutil
+
+    expected = json.loads((FIXTURE / "expected_losses.json").read_text())
+    workdir = tmp_path / "run"
+    shutil.copytree(FIXTURE, workdir)
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=1"
+    cmd = [sys.executable, "-m", "train", *expected["flags"], "--workdir", str(workdir)]
+    result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "resuming from step 4" in result.stderr
+    losses = _losses(workdir)
+    for step, loss in expected["losses"].items():
+        assert losses[int(step)] == pytest.approx(loss, rel=1e-5, abs=0), step
