@@ -29,48 +29,12 @@ import json
 import math
 import os
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 
 from absl import flags
 
 from models.errors import UserError
-
-
-@dataclass(frozen=True)
-class Chip:
-    name: str
-    peak_bf16: float  # dense FLOP/s, bf16 inputs
-    peak_f32: float  # dense FLOP/s for float32 matmuls as XLA runs them (TF32 on GPUs)
-    hbm_bytes: float
-    hbm_bandwidth: float  # bytes/s
-    link_bandwidth: float  # bytes/s per chip, one direction (NVLink / ICI)
-
-
-# Published per-chip figures (dense, no sparsity).
-CHIPS = {
-    # NVIDIA H100 SXM5 datasheet: 989 TFLOP/s BF16 and 495 TFLOP/s TF32 dense (half the
-    # "with sparsity" numbers), 80 GB HBM3 at 3.35 TB/s, NVLink 4 900 GB/s bidirectional.
-    # https://www.nvidia.com/en-us/data-center/h100/
-    "h100": Chip("NVIDIA H100 SXM 80GB", 989e12, 495e12, 80e9, 3.35e12, 450e9),
-    # NVIDIA H200 SXM datasheet: same compute as H100, 141 GB HBM3e at 4.8 TB/s, NVLink 900 GB/s.
-    # https://www.nvidia.com/en-us/data-center/h200/
-    "h200": Chip("NVIDIA H200 SXM 141GB", 989e12, 495e12, 141e9, 4.8e12, 450e9),
-    # NVIDIA A100 SXM 80GB datasheet: 312 TFLOP/s BF16, 156 TFLOP/s TF32, 2,039 GB/s HBM2e,
-    # NVLink 3 600 GB/s bidirectional. https://www.nvidia.com/en-us/data-center/a100/
-    "a100": Chip("NVIDIA A100 SXM 80GB", 312e12, 156e12, 80e9, 2.039e12, 300e9),
-    # Cloud TPU v4: 275 TFLOP/s bf16, 32 GiB HBM2 at 1,200 GB/s; ICI ~2,400 Gbps per chip.
-    # https://cloud.google.com/tpu/docs/v4  (TPUs run f32 matmuls as bf16 passes by default)
-    "v4": Chip("Cloud TPU v4", 275e12, 275e12, 32 * 2**30, 1.2e12, 150e9),
-    # Cloud TPU v5e: 197 TFLOP/s bf16, 16 GB HBM2 at 819 GB/s, ICI 1,600 Gbps per chip.
-    # https://cloud.google.com/tpu/docs/v5e
-    "v5e": Chip("Cloud TPU v5e", 197e12, 197e12, 16e9, 819e9, 100e9),
-    # Cloud TPU v5p: 459 TFLOP/s bf16, 95 GB HBM2e at 2,765 GB/s, ICI 1,200 GB/s bidirectional.
-    # https://cloud.google.com/tpu/docs/v5p
-    "v5p": Chip("Cloud TPU v5p", 459e12, 459e12, 95e9, 2.765e12, 600e9),
-    # Cloud TPU v6e (Trillium): 918 TFLOP/s bf16, 32 GB HBM at 1,640 GB/s, ICI 3,584 Gbps.
-    # https://cloud.google.com/tpu/docs/v6e
-    "v6e": Chip("Cloud TPU v6e", 918e12, 918e12, 32e9, 1.64e12, 224e9),
-}
+from train.hardware import CHIPS
 
 # The fraction of HBM a run may plan to use (the runtime, collectives' buffers and
 # fragmentation take the rest). On GPUs also set XLA_PYTHON_CLIENT_MEM_FRACTION=0.95: JAX

@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import collections
 import datetime
-import functools
 import gzip
 import json
 import os
@@ -41,7 +40,6 @@ import time
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 
@@ -51,19 +49,9 @@ from models.errors import ArgumentParser, UserError, one_line_errors
 from train import partitioning
 from train.carbon import CarbonTracker
 from train.flops import train_flops_per_step
+from train.hardware import device_peak
 from train.state import create_train_state
 from train.step import make_train_step, waits_for_each_step
-
-# Published dense peaks per chip, FLOP/s: (bf16, f32 via TF32 or native).
-PEAK_FLOPS = {
-    "H100": (989.4e12, 494.7e12),  # H100 SXM5 datasheet
-    "H200": (989.4e12, 494.7e12),  # same compute as H100 SXM
-    "A100": (312e12, 156e12),  # A100 SXM4 datasheet
-    "TPU v4": (275e12, 275e12),
-    "TPU v5 lite": (197e12, 197e12),  # v5e
-    "TPU v5p": (459e12, 459e12),
-    "TPU v6 lite": (918e12, 918e12),  # v6e (Trillium)
-}
 
 OBJECTIVE = {
     "decoder": ("causal_lm", "lm"),
@@ -106,31 +94,6 @@ SUITES = {
     },
 }
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "benchmarks"
-
-
-@functools.cache
-def measured_matmul_peak(dtype: str, n: int = 2048, reps: int = 5) -> float:
-    """Best-of-`reps` FLOP/s of an n x n x n matmul on the default device (f32 accumulation)."""
-    in_dtype = jnp.bfloat16 if dtype == "bf16" else jnp.float32
-    a = jnp.ones((n, n), in_dtype)
-    f = jax.jit(lambda a, b: jnp.dot(a, b, preferred_element_type=jnp.float32))
-    f(a, a).block_until_ready()
-    best = float("inf")
-    for _ in range(reps):
-        start = time.perf_counter()
-        f(a, a).block_until_ready()
-        best = min(best, time.perf_counter() - start)
-    return 2 * n**3 / best
-
-
-def device_peak(dtype: str) -> tuple[float, str]:
-    """(peak FLOP/s of all devices, where it came from)."""
-    kind = jax.devices()[0].device_kind
-    for name, (bf16, f32) in PEAK_FLOPS.items():
-        if name.lower() in kind.lower():
-            return (bf16 if dtype == "bf16" else f32) * jax.device_count(), f"published ({kind})"
-    peak = measured_matmul_peak(dtype) * jax.device_count()
-    return peak, f"measured {dtype} 2048^3 matmul ({kind})"
 
 
 def environment() -> dict:

@@ -14,7 +14,7 @@ Where the numbers come from (`method` says which, and `estimate` says whether po
   energy-mix table.
 - TPUs, whose power codecarbon cannot read: energy = chips x chip TDP x utilisation x PUE x hours,
   emissions = energy x the same country grid intensity ("estimate:tpu_tdp"). The TDP is a
-  published figure where there is one (see `TPU_TDP_W`) or `carbon.chip_tdp_w`; utilisation
+  published figure where there is one (`train.hardware.CHIPS`) or `carbon.chip_tdp_w`; utilisation
   defaults to 1.0, an upper bound.
 
 Config keys (a ConfigDict/dict section `carbon`, all optional): `enabled` (True),
@@ -30,6 +30,7 @@ import time
 from typing import Any
 
 from models.errors import UserError
+from train import hardware
 
 log = logging.getLogger(__name__)
 
@@ -42,10 +43,8 @@ DEFAULTS = {
     "measure_power_secs": 15.0,
 }
 
-# Per-chip power in watts. TPU v4: 192 W maximum (mean 170 W) from Jouppi et al., "TPU v4: An
-# Optically Reconfigurable Supercomputer" (ISCA 2023). Google publishes no per-chip TDP for later
-# generations; set carbon.chip_tdp_w for them (the result then says the TDP was given).
-TPU_TDP_W = {"TPU v4": 192.0}
+# Per-chip power comes from train.hardware.CHIPS (TPU v4: 192 W). Google publishes no per-chip TDP
+# for later generations; set carbon.chip_tdp_w for them (the result then says the TDP was given).
 _ASSUMED_TPU_TDP_W = 200.0  # when neither the table nor the config has a figure; labelled
 
 _MODES = {
@@ -226,7 +225,7 @@ class CarbonTracker:
         s = self.settings
         tdp, source = s["chip_tdp_w"], "carbon.chip_tdp_w"
         if tdp is None:
-            tdp = next((w for k, w in TPU_TDP_W.items() if k.lower() in self._kind.lower()), None)
+            tdp = getattr(hardware.chip_of(self._kind), "tdp_w", None)
             source = f"published ({self._kind})"
         if tdp is None:
             tdp, source = _ASSUMED_TPU_TDP_W, f"assumed; no published TDP for {self._kind}"

@@ -31,6 +31,7 @@ from train import partitioning
 from train.carbon import CarbonTracker
 from train.checkpoint import Checkpointer, CheckpointError, check_same_architecture
 from train.flops import train_flops_per_step
+from train.hardware import device_peak
 from train.init_from import load_pretrained, merge_params
 from train.objectives import check_objective
 from train.optim import make_optimizer
@@ -411,8 +412,6 @@ class _Progress:
         self._window = (time.time(), 0, 0.0)
         rates = {"tokens_per_s": tokens / elapsed}
         if self.peak_flops is None:
-            from train.benchmark import device_peak
-
             self.peak_flops = device_peak(self.run.model_config.dtype)[0]
         rates["mfu"] = flops / elapsed / self.peak_flops
         return rates
