@@ -42,6 +42,7 @@ from ml_collections.config_dict import placeholder
 from data.pipeline import default_config as data_defaults
 from models.config import ModelConfig
 from models.errors import UserError
+from train import optim
 from train.tasks import decode_config
 
 _TYPES = {"int": int, "float": float, "bool": bool, "str": str}
@@ -95,24 +96,7 @@ def base_config() -> ml_collections.ConfigDict:
             train_examples=100_000,
         )
     )
-    c.optimizer = ml_collections.ConfigDict(
-        dict(
-            name="adamw",
-            learning_rate=1e-3,
-            warmup_steps=100,
-            schedule="cosine",
-            end_factor=0.1,
-            decay_steps=0,
-            b1=0.9,
-            b2=0.98,
-            eps=1e-8,
-            weight_decay=0.01,
-            grad_clip_norm=1.0,
-            momentum=0.9,  # sgd
-            freeze=(),  # parameter-path regexes kept fixed, or "body"
-            body_lr_factor=1.0,
-        )
-    )
+    c.optimizer = ml_collections.ConfigDict(optim.DEFAULTS)  # train/optim.py documents it
     c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
     c.partitioning_rules = ()  # () = train.partitioning.DEFAULT_RULES
     c.decode = decode_config()

@@ -110,3 +110,13 @@ def test_weight_decay_skips_norms_and_biases():
     np.testing.assert_allclose(new["kernel"], 0.5)  # 1 - lr * wd * 1
     np.testing.assert_array_equal(new["bias"], 1.0)
     np.testing.assert_array_equal(new["scale"], 1.0)
+
+
+def test_optimizer_defaults_live_in_one_place():
+    from configs.common import base_config
+    from train import optim
+
+    assert base_config().optimizer.to_dict() == {**optim.DEFAULTS, "freeze": ()}
+    assert optim.settings({"name": "sgd"})["b2"] == 0.98  # what every config runs with
+    with pytest.raises(optim.OptimizerError, match="unknown keys \\['lr'\\]"):
+        make_optimizer({"lr": 0.1}, 1)

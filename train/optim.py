@@ -1,6 +1,7 @@
 """Optimizers and learning-rate schedules (optax).
 
-config.optimizer keys:
+config.optimizer keys (`DEFAULTS` holds their defaults, the only place they are written down;
+configs/common.py's `optimizer` section is a copy of it):
   name            adamw | adafactor | sgd
   learning_rate   peak rate
   warmup_steps    linear warmup from 0
@@ -28,18 +29,46 @@ from models.errors import UserError
 
 OPTIMIZERS = ("adamw", "adafactor", "sgd")
 SCHEDULES = ("cosine", "linear", "rsqrt", "constant")
+DEFAULTS = {
+    "name": "adamw",
+    "learning_rate": 1e-3,
+    "warmup_steps": 100,
+    "schedule": "cosine",
+    "end_factor": 0.1,
+    "decay_steps": 0,
+    "b1": 0.9,
+    "b2": 0.98,
+    "eps": 1e-8,
+    "weight_decay": 0.01,
+    "grad_clip_norm": 1.0,
+    "momentum": 0.9,  # sgd
+    "freeze": (),
+    "body_lr_factor": 1.0,
+}
 
 
 class OptimizerError(UserError):
     """A bad `optimizer` section: the message names the key and the allowed values."""
 
 
+def settings(opt) -> dict:
+    """`opt` (a ConfigDict or dict, possibly partial) over `DEFAULTS`; unknown keys refused."""
+    given = opt.to_dict() if hasattr(opt, "to_dict") else dict(opt or {})
+    unknown = sorted(set(given) - set(DEFAULTS))
+    if unknown:
+        raise OptimizerError(
+            f"optimizer: unknown keys {unknown}; the keys are {', '.join(DEFAULTS)}"
+        )
+    return {**DEFAULTS, **given}
+
+
 def learning_rate_schedule(opt, total_steps: int) -> optax.Schedule:
-    peak = float(opt.learning_rate)
-    warmup = int(opt.get("warmup_steps", 0))
-    decay = int(opt.get("decay_steps", 0) or max(total_steps - warmup, 1))
-    end = peak * float(opt.get("end_factor", 0.0))
-    kind = opt.get("schedule", "cosine")
+    opt = settings(opt)
+    peak = float(opt["learning_rate"])
+    warmup = int(opt["warmup_steps"])
+    decay = int(opt["decay_steps"] or max(total_steps - warmup, 1))
+    end = peak * float(opt["end_factor"])
+    kind = opt["schedule"]
     if kind == "cosine":
         after = optax.cosine_decay_schedule(peak, decay, alpha=end / peak if peak else 0.0)
     elif kind == "linear":
@@ -63,15 +92,15 @@ def decay_mask(params):
     return jax.tree.map(lambda p: p.ndim >= 2, params)
 
 
-def _core(opt, schedule) -> optax.GradientTransformation:
-    name = opt.get("name", "adamw")
-    wd = float(opt.get("weight_decay", 0.0))
+def _core(opt: dict, schedule) -> optax.GradientTransformation:
+    name = opt["name"]
+    wd = float(opt["weight_decay"])
     if name == "adamw":
         return optax.adamw(
             schedule,
-            b1=opt.get("b1", 0.9),
-            b2=opt.get("b2", 0.999),
-            eps=opt.get("eps", 1e-8),
+            b1=opt["b1"],
+            b2=opt["b2"],
+            eps=opt["eps"],
             weight_decay=wd,
             mask=decay_mask,
         )
@@ -82,7 +111,7 @@ def _core(opt, schedule) -> optax.GradientTransformation:
     if name == "sgd":
         return optax.chain(
             optax.add_decayed_weights(wd, decay_mask) if wd else optax.identity(),
-            optax.sgd(schedule, momentum=opt.get("momentum", 0.9) or None),
+            optax.sgd(schedule, momentum=opt["momentum"] or None),
         )
     raise OptimizerError(
         f"optimizer.name={name!r} is not supported; allowed values: {', '.join(OPTIMIZERS)}"
@@ -108,10 +137,11 @@ def param_labels(freeze, body_lr_factor: float):
 
 def make_optimizer(opt, total_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
     """(optimizer, learning-rate schedule) from config.optimizer."""
+    opt = settings(opt)
     schedule = learning_rate_schedule(opt, total_steps)
-    freeze = list(opt.get("freeze", None) or ())
-    body_factor = float(opt.get("body_lr_factor", 1.0))
-    clip = float(opt.get("grad_clip_norm", 0.0))
+    freeze = list(opt["freeze"] or ())
+    body_factor = float(opt["body_lr_factor"])
+    clip = float(opt["grad_clip_norm"])
     if not freeze and body_factor == 1.0:
         core = _core(opt, schedule)
         return (optax.chain(optax.clip_by_global_norm(clip), core) if clip else core), schedule
