@@ -79,7 +79,7 @@ def use_cpu_devices(n: int) -> None:
     jax.config.update("jax_num_cpu_devices", n)
 
 
-def _batch_spec(config, mesh, objective: str) -> dict:
+def _batch_spec(config, mesh, objective: str, rules) -> dict:
     """ShapeDtypeStructs of one global batch: the objective's all-padding row (built with a tiny
     tokenizer of the run's family), stacked `batch_size` times."""
     import jax
@@ -100,7 +100,7 @@ def _batch_spec(config, mesh, objective: str) -> dict:
         k: jax.ShapeDtypeStruct(
             (config.batch_size, *np.shape(v)),
             np.asarray(v).dtype,
-            sharding=partitioning.batch_sharding(mesh, 1 + np.ndim(v)),
+            sharding=partitioning.batch_sharding(mesh, 1 + np.ndim(v), rules),
         )
         for k, v in row.items()
     }
@@ -183,13 +183,13 @@ def plan(
     sizes = dict(mesh_sizes or config.mesh.to_dict())
     mesh = partitioning.make_mesh(sizes, jax.devices()[:devices])
     rules = partitioning.rules_from_config(config.get("partitioning_rules"))
-    partitioning.check_batch(config.batch_size, mesh, config.microbatches)
+    partitioning.check_batch(config.batch_size, mesh, config.microbatches, rules)
     objective = config.data.objective
     model_config = _model_config(config)
     model = models.build(model_config)
     tx, schedule = make_optimizer(config.optimizer, config.steps)
     abstract, shardings = abstract_state(model, model_config, tx, mesh, rules)
-    batch = _batch_spec(config, mesh, objective)
+    batch = _batch_spec(config, mesh, objective, rules)
     step = make_train_step(
         model,
         tx,

@@ -208,3 +208,25 @@ def test_close_waits_for_orbax_temporary_directory_cleanup(tmp_path, monkeypatch
     ckpt.close()
     assert done == [True]
     assert not (tmp_path / "3.orbax-checkpoint-tmp-123").exists()
+
+
+def test_rules_cover_every_logical_axis_and_drive_the_batch_sharding():
+    from models import axes
+
+    assert sorted(dict(partitioning.DEFAULT_RULES)) == sorted(axes.ALL)
+    assert partitioning.rules_from_config(()) == partitioning.DEFAULT_RULES
+    rules = [[n, "data" if n == "batch" else t] for n, t in partitioning.DEFAULT_RULES]
+    rules = partitioning.rules_from_config(rules)
+    mesh = partitioning.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
+    assert partitioning.batch_sharding(mesh, 3, rules).spec == P("data", None, None)
+    assert partitioning.batch_sharding(mesh).spec == P(("data", "fsdp"), None)
+    partitioning.check_batch(6, mesh, rules=rules)  # 2 batch shards, not 4
+    with pytest.raises(partitioning.MeshError, match="data x fsdp = 4 shards"):
+        partitioning.check_batch(6, mesh)
+    for bad, needle in [
+        ([["batch", "data"]], "no rule for length, embed, heads, kv, mlp, vocab, layers"),
+        ([*rules, ["hidden", "tensor"]], "unknown logical axis 'hidden'"),
+        ([["batch", ["data", "model"]], *rules[1:]], "unknown mesh axis 'model'"),
+    ]:
+        with pytest.raises(partitioning.MeshError, match=needle):
+            partitioning.rules_from_config(bad)

@@ -100,10 +100,10 @@ def resolve_model_config(section, tokenizer, pretrained=None) -> models.ModelCon
     return models.get_config(section.name, **fields)
 
 
-def _device_batch(batch: dict, mesh) -> dict:
+def _device_batch(batch: dict, mesh, rules=partitioning.DEFAULT_RULES) -> dict:
     return {
         k: jax.make_array_from_process_local_data(
-            partitioning.batch_sharding(mesh, np.ndim(v)), np.asarray(v)
+            partitioning.batch_sharding(mesh, np.ndim(v), rules), np.asarray(v)
         )
         for k, v in batch.items()
     }
@@ -131,7 +131,9 @@ class _Preemption:
             signal.signal(signal.SIGTERM, self._previous)
 
 
-def evaluate(eval_step, params, config, tokenizer, mesh, objective) -> dict:
+def evaluate(
+    eval_step, params, config, tokenizer, mesh, objective, rules=partitioning.DEFAULT_RULES
+) -> dict:
     """Mean metrics over up to `config.eval_batches` batches of the validation split."""
     it = make_pipeline(
         config.data,
@@ -150,7 +152,7 @@ def evaluate(eval_step, params, config, tokenizer, mesh, objective) -> dict:
         batch = distributed.next_in_step(it, config.batch_size // jax.process_count())
         if batch is None:
             break
-        sums = eval_step(params, _device_batch(batch, mesh))
+        sums = eval_step(params, _device_batch(batch, mesh, rules))
         total = sums if total is None else jax.tree.map(jnp.add, total, sums)
     if total is None:
         return {}
@@ -354,7 +356,7 @@ def setup(config: ml_collections.ConfigDict, workdir: Path) -> Run:
     distributed.check_same_config({"config": config.to_dict(), "workdir": str(workdir)})
     mesh = partitioning.make_mesh(config.mesh.to_dict())
     rules = partitioning.rules_from_config(config.get("partitioning_rules"))
-    partitioning.check_batch(config.batch_size, mesh, config.microbatches)
+    partitioning.check_batch(config.batch_size, mesh, config.microbatches, rules)
     objective = _loss_objective(config)
     ckpt = Checkpointer(
         workdir / "checkpoints",
@@ -437,7 +439,7 @@ def _train_steps(run: Run, progress: _Progress, writer: MetricWriter, preemption
     while progress.step < config.steps:
         batch = next(run.train_iter)
         tokens = int(np.sum(batch.get("weights", batch.get("attention_mask", 0))))
-        state, step_metrics = run.train_step(state, _device_batch(batch, run.mesh), rng)
+        state, step_metrics = run.train_step(state, _device_batch(batch, run.mesh, run.rules), rng)
         if wait_each_step:
             jax.block_until_ready(step_metrics)
         progress.count(tokens * jax.process_count(), run.step_flops(batch))
@@ -458,7 +460,13 @@ def _train_steps(run: Run, progress: _Progress, writer: MetricWriter, preemption
             )
         if due_eval:
             progress.eval_metrics = evaluate(
-                run.eval_step, state.params, config, run.tokenizer, run.mesh, config.data.objective
+                run.eval_step,
+                state.params,
+                config,
+                run.tokenizer,
+                run.mesh,
+                config.data.objective,
+                run.rules,
             )
             progress.eval_metrics.update(run.task_metrics(state.params))
             if progress.eval_metrics:

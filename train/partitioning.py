@@ -17,19 +17,21 @@ import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
+from models import axes
 from models.errors import UserError
 
 MESH_AXES = ("data", "fsdp", "tensor")
 
+# One rule per logical axis of models/axes.py (rules_from_config checks that every axis has one).
 DEFAULT_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
-    ("batch", ("data", "fsdp")),
-    ("vocab", "tensor"),
-    ("heads", "tensor"),
-    ("mlp", "tensor"),
-    ("embed", "fsdp"),
-    ("kv", None),
-    ("length", None),
-    ("layers", None),
+    (axes.BATCH, ("data", "fsdp")),
+    (axes.VOCAB, "tensor"),
+    (axes.HEADS, "tensor"),
+    (axes.MLP, "tensor"),
+    (axes.EMBED, "fsdp"),
+    (axes.KV, None),
+    (axes.LENGTH, None),
+    (axes.LAYERS, None),
 )
 
 
@@ -73,15 +75,47 @@ def make_mesh(sizes: dict[str, int], devices: Sequence[jax.Device] | None = None
 
 
 def rules_from_config(rules) -> tuple:
-    """Rules from a config (list of [name, mesh axes]) or the defaults."""
+    """Rules from a config (list of [name, mesh axes]) or the defaults.
+
+    Raises:
+      MeshError: a rule names an axis models/axes.py does not have or a mesh axis that does not
+        exist, or an axis has no rule.
+    """
     if not rules:
         return DEFAULT_RULES
     out = []
-    for name, target in rules:
+    for rule in rules:
+        if len(rule) != 2:
+            raise MeshError(f"partitioning_rules: {rule!r} is not [logical axis, mesh axes]")
+        name, target = rule
         if isinstance(target, list):
             target = tuple(target)
+        if name not in axes.ALL:
+            raise MeshError(
+                f"partitioning_rules: unknown logical axis {name!r}; axes: {', '.join(axes.ALL)}"
+            )
+        for mesh_axis in target if isinstance(target, tuple) else (target,):
+            if mesh_axis is not None and mesh_axis not in MESH_AXES:
+                raise MeshError(
+                    f"partitioning_rules: {name!r} -> unknown mesh axis {mesh_axis!r} "
+                    f"(mesh axes: {', '.join(MESH_AXES)})"
+                )
         out.append((name, target))
+    missing = [a for a in axes.ALL if a not in dict(out)]
+    if missing:
+        raise MeshError(
+            f"partitioning_rules: no rule for {', '.join(missing)}; every logical axis of "
+            f"models/axes.py needs one (None = replicated)"
+        )
     return tuple(out)
+
+
+def batch_axes(rules=DEFAULT_RULES) -> tuple[str, ...]:
+    """The mesh axes the batch is split over: the `batch` rule's."""
+    target = dict(rules)[axes.BATCH]
+    if target is None:
+        return ()
+    return target if isinstance(target, tuple) else (target,)
 
 
 def logical_shardings(abstract_tree, mesh: Mesh, rules) -> object:
@@ -91,17 +125,19 @@ def logical_shardings(abstract_tree, mesh: Mesh, rules) -> object:
     return nn.logical_to_mesh_sharding(specs, mesh, rules)
 
 
-def batch_sharding(mesh: Mesh, ndim: int = 2) -> NamedSharding:
-    """Leading (batch) axis over data x fsdp, the rest replicated."""
-    return NamedSharding(mesh, PartitionSpec(("data", "fsdp"), *([None] * (ndim - 1))))
+def batch_sharding(mesh: Mesh, ndim: int = 2, rules=DEFAULT_RULES) -> NamedSharding:
+    """Leading (batch) axis over the `batch` rule's mesh axes, the rest replicated."""
+    return NamedSharding(mesh, PartitionSpec(batch_axes(rules), *([None] * (ndim - 1))))
 
 
-def check_batch(global_batch: int, mesh: Mesh, microbatches: int = 1) -> None:
-    shards = mesh.shape["data"] * mesh.shape["fsdp"]
+def check_batch(global_batch: int, mesh: Mesh, microbatches: int = 1, rules=DEFAULT_RULES):
+    split = batch_axes(rules)
+    shards = math.prod(mesh.shape[a] for a in split)
     if global_batch % (shards * microbatches):
         raise MeshError(
-            f"batch_size={global_batch} is not divisible by data x fsdp = {shards} shards x "
-            f"{microbatches} microbatches; change config.batch_size or config.mesh"
+            f"batch_size={global_batch} is not divisible by {' x '.join(split) or 'one'} = "
+            f"{shards} shards x {microbatches} microbatches; change config.batch_size or "
+            "config.mesh"
         )
 
 
