@@ -8,7 +8,7 @@ prints the manifest; without --dry-run it is applied with `kubectl apply -f -`. 
 JobSet controller in the cluster (https://jobset.sigs.k8s.io). One Indexed Job of N pods, one
 per host; with DNS hostnames enabled pod 0 is `<name>-workers-0-0.<name>`, the coordinator.
 Each pod gets JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID (its completion
-index), which `python -m train` reads (launch/distributed.py). Any pod failing fails the JobSet
+index), which `python -m train` reads (train/distributed.py). Any pod failing fails the JobSet
 (restarts: --max-restarts; a restarted run resumes from its latest checkpoint).
 """
 

@@ -6,7 +6,7 @@
 renders the sbatch script; without --dry-run it is written next to the run (--script, default
 ./<job-name>.sbatch) and submitted with `sbatch`. The script exports JAX_COORDINATOR_ADDRESS
 (the first node of the allocation), JAX_NUM_PROCESSES (= nodes) and, per task, JAX_PROCESS_ID
-(= SLURM_PROCID), which `python -m train` reads (launch/distributed.py). `srun
+(= SLURM_PROCID), which `python -m train` reads (train/distributed.py). `srun
 --kill-on-bad-exit=1` stops every task when one fails.
 """
 

@@ -358,10 +358,10 @@ def test_gke_jobset_tpu():
     assert "volumes" not in pod
 
 
-# launch.allocator: the command-line tools restart once under tcmalloc where it is installed.
+# train.allocator: the command-line tools restart once under tcmalloc where it is installed.
 
 _SHOW_ALLOCATOR = (
-    "import os; from launch import allocator; allocator.reexec_with_tcmalloc(); "
+    "import os; from train import allocator; allocator.reexec_with_tcmalloc(); "
     "print(allocator.in_use(), os.environ.get('TCMALLOC_RELEASE_RATE'))"
 )
 
@@ -377,7 +377,7 @@ def _allocator_of(env_overrides: dict) -> str:
 
 
 def test_tcmalloc_environ_preloads_first_and_keeps_user_settings():
-    from launch import allocator
+    from train import allocator
 
     env = allocator.tcmalloc_environ(
         {"LD_PRELOAD": "libfoo.so", "TCMALLOC_RELEASE_RATE": "2", "HOME": "/h"}, "libtc.so.4"
@@ -390,7 +390,7 @@ def test_tcmalloc_environ_preloads_first_and_keeps_user_settings():
 
 
 def test_reexec_restarts_once_under_tcmalloc_unless_told_not_to():
-    from launch import allocator
+    from train import allocator
 
     if allocator.find_tcmalloc() is None:
         # Nothing to restart into: the process keeps the system allocator and runs on.

@@ -192,7 +192,7 @@ def test_coordinator_timeout_fails_with_one_line(tmp_path, process_id, message):
     ],
 )
 def test_detect(env, expected):
-    from launch.distributed import detect
+    from train.distributed import detect
 
     spec = detect(env)
     got = (
@@ -218,14 +218,14 @@ def test_detect(env, expected):
     ],
 )
 def test_detect_rejects_bad_settings(env, message):
-    from launch.distributed import DistributedError, detect
+    from train.distributed import DistributedError, detect
 
     with pytest.raises(DistributedError, match=re.escape(message)):
         detect(env)
 
 
 def test_data_state_round_trip_over_host_counts():
-    from launch.distributed import DistributedError, local_data_state
+    from train.distributed import DistributedError, local_data_state
 
     state = {
         "version": 1,

@@ -37,7 +37,7 @@ _WORKDIR = flags.DEFINE_string(
     "Default: runs/<config>-<time>.",
 )
 # Multi-host: these override JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID (see
-# launch/distributed.py for SLURM, TPU pod and GKE detection).
+# train/distributed.py for SLURM, TPU pod and GKE detection).
 _COORDINATOR = flags.DEFINE_string("coordinator", None, "host:port of process 0 (multi-host).")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in the run (multi-host).")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index (multi-host).")
@@ -52,7 +52,7 @@ def main(argv, spec: str, overrides) -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     config = cli.apply_overrides(cli.load_config(spec), overrides)
 
-    from launch import distributed
+    from train import distributed
 
     distributed.initialize(  # before anything touches a device
         distributed.detect(
@@ -88,7 +88,7 @@ def run() -> None:
 
 
 if __name__ == "__main__":
-    from launch import allocator
+    from train import allocator
 
-    allocator.reexec_with_tcmalloc()  # XLA:CPU steps without page faults (launch/allocator.py)
+    allocator.reexec_with_tcmalloc()  # XLA:CPU steps without page faults (train/allocator.py)
     run()

@@ -44,9 +44,8 @@ import numpy as np
 import optax
 
 import models
-from launch import allocator
 from models.errors import ArgumentParser, UserError, one_line_errors
-from train import partitioning
+from train import allocator, partitioning
 from train.carbon import CarbonTracker
 from train.flops import train_flops_per_step
 from train.hardware import device_peak
@@ -117,7 +116,7 @@ def environment() -> dict:
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
         "xla_python_client_preallocate": os.environ.get("XLA_PYTHON_CLIENT_PREALLOCATE"),
         "xla_python_client_mem_fraction": os.environ.get("XLA_PYTHON_CLIENT_MEM_FRACTION"),
-        "host_allocator": allocator.in_use(),  # launch/allocator.py
+        "host_allocator": allocator.in_use(),  # train/allocator.py
         "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
     }
     for package in ("torch", "transformers", "codecarbon"):
@@ -974,5 +973,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    allocator.reexec_with_tcmalloc()  # XLA:CPU steps without page faults (launch/allocator.py)
+    allocator.reexec_with_tcmalloc()  # XLA:CPU steps without page faults (train/allocator.py)
     sys.exit(main())

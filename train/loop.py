@@ -25,9 +25,8 @@ import models
 from data.pipeline import iter_texts, make_pipeline
 from data.sources import load_source
 from data.tokenizers import find_tokenizer, load_tokenizer, train_tokenizer
-from launch import distributed
 from models.errors import UserError, one_of
-from train import partitioning
+from train import distributed, partitioning
 from train.carbon import CarbonTracker
 from train.checkpoint import Checkpointer, CheckpointError, check_same_architecture
 from train.flops import train_flops_per_step
