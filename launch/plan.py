@@ -164,11 +164,12 @@ def analytic_flops(model_config, num_params: int, batch: dict) -> dict:
     }
 
 
-def plan(
-    config, devices: int, mesh_sizes: dict | None = None, chip: str = "h100", name=None
-) -> dict:
-    """Compiles the train step for `devices` devices (the first of `jax.devices()`) and returns
-    the report (see the module docstring); `name` is the config's `path[:variant]`."""
+def compile_step(config, devices: int, mesh_sizes: dict | None = None):
+    """The training loop's train step for `config`, compiled ahead of time on abstract inputs.
+
+    Returns:
+      (compiled step, abstract state, abstract batch, model config, mesh).
+    """
     import jax
 
     import models
@@ -176,7 +177,7 @@ def plan(
     from train.loop import LOSS_OBJECTIVE
     from train.optim import make_optimizer
     from train.state import abstract_state
-    from train.step import make_train_step
+    from train.step import jit_steps
 
     if devices > len(jax.devices()):
         raise PlanError(f"{devices} devices wanted, {len(jax.devices())} simulated")
@@ -190,24 +191,32 @@ def plan(
     tx, schedule = make_optimizer(config.optimizer, config.steps)
     abstract, shardings = abstract_state(model, model_config, tx, mesh, rules)
     batch = _batch_spec(config, mesh, objective, rules)
-    step = make_train_step(
+    jitted, _ = jit_steps(
         model,
         tx,
         schedule,
         LOSS_OBJECTIVE[objective],
+        shardings,
+        mesh,
+        rules,
         microbatches=config.microbatches,
         label_smoothing=config.label_smoothing,
         z_loss=config.z_loss,
         dropout=config.dropout,
     )
     with partitioning.activate(mesh, rules):
-        jitted = jax.jit(
-            step,
-            in_shardings=(shardings, None, None),
-            out_shardings=(shardings, None),
-            donate_argnums=(0,),
-        )
         compiled = jitted.lower(abstract, batch, jax.random.key(0)).compile()
+    return compiled, abstract, batch, model_config, mesh
+
+
+def plan(
+    config, devices: int, mesh_sizes: dict | None = None, chip: str = "h100", name=None
+) -> dict:
+    """Compiles the train step for `devices` devices (the first of `jax.devices()`) and returns
+    the report (see the module docstring); `name` is the config's `path[:variant]`."""
+    import jax
+
+    compiled, abstract, batch, model_config, mesh = compile_step(config, devices, mesh_sizes)
     mem = compiled.memory_analysis()
     cost = compiled.cost_analysis()
     cost = (cost[0] if isinstance(cost, list | tuple) else cost) or {}

@@ -58,7 +58,7 @@ def step_hlo(dtype: str, mesh: dict) -> str:
     import jax
 
     from configs import gpt_lm
-    from train import loop
+    from train import loop, partitioning
 
     # set directly rather than through configs.cli, so that the script also runs on old commits
     config = gpt_lm.get_config("gpt2")
@@ -72,7 +72,8 @@ def step_hlo(dtype: str, mesh: dict) -> str:
         try:
             batch = loop._device_batch(next(run.train_iter), run.mesh)
             rng = jax.random.key(config.seed + 1)
-            return run.train_step.lower(run.state, batch, rng).compile().as_text()
+            with partitioning.activate(run.mesh, run.rules):  # as train_and_evaluate runs it
+                return run.train_step.lower(run.state, batch, rng).compile().as_text()
         finally:
             run.ckpt.close()
 

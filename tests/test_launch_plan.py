@@ -115,3 +115,35 @@ def test_cli_json_and_errors():
         timeout=240,
     )
     assert bad.returncode == 2 and "error:" in bad.stderr and "4" in bad.stderr
+
+
+def test_the_planner_compiles_the_step_the_loop_runs(tmp_path):
+    """Both build their step with train.step.jit_steps: the planner's, compiled on abstract
+    inputs, is the loop's, compiled on its first real batch, instruction for instruction (a
+    different label smoothing alone fails this)."""
+    import re
+
+    import jax
+
+    from configs import gpt_lm
+    from launch.plan import compile_step
+    from train import loop, partitioning
+
+    config = gpt_lm.get_config("smoke")
+    config.mesh.update(data=2, fsdp=2, tensor=2)
+    config.model.vocab_size = 512
+    config.async_checkpoints = False
+    planned = compile_step(config, 8)[0].as_text()
+    run = loop.setup(config, tmp_path)
+    try:
+        batch = loop._device_batch(next(run.train_iter), run.mesh, run.rules)
+        with partitioning.activate(run.mesh, run.rules):
+            ran = run.train_step.lower(run.state, batch, jax.random.key(1)).compile().as_text()
+    finally:
+        run.ckpt.close()
+
+    def code(hlo):  # without source locations, which differ between the two callers
+        hlo = re.sub(r", metadata=\{[^}]*\}", "", hlo)
+        return [x for x in hlo.split("\n\n") if x.startswith(("ENTRY", "%", "fused"))]
+
+    assert code(planned) == code(ran) and len(code(ran)) > 10

@@ -50,7 +50,7 @@ from train.carbon import CarbonTracker
 from train.flops import train_flops_per_step
 from train.hardware import device_peak
 from train.state import create_train_state
-from train.step import make_train_step, waits_for_each_step
+from train.step import jit_steps, waits_for_each_step
 
 OBJECTIVE = {
     "decoder": ("causal_lm", "lm"),
@@ -314,13 +314,8 @@ def benchmark(
         k: jax.device_put(v, partitioning.batch_sharding(mesh, v.ndim)) for k, v in host.items()
     }
     phase("init")
+    step, _ = jit_steps(net, tx, lambda s: 1e-4, objective, shardings, mesh, rules, dropout=False)
     with partitioning.activate(mesh, rules):
-        step = jax.jit(
-            make_train_step(net, tx, lambda s: 1e-4, objective, dropout=False),
-            in_shardings=(shardings, None, None),
-            out_shardings=(shardings, None),
-            donate_argnums=(0,),
-        )
         rng = jax.random.key(1)
         start = time.perf_counter()
         compiled = step.lower(state, data, rng).compile()

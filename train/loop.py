@@ -35,7 +35,7 @@ from train.init_from import load_pretrained, merge_params
 from train.objectives import check_objective
 from train.optim import make_optimizer
 from train.state import abstract_state, create_train_state
-from train.step import make_eval_step, make_train_step, summarize, waits_for_each_step
+from train.step import jit_steps, summarize, waits_for_each_step
 from train.tasks import TASK_METRICS, LoadedModel, TaskError, task_metrics
 from train.writers import MetricWriter
 
@@ -266,27 +266,6 @@ def _restore(ckpt, step, abstract, train_iter):
     return state
 
 
-def _jit_steps(config, model, tx, schedule, objective, shardings, mesh, rules):
-    with partitioning.activate(mesh, rules):
-        train_step = jax.jit(
-            make_train_step(
-                model,
-                tx,
-                schedule,
-                objective,
-                microbatches=config.microbatches,
-                label_smoothing=config.label_smoothing,
-                z_loss=config.z_loss,
-                dropout=config.dropout,
-            ),
-            in_shardings=(shardings, None, None),
-            out_shardings=(shardings, None),
-            donate_argnums=(0,),
-        )
-        eval_step = jax.jit(make_eval_step(model, objective))
-    return train_step, eval_step
-
-
 def _build(config, workdir: Path, ckpt, mesh, rules, objective) -> dict:
     """The tokenizer, model, data, state and steps of `setup` (restored, pretrained or fresh)."""
     latest = ckpt.latest_step()
@@ -335,8 +314,18 @@ def _build(config, workdir: Path, ckpt, mesh, rules, objective) -> dict:
     }
     if jax.process_index() == 0:
         (workdir / "config.json").write_text(json.dumps(saved_config, indent=2, default=str))
-    train_step, eval_step = _jit_steps(
-        config, model, tx, schedule, objective, shardings, mesh, rules
+    train_step, eval_step = jit_steps(
+        model,
+        tx,
+        schedule,
+        objective,
+        shardings,
+        mesh,
+        rules,
+        microbatches=config.microbatches,
+        label_smoothing=config.label_smoothing,
+        z_loss=config.z_loss,
+        dropout=config.dropout,
     )
     return dict(
         tokenizer=tokenizer,

@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from train import partitioning
 from train.objectives import loss_sums
 
 
@@ -98,6 +99,48 @@ def make_train_step(
         return new_state, metrics
 
     return train_step
+
+
+def jit_steps(
+    model,
+    tx: optax.GradientTransformation,
+    schedule,
+    objective: str,
+    shardings,
+    mesh,
+    rules,
+    *,
+    microbatches: int = 1,
+    label_smoothing: float = 0.0,
+    z_loss: float = 0.0,
+    dropout: bool = True,
+):
+    """The one place steps are compiled: (train_step, eval_step), jitted for `mesh`.
+
+    The train step takes and returns the state in `shardings` (the state's, from
+    `train.state.abstract_state`) and donates the old state; the eval step follows its inputs.
+    The training loop, the benchmark and the planner all build their steps here, so the planner
+    and the benchmark measure the step that training runs. Lower or call them inside
+    `partitioning.activate(mesh, rules)`, so that the models' logical constraints apply.
+    """
+    with partitioning.activate(mesh, rules):
+        train_step = jax.jit(
+            make_train_step(
+                model,
+                tx,
+                schedule,
+                objective,
+                microbatches=microbatches,
+                label_smoothing=label_smoothing,
+                z_loss=z_loss,
+                dropout=dropout,
+            ),
+            in_shardings=(shardings, None, None),
+            out_shardings=(shardings, None),
+            donate_argnums=(0,),
+        )
+        eval_step = jax.jit(make_eval_step(model, objective))
+    return train_step, eval_step
 
 
 def make_eval_step(model, objective: str):
