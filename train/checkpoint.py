@@ -221,14 +221,46 @@ def _restore_numpy(path: Path, subtree: str | None = None):
     return restored if subtree is None else restored[subtree]
 
 
+WORKDIR, CONVERTED, HUGGING_FACE = "workdir", "converted", "hugging_face"
+
+
+def directory_kind(directory: str | Path) -> str:
+    """What a model directory holds, decided here for every reader: a training workdir
+    (`checkpoints/`), a converted checkpoint (`model_config.json` + `params/`) or a Hugging Face
+    directory (`config.json`), in that order.
+
+    Raises:
+      CheckpointError: the directory does not exist or holds none of the three.
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise CheckpointError(f"{directory}: no such directory")
+    if (directory / "checkpoints").is_dir():
+        return WORKDIR
+    if (directory / "params").is_dir() and (directory / MODEL_CONFIG_FILE).exists():
+        return CONVERTED
+    if (directory / "config.json").exists():
+        return HUGGING_FACE
+    raise CheckpointError(
+        f"{directory} is neither a converted checkpoint (model_config.json + params/) nor a "
+        "training workdir (checkpoints/) nor a Hugging Face directory (config.json)"
+    )
+
+
+def workdir_params(workdir: str | Path, step: int):
+    """The parameters of a workdir's checkpoint `step`, as numpy arrays on the host."""
+    return _restore_numpy(Path(workdir).absolute() / "checkpoints" / str(step) / "state", "params")
+
+
 def load_params(directory: str | Path) -> tuple[dict, Any]:
     """(model config dict, params as numpy) from a `save_params` directory or a training workdir
     (its latest checkpoint)."""
     directory = Path(directory).absolute()
-    if (directory / "params").is_dir() and (directory / MODEL_CONFIG_FILE).exists():
+    kind = directory_kind(directory)
+    if kind == CONVERTED:
         config = json.loads((directory / MODEL_CONFIG_FILE).read_text())
         return config, _restore_numpy(directory / "params")
-    if (directory / "checkpoints").is_dir():
+    if kind == WORKDIR:
         ckpt = Checkpointer(directory / "checkpoints", async_save=False)
         step = ckpt.latest_step()
         if step is None:
@@ -237,8 +269,8 @@ def load_params(directory: str | Path) -> tuple[dict, Any]:
         ckpt.close()
         if not config:
             raise CheckpointError(f"{directory}: checkpoint {step} has no model config")
-        return config, _restore_numpy(directory / "checkpoints" / str(step) / "state", "params")
+        return config, workdir_params(directory, step)
     raise CheckpointError(
         f"{directory} is neither a converted checkpoint (model_config.json + params/) nor a "
-        "training workdir (checkpoints/)"
+        "training workdir (checkpoints/); it is a Hugging Face directory (use --from-hf)"
     )

@@ -16,7 +16,7 @@ import jax
 import numpy as np
 
 from models.config import ModelConfig
-from train.checkpoint import CheckpointError, load_params
+from train.checkpoint import HUGGING_FACE, CheckpointError, directory_kind, load_params
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +26,7 @@ def load_pretrained(path: str | Path) -> tuple[ModelConfig, dict]:
     path = Path(path)
     if not path.is_dir():
         raise CheckpointError(f"init_from={str(path)!r}: no such directory")
-    if (path / "config.json").exists() and not (path / "checkpoints").is_dir():
+    if directory_kind(path) == HUGGING_FACE:
         from models import hf
 
         return hf.load_pretrained(path)

@@ -41,7 +41,13 @@ from data.pipeline import bucket_length, make_pipeline
 from data.tokenizers import Tokenizer, find_tokenizer, load_tokenizer
 from models.errors import UserError
 from train import metrics as task_scores
-from train.checkpoint import Checkpointer, CheckpointError, _restore_numpy
+from train.checkpoint import (
+    WORKDIR,
+    Checkpointer,
+    CheckpointError,
+    directory_kind,
+    workdir_params,
+)
 from train.decode import beam_search, generate, left_pad
 from train.objectives import model_inputs
 
@@ -372,10 +378,8 @@ def load(directory: str | Path, step: int | str | None = None) -> LoadedModel:
       CheckpointError: the directory holds none of these, or the step does not exist.
     """
     directory = Path(directory)
-    if not directory.is_dir():
-        raise CheckpointError(f"{directory}: no such directory")
     run_config = labels = tags = None
-    if (directory / "checkpoints").is_dir():
+    if directory_kind(directory) == WORKDIR:
         saved = json.loads((directory / "config.json").read_text())
         run = saved.get("run", {})
         ckpt = Checkpointer(
@@ -387,7 +391,7 @@ def load(directory: str | Path, step: int | str | None = None) -> LoadedModel:
         finally:
             ckpt.close()
         model_config = models.ModelConfig.from_dict(saved["resolved_model"])
-        params = _restore_numpy(directory / "checkpoints" / str(chosen) / "state", "params")
+        params = workdir_params(directory, chosen)
         run_config = ml_collections.ConfigDict(saved["run"])
         labels, tags = saved.get("label_names"), saved.get("tag_names")
         where = f"{directory} (step {chosen})"
