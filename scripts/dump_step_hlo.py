@@ -1,7 +1,8 @@
 """Dumps the optimized HLO of the training loop's gpt2 train step, to prove a refactor kept it.
 
     python scripts/dump_step_hlo.py --out /tmp/hlo-before      # on the old commit
-    python scripts/dump_step_hlo.py --out /tmp/hlo-after       # on the new one
+    python scripts/dump_step_hlo.py --out /tmp/hlo-after       # on the new one (baseline:
+                                                              # scripts/step_hlo_baseline.txt)
     diff -r /tmp/hlo-before /tmp/hlo-after && echo same
 
 The step is the one `python -m train` runs (`train.loop.setup(...).train_step`, which also
