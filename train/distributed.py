@@ -28,14 +28,13 @@ import json
 import logging
 import os
 import socket
-import sys
 import threading
 import time
 from dataclasses import dataclass
 
 import numpy as np
 
-from models.errors import UserError
+from models.errors import UserError, report
 
 log = logging.getLogger(__name__)
 
@@ -197,8 +196,8 @@ def _wait_for_port(address: str, timeout_s: float, who: str) -> None:
 
 
 def _die(message: str) -> None:
-    print(f"error: {message}", file=sys.stderr, flush=True)
-    os._exit(2)
+    """Reports and exits at once: the process may be stuck in a collective that never returns."""
+    os._exit(report(message))
 
 
 def config_hash(config) -> str:
