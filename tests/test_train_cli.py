@@ -193,7 +193,7 @@ def test_cpu_training_waits_for_each_step_before_launching_the_next(tmp_path, mo
 
     from train import loop
 
-    jit_steps, in_flight = loop._jit_steps, []
+    jit_steps, in_flight = loop.jit_steps, []  # train.step.jit_steps, as the loop calls it
 
     @jax.jit
     def slow(x):
@@ -216,7 +216,7 @@ def test_cpu_training_waits_for_each_step_before_launching_the_next(tmp_path, mo
 
         return step, eval_step
 
-    monkeypatch.setattr(loop, "_jit_steps", slowed)
+    monkeypatch.setattr(loop, "jit_steps", slowed)
     config = importlib.import_module("configs.gpt_lm").get_config("smoke")
     config.log_every_steps, config.eval_every_steps, config.sample_tokens = 8, 0, 0
     loop.train_and_evaluate(config, tmp_path)
