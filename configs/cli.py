@@ -13,7 +13,7 @@ key of the returned ConfigDict can be set from the command line, whatever its de
     entry at a time too (`--config.data.fields.text=sentence`);
   - `--config.data.files=PATH` (a path or a glob) sets the training files and replaces the config
     file's own; `--config.data.files.SPLIT=PATH` sets one split, and for parallel text its value
-    is `SOURCE,TARGET`, the only place where a comma makes a pair. Given files without a
+    is `SOURCE,TARGET` (in a file value, a comma always makes a pair). Given files without a
     validation split, the last `HOLDOUT_PERCENT` (5%) of the training examples become one, and
     the log says so.
 
