@@ -152,6 +152,8 @@ def _import(path: Path):
     inside = path.resolve().parent == CONFIG_DIR
     name = f"configs.{path.stem}" if inside else f"_triptych_config_{path.stem}"
     spec = importlib.util.spec_from_file_location(name, path)
+    if path.suffix != ".py" or spec is None:
+        raise UserError(f"--config: {path} is not a Python config file (configs/NAME.py)")
     module = importlib.util.module_from_spec(spec)
     try:
         spec.loader.exec_module(module)
@@ -222,6 +224,8 @@ def split_argv(argv: Sequence[str]) -> tuple[str | None, list[tuple[str, str]], 
     while i < len(args):
         arg = args[i]
         name, eq, value = arg.partition("=")
+        if name.startswith("-config"):  # absl takes one dash too
+            name = "-" + name
         if name == "--config" or name.startswith("--config."):
             if not eq:
                 if i + 1 >= len(args) or args[i + 1].startswith("--"):
@@ -229,6 +233,8 @@ def split_argv(argv: Sequence[str]) -> tuple[str | None, list[tuple[str, str]], 
                 value = args[i + 1]
                 i += 1
             if name == "--config":
+                if not value.strip():
+                    raise UserError("--config needs a file, e.g. --config configs/gpt_lm.py:smoke")
                 spec = value
             else:
                 overrides.append((name.removeprefix("--config."), value))
@@ -238,13 +244,21 @@ def split_argv(argv: Sequence[str]) -> tuple[str | None, list[tuple[str, str]], 
     return spec, overrides, rest
 
 
-def apply_overrides(config: ml_collections.ConfigDict, overrides: Sequence[tuple[str, str]]):
+def apply_overrides(
+    config: ml_collections.ConfigDict,
+    overrides: Sequence[tuple[str, str]],
+    *,
+    local_files: bool = True,
+):
     """Sets each `(dotted key, value text)` on `config`, a parent before its children (so that
-    `data.files=a.txt` and `data.files.validation=b.txt` combine in either order)."""
+    `data.files=a.txt` and `data.files.validation=b.txt` combine in either order).
+
+    `local_files=False` keeps `data.files` paths as given, unchecked: they name files on the
+    machines the run will start on (a cluster launcher checks a config it does not run)."""
     ordered = sorted(overrides, key=lambda kv: kv[0].count("."))
     given = [key for key, _ in ordered]
     for key, text in ordered:
-        set_key(config, key, text)
+        set_key(config, key, text, local_files=local_files)
     if any(key == "data.files" or key.startswith("data.files.") for key in given):
         hold_out_validation(config)
     check_choices(config)
@@ -270,13 +284,15 @@ def hold_out_validation(config: ml_collections.ConfigDict) -> None:
     )
 
 
-def set_key(config: ml_collections.ConfigDict, key: str, text: str) -> None:
+def set_key(
+    config: ml_collections.ConfigDict, key: str, text: str, *, local_files: bool = True
+) -> None:
     """Sets one dotted key from its command-line text. Raises UserError naming the key."""
     parts = key.split(".")
     if not all(parts):
         raise UserError(f"--config.{key}: empty key part; keys look like data.files")
     if key == "data.files" or key.startswith("data.files."):
-        return _set_files(config, parts[2:], text, key)
+        return _set_files(config, parts[2:], text, key, local_files)
     parent = config
     for depth, part in enumerate(parts[:-1]):
         here = ".".join(parts[: depth + 1])
@@ -316,9 +332,15 @@ def parse_value(key: str, text: str, kind: type, current=None):
         except ValueError:
             raise UserError(f"--config.{key}={text!r}: expected a float") from None
     if kind in (tuple, list):
-        if text.strip()[:1] in "[(":
-            value = _literal(key, text, (list, tuple), 'a list such as ["a", "b"] or a,b')
-        else:
+        value = None
+        if text.strip().startswith(("[", "(")):  # a literal, or a regex such as (a|b)/c
+            try:
+                value = ast.literal_eval(text.strip())
+            except (ValueError, SyntaxError):
+                value = None
+            if not isinstance(value, list | tuple):
+                value = None
+        if value is None:  # a,b,c; empty = none
             value = [x.strip() for x in text.split(",") if x.strip()]
         return kind(value)
     if kind is str:
@@ -368,22 +390,22 @@ def _set_entry(config, section: str, rest: list[str], text: str) -> None:
     _put(config, section, entries)
 
 
-def _set_files(config, rest: list[str], text: str, key: str) -> None:
+def _set_files(config, rest: list[str], text: str, key: str, local_files: bool) -> None:
     if len(rest) > 1:
         raise UserError(
             f"--config.{key}: use --config.data.files=PATH or --config.data.files.SPLIT=PATH"
         )
-    value = _file_spec(key, text)
+    value = _file_spec(key, text, local_files)
     if not rest:  # the training files; the config file's own splits go
         files = {"train": value}
     else:
-        current = _get(config, "data.files")
-        files = dict(current) if isinstance(current, ml_collections.ConfigDict) else {}
+        current = _get(config, "data.files")  # a dict or ConfigDict when the config sets it
+        files = dict(current) if isinstance(current, dict | ml_collections.ConfigDict) else {}
         files[rest[0]] = value
     _put(config, "data.files", files)
 
 
-def _file_spec(key: str, text: str):
+def _file_spec(key: str, text: str, local_files: bool = True):
     """A path or glob (absolute, so that a resumed run finds it from anywhere), or for
     parallel text a `SOURCE,TARGET` pair of them."""
     if not text.strip():
@@ -392,12 +414,15 @@ def _file_spec(key: str, text: str):
         pair = [p.strip() for p in text.split(",")]
         if len(pair) != 2 or not all(pair):
             raise UserError(f"--config.{key}={text!r}: parallel text takes SOURCE,TARGET")
-        return {"source": _local(key, pair[0]), "target": _local(key, pair[1])}
-    return _local(key, text)
+        return {
+            "source": _local(key, pair[0], local_files),
+            "target": _local(key, pair[1], local_files),
+        }
+    return _local(key, text, local_files)
 
 
-def _local(key: str, pattern: str) -> str:
-    if "://" in pattern:  # a bucket: the data layer reads it
+def _local(key: str, pattern: str, local_files: bool = True) -> str:
+    if "://" in pattern or not local_files:  # a bucket, or another machine's disk
         return pattern
     path = os.path.abspath(os.path.expanduser(pattern))
     if not glob.glob(path):

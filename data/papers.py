@@ -39,13 +39,17 @@ SPLITS = ("train", "validation")
 def paper_text(paper: dict) -> str:
     """One line of text: the title, the abstract and every body paragraph of an S2ORC paper."""
     parse = paper.get("pdf_parse") or paper
-    parts = [paper.get("title") or ""]
+    parts = [str(paper.get("title") or "")]
     abstract = paper.get("abstract") or parse.get("abstract") or ""
     if isinstance(abstract, list):  # pdf_parse.abstract is a list of paragraphs
-        abstract = " ".join(p.get("text", "") for p in abstract)
-    parts.append(abstract)
-    parts += [p.get("text", "") for p in parse.get("body_text") or ()]
+        abstract = " ".join(_paragraph(p) for p in abstract)
+    parts.append(str(abstract))
+    parts += [_paragraph(p) for p in parse.get("body_text") or ()]
     return " ".join(" ".join(p.split()) for p in parts if p and p.strip())
+
+
+def _paragraph(p) -> str:
+    return str(p.get("text", "")) if isinstance(p, dict) else str(p)
 
 
 def read_paper(path: Path) -> str:
@@ -53,6 +57,10 @@ def read_paper(path: Path) -> str:
         paper = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise DataError(f"{path}: not an S2ORC paper JSON ({type(e).__name__}: {e})") from None
+    if not isinstance(paper, dict):
+        raise DataError(
+            f"{path}: not an S2ORC paper JSON (a {type(paper).__name__}, not an object)"
+        )
     text = paper_text(paper)
     if not text:
         raise DataError(f"{path}: the paper has no title, abstract or body text")

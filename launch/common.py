@@ -68,7 +68,7 @@ def check_config(config: str, overrides: Sequence[tuple[str, str]]) -> None:
     from configs import cli
 
     if cli.split_spec(config)[0].is_file():
-        cli.apply_overrides(cli.load_config(config), overrides)
+        cli.apply_overrides(cli.load_config(config), overrides, local_files=False)
 
 
 def train_command(args: argparse.Namespace) -> str:

@@ -50,6 +50,8 @@ def broken_config(tmp_path_factory):
 
 TRAIN_CASES = {
     "missing config file": (["--config", "configs/nope.py"], ["configs/nope.py"]),
+    "config that is not python": (["--config", "pyproject.toml"], ["not a Python config file"]),
+    "empty config": (["--config="], ["--config needs a file"]),
     "unknown variant": (
         ["--config", "configs/gpt_lm.py:nosuch"],
         ["'nosuch'", "smoke, gpt2"],
@@ -232,6 +234,12 @@ def test_dict_entries_and_split_files_from_the_command_line(tmp_path):
     assert config.data.files.to_dict() == {"train": pair, "validation": pair}
     assert config.data.splits.to_dict() == {"test": "validation"}  # nothing held out
     assert config.data.fields.to_dict() == {"source": "en"}
+    # one split replaces that split only: the config file's validation file stays
+    config = cli.load_config("finetune_cls:local")
+    validation = config.data.files["validation"]
+    cli.apply_overrides(config, [("data.files.train", str(src))])
+    assert config.data.files.to_dict() == {"train": str(src), "validation": validation}
+    assert not config.data.splits  # nothing held out: there is a validation file
     # the config file's own splits are replaced by data.files=PATH
     config = cli.load_config("finetune_cls:local")
     cli.apply_overrides(config, [("data.files", str(src))])
@@ -239,6 +247,27 @@ def test_dict_entries_and_split_files_from_the_command_line(tmp_path):
         "train",
         "validation",
     }
+
+
+def test_lists_from_the_command_line():
+    config = cli.load_config("gpt_lm:smoke")
+    for text, expected in [
+        ("", ()),  # empty: none
+        ("token_embed, head/", ("token_embed", "head/")),
+        ('["a", "b"]', ("a", "b")),
+        ("(encoder|decoder)/token_embed,head/", ("(encoder|decoder)/token_embed", "head/")),
+    ]:
+        cli.set_key(config, "optimizer.freeze", text)
+        assert config.optimizer.freeze == expected, text
+
+
+def test_launchers_leave_cluster_paths_to_the_cluster():
+    from launch.common import train_argv
+
+    argv = train_argv("configs/gpt_lm.py:smoke", "/w", ["data.files=/cluster/only/corpus.txt"])
+    assert "--config.data.files=/cluster/only/corpus.txt" in argv
+    with pytest.raises(UserError, match="did you mean data.files"):
+        train_argv("configs/gpt_lm.py:smoke", "/w", ["data.filez=/cluster/only/corpus.txt"])
 
 
 def test_overrides_reject_bad_values_by_key():

@@ -227,6 +227,8 @@ def test_rules_cover_every_logical_axis_and_drive_the_batch_sharding():
         ([["batch", "data"]], "no rule for length, embed, heads, kv, mlp, vocab, layers"),
         ([*rules, ["hidden", "tensor"]], "unknown logical axis 'hidden'"),
         ([["batch", ["data", "model"]], *rules[1:]], "unknown mesh axis 'model'"),
+        ([*rules, ["batch", "fsdp"]], "two rules for 'batch'"),
+        ([1, 2], "1 is not \\[logical axis, mesh axes\\]"),
     ]:
         with pytest.raises(partitioning.MeshError, match=needle):
             partitioning.rules_from_config(bad)

@@ -85,9 +85,11 @@ def rules_from_config(rules) -> tuple:
         return DEFAULT_RULES
     out = []
     for rule in rules:
-        if len(rule) != 2:
+        if not isinstance(rule, list | tuple) or len(rule) != 2:
             raise MeshError(f"partitioning_rules: {rule!r} is not [logical axis, mesh axes]")
         name, target = rule
+        if name in dict(out):
+            raise MeshError(f"partitioning_rules: two rules for {name!r}; give one per axis")
         if isinstance(target, list):
             target = tuple(target)
         if name not in axes.ALL:
