@@ -177,7 +177,7 @@ def compile_step(config, devices: int, mesh_sizes: dict | None = None):
     from train.loop import LOSS_OBJECTIVE
     from train.optim import make_optimizer
     from train.state import abstract_state
-    from train.step import jit_steps
+    from train.step import jit_steps, step_options
 
     if devices > len(jax.devices()):
         raise PlanError(f"{devices} devices wanted, {len(jax.devices())} simulated")
@@ -199,10 +199,7 @@ def compile_step(config, devices: int, mesh_sizes: dict | None = None):
         shardings,
         mesh,
         rules,
-        microbatches=config.microbatches,
-        label_smoothing=config.label_smoothing,
-        z_loss=config.z_loss,
-        dropout=config.dropout,
+        **step_options(config),
     )
     with partitioning.activate(mesh, rules):
         compiled = jitted.lower(abstract, batch, jax.random.key(0)).compile()

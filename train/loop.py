@@ -35,7 +35,7 @@ from train.init_from import load_pretrained, merge_params
 from train.objectives import check_objective
 from train.optim import make_optimizer
 from train.state import abstract_state, create_train_state
-from train.step import jit_steps, summarize, waits_for_each_step
+from train.step import jit_steps, step_options, summarize, waits_for_each_step
 from train.tasks import TASK_METRICS, LoadedModel, TaskError, task_metrics
 from train.writers import MetricWriter
 
@@ -322,10 +322,7 @@ def _build(config, workdir: Path, ckpt, mesh, rules, objective) -> dict:
         shardings,
         mesh,
         rules,
-        microbatches=config.microbatches,
-        label_smoothing=config.label_smoothing,
-        z_loss=config.z_loss,
-        dropout=config.dropout,
+        **step_options(config),
     )
     return dict(
         tokenizer=tokenizer,

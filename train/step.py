@@ -143,6 +143,16 @@ def jit_steps(
     return train_step, eval_step
 
 
+def step_options(config) -> dict:
+    """The run config's keys that shape the train step, as `jit_steps` keywords."""
+    return {
+        "microbatches": config.microbatches,
+        "label_smoothing": config.label_smoothing,
+        "z_loss": config.z_loss,
+        "dropout": config.dropout,
+    }
+
+
 def make_eval_step(model, objective: str):
     """eval_step(params, batch) -> dict of sums (combine over batches, then `summarize`)."""
 
