@@ -11,7 +11,7 @@ import dataclasses
 import json
 from typing import Any
 
-from models.errors import UserError
+from models.errors import UserError, one_of
 
 FAMILIES = ("encoder", "decoder", "encoder_decoder")
 POSITIONS = ("learned", "sinusoidal", "relative", "rope", "none")
@@ -28,10 +28,7 @@ class ConfigError(UserError):
 
 
 def _choice(field: str, value: Any, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
-        raise ConfigError(
-            f"{field}={value!r} is not supported; allowed values: {', '.join(allowed)}"
-        )
+    one_of(field, value, allowed, ConfigError)
 
 
 @dataclasses.dataclass(frozen=True)

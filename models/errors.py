@@ -64,8 +64,8 @@ class ArgumentParser(argparse.ArgumentParser):
         fail(f"{self.prog}: {message}")
 
 
-def one_of(key: str, value, allowed: Sequence) -> None:
-    """Raises UserError naming `key` and the allowed values unless `value` is one of them."""
+def one_of(key: str, value, allowed: Sequence, error: type[UserError] = UserError) -> None:
+    """Raises `error` naming `key` and the allowed values unless `value` is one of them."""
     if value not in allowed:
         shown = ", ".join(repr(a) if a == "" else str(a) for a in allowed)
-        raise UserError(f"{key}={value!r} is not supported; allowed values: {shown}")
+        raise error(f"{key}={value!r} is not supported; allowed values: {shown}")

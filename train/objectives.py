@@ -19,7 +19,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from models.errors import UserError
+from models.errors import UserError, one_of
 from train.losses import cross_entropy_sums
 
 OBJECTIVES = ("causal_lm", "masked_lm", "seq2seq", "classification", "token_classification")
@@ -50,10 +50,7 @@ def check_objective(objective: str, model_config) -> None:
         "classification": "classification",
         "token_classification": "token_classification",
     }
-    if objective not in need_head:
-        raise ObjectiveError(
-            f"objective={objective!r} is not supported; allowed values: " + ", ".join(OBJECTIVES)
-        )
+    one_of("objective", objective, OBJECTIVES, ObjectiveError)
     if model_config.head != need_head[objective]:
         raise ObjectiveError(
             f"objective={objective!r} needs model.head={need_head[objective]!r} "

@@ -25,7 +25,7 @@ import re
 import jax
 import optax
 
-from models.errors import UserError
+from models.errors import UserError, one_of
 
 OPTIMIZERS = ("adamw", "adafactor", "sgd")
 SCHEDULES = ("cosine", "linear", "rsqrt", "constant")
@@ -69,6 +69,7 @@ def learning_rate_schedule(opt, total_steps: int) -> optax.Schedule:
     decay = int(opt["decay_steps"] or max(total_steps - warmup, 1))
     end = peak * float(opt["end_factor"])
     kind = opt["schedule"]
+    one_of("optimizer.schedule", kind, SCHEDULES, OptimizerError)
     if kind == "cosine":
         after = optax.cosine_decay_schedule(peak, decay, alpha=end / peak if peak else 0.0)
     elif kind == "linear":
@@ -76,12 +77,8 @@ def learning_rate_schedule(opt, total_steps: int) -> optax.Schedule:
     elif kind == "rsqrt":  # T5: lr = peak * sqrt(warmup / step) after warmup
         base = max(warmup, 1)
         after = lambda step: peak * (base / (step + base)) ** 0.5  # noqa: E731
-    elif kind == "constant":
+    else:  # constant
         after = optax.constant_schedule(peak)
-    else:
-        raise OptimizerError(
-            f"optimizer.schedule={kind!r} is not supported; allowed values: {', '.join(SCHEDULES)}"
-        )
     if not warmup:
         return after
     return optax.join_schedules([optax.linear_schedule(0.0, peak, warmup), after], [warmup])
@@ -94,6 +91,7 @@ def decay_mask(params):
 
 def _core(opt: dict, schedule) -> optax.GradientTransformation:
     name = opt["name"]
+    one_of("optimizer.name", name, OPTIMIZERS, OptimizerError)
     wd = float(opt["weight_decay"])
     if name == "adamw":
         return optax.adamw(
@@ -108,13 +106,9 @@ def _core(opt: dict, schedule) -> optax.GradientTransformation:
         return optax.adafactor(
             schedule, weight_decay_rate=wd or None, weight_decay_mask=decay_mask if wd else None
         )
-    if name == "sgd":
-        return optax.chain(
-            optax.add_decayed_weights(wd, decay_mask) if wd else optax.identity(),
-            optax.sgd(schedule, momentum=opt["momentum"] or None),
-        )
-    raise OptimizerError(
-        f"optimizer.name={name!r} is not supported; allowed values: {', '.join(OPTIMIZERS)}"
+    return optax.chain(  # sgd
+        optax.add_decayed_weights(wd, decay_mask) if wd else optax.identity(),
+        optax.sgd(schedule, momentum=opt["momentum"] or None),
     )
 
 
