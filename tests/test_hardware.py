@@ -41,8 +41,11 @@ def test_the_loop_benchmark_planner_and_carbon_read_the_one_table():
     assert plan.CHIPS is CHIPS
     assert benchmark.device_peak is hardware.device_peak is loop.device_peak
     tracker = carbon.CarbonTracker({"enabled": False})
-    tracker._kind = "TPU v4"
-    assert getattr(chip_of(tracker._kind), "tdp_w", None) == 192.0
+    tracker._chips = 4
+    tracker._kind = "TPU v4"  # the table's published TDP
+    assert tracker._tpu(3600)["chip_tdp_w"] == CHIPS["v4"].tdp_w == 192.0
+    tracker._kind = "TPU v5 lite"  # a row without one: the labelled assumption
+    assert "assumed" in tracker._tpu(3600)["notes"]
 
 
 def test_cpu_peak_is_measured_for_the_compute_dtype():
