@@ -50,7 +50,7 @@ _TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
 
 def choices() -> dict[str, tuple]:
     """The keys with a closed set of values, each with its allowed values (from their homes)."""
-    from data import builders, sources, tokenizers
+    from data import builders, objectives, tokenizers
     from models import config as model_config
     from train import optim, tasks
 
@@ -67,7 +67,7 @@ def choices() -> dict[str, tuple]:
         "param_dtype": model_config.DTYPES,
     }
     return {
-        "data.objective": sources.OBJECTIVES,
+        "data.objective": objectives.names(),
         "data.format": ("auto", *builders.BUILDERS),
         "data.text_mode": ("lines", "files"),
         "data.table_format": ("auto", "tsv", "csv", "jsonl"),

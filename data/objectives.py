@@ -1,322 +1,245 @@
-"""Objectives as numpy transforms on token ids, deterministic given a `np.random.Generator`.
+"""What an objective is, one record each: the registry the pipeline, the loss, the loop, evaluation,
+the tasks, the benchmark and the planner all read.
 
-* `mask_tokens`: BERT dynamic masking: exactly `round(rate * candidates)` positions chosen
-  (optionally whole words), each replaced by [MASK] 80%, a random token 10%, kept 10%.
-* `random_spans_helper`, `random_spans_noise_mask`, `span_corrupt`: T5 span corruption, the same
-  length arithmetic and noise mask as T5's `preprocessors.py` (inputs_length 512 at density 0.15
-  with mean span 3 reads 568 raw tokens and yields 114 target tokens); `reconstruct_spans`
-  undoes it.
-* `text_infill`, `permute_sentences`: BART denoising (Poisson(3) spans replaced by one <mask>
-  each; sentences shuffled).
-* `shift_right`, `pair_ids`, `first_subtoken_labels`: task formats for seq2seq, (pair)
-  classification and token classification.
+    record = objectives.get("clm")      # also by its loss name, objectives.get("causal_lm")
+    record.rows(tokenizer, seq_len, cfg) # its row builder (data/rows.py)
+    record.head, record.family           # what the model needs
+    record.synthetic_batch(vocab, batch=8, seq=128)
+
+`data.objective` names a record. Every objective is a token- or sequence-level cross entropy; a
+record says which roles of a canonical example it reads (`data.sources`), how rows are built
+(`rows`), which batch keys result, which key holds the loss targets and which the weights, the
+head and family a model needs to train on it, and which tasks (train/tasks.py) score it.
+
+It sits in `data/`, the lowest layer that builds rows, so that every layer above can read it.
+Adding an objective is one `register(Objective(...))` call and its test (tests/test_objectives.py
+trains a toy one end to end).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import dataclasses
 
 import numpy as np
 
-IGNORE = -100
+from data import rows as builders
+from data.errors import DataError
+
+# The batch keys a model takes, in the order the models' __call__ declare them.
+ENCODER_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "positions", "segment_ids")
+DECODER_INPUTS = (
+    "decoder_input_ids",
+    "decoder_attention_mask",
+    "decoder_positions",
+    "decoder_segment_ids",
+)
+LOSS_KEYS = ("targets", "labels", "weights")
 
 
-def mask_tokens(
-    ids: np.ndarray,
-    rng: np.random.Generator,
-    *,
-    mask_id: int,
-    random_ids: np.ndarray,
-    special: np.ndarray,
-    rate: float = 0.15,
-    word_starts: np.ndarray | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """BERT-style dynamic masking.
+@dataclasses.dataclass(frozen=True)
+class Objective:
+    """One objective.
 
-    Args:
-      ids: (L,) token ids.
-      rng: the generator (seeded per row and step by the pipeline).
-      mask_id: the [MASK] id.
-      random_ids: ids a "random token" replacement draws from (the non-special vocabulary).
-      special: boolean (L,) of positions never chosen (CLS, SEP, PAD, ...).
-      rate: fraction of the non-special positions chosen for prediction.
-      word_starts: optional boolean (L,) marking the first sub-token of each word; when given,
-        whole words are chosen (all their sub-tokens together).
-
-    Returns:
-      `(inputs, chosen)`: the corrupted (L,) ids and the boolean (L,) of chosen positions (the
-      loss weights; the targets are the original `ids`).
-    """
-    candidates = np.flatnonzero(~special)
-    chosen = np.zeros(ids.shape, bool)
-    if candidates.size == 0:
-        return ids.copy(), chosen
-    budget = max(1, int(round(rate * candidates.size)))
-    if word_starts is None:
-        chosen[rng.permutation(candidates)[:budget]] = True
-    else:
-        chosen[_whole_word_choice(candidates, word_starts, budget, rng)] = True
-    inputs = ids.copy()
-    where = np.flatnonzero(chosen)
-    draw = rng.random(where.size)
-    inputs[where[draw < 0.8]] = mask_id
-    replaced = where[(draw >= 0.8) & (draw < 0.9)]
-    inputs[replaced] = random_ids[rng.integers(0, random_ids.size, replaced.size)]
-    return inputs, chosen
-
-
-def _whole_word_choice(candidates, word_starts, budget, rng) -> np.ndarray:
-    starts = word_starts[candidates] | np.r_[True, np.diff(candidates) != 1]
-    words = np.split(candidates, np.flatnonzero(starts)[1:])
-    picked, total = [], 0
-    for index in rng.permutation(len(words)):
-        word = words[index]
-        if total + word.size > budget:
-            continue
-        picked.append(word)
-        total += word.size
-        if total == budget:
-            break
-    return np.concatenate(picked) if picked else np.zeros(0, np.int64)
-
-
-def random_spans_helper(
-    inputs_length: int,
-    noise_density: float,
-    mean_noise_span_length: float,
-    extra_tokens_per_span_inputs: int = 1,
-    extra_tokens_per_span_targets: int = 1,
-) -> tuple[int, int]:
-    """T5's length arithmetic: the raw token count that span-corrupts to `inputs_length`.
-
-    Inputs hold the non-noise tokens, one sentinel per noise span and EOS; targets hold the noise
-    tokens, one sentinel per span and EOS.
-
-    Args:
-      inputs_length: the encoder length wanted (e.g. 512).
-      noise_density: fraction of raw tokens that are noise (e.g. 0.15).
-      mean_noise_span_length: mean noise span length (e.g. 3).
-      extra_tokens_per_span_inputs: sentinels per span in the inputs.
-      extra_tokens_per_span_targets: sentinels per span in the targets.
-
-    Returns:
-      `(tokens_length, targets_length)`, e.g. (568, 114) for (512, 0.15, 3).
+    Attributes:
+      name: the `data.objective` value.
+      rows: its row builder class (`data.rows.Rows`).
+      roles: the roles of a canonical example it reads (`data.sources`).
+      keys: the batch keys its rows carry.
+      head: the model head it trains (`models.config.HEADS`).
+      family: the model family it needs, or None for any family with `head`.
+      targets: the batch key holding the loss targets (below 0: ignored).
+      weights: the batch key of the per-target weights; where a batch lacks it, targets >= 0
+        weigh 1 and the others 0.
+      loss: the name of its loss; objectives with one loss (span, denoise and seq2seq are all
+        teacher-forced seq2seq) share it, and `get` accepts it for the first one registered.
+      local_format: the file format of `data.files` when `data.format` is "auto" and the file
+        names do not say (`data.builders`).
+      tasks: the tasks of train/tasks.py whose metrics score a model trained on it.
+      pretrains: the family this objective pretrains by default (the benchmark's and the
+        planner's synthetic runs), or None.
     """
 
-    def lengths(tokens_length: int) -> tuple[int, int]:
-        num_noise = int(round(tokens_length * noise_density))
-        num_spans = int(round(num_noise / mean_noise_span_length))
-        return (
-            tokens_length - num_noise + num_spans * extra_tokens_per_span_inputs + 1,
-            num_noise + num_spans * extra_tokens_per_span_targets + 1,
-        )
+    name: str
+    rows: type
+    roles: tuple[str, ...]
+    keys: tuple[str, ...]
+    head: str
+    family: str | None
+    loss: str
+    targets: str = "targets"
+    weights: str = "weights"
+    local_format: str = "text"
+    tasks: tuple[str, ...] = ()
+    pretrains: str | None = None
 
-    tokens_length = inputs_length - 1
-    while lengths(tokens_length + 1)[0] <= inputs_length:
-        tokens_length += 1
-    inputs, targets = lengths(tokens_length)
-    if noise_density == 0.5 and targets > inputs:  # T5: keep targets at the round inputs length
-        tokens_length -= 1
-        targets -= 1
-    return tokens_length, targets
+    def check_model(self, model_config, error=DataError) -> None:
+        """Refuses a model that cannot train on this objective (e.g. masked LM on a model
+        without an MLM head), naming what it needs."""
+        if model_config.head != self.head:
+            raise error(
+                f"objective={self.loss!r} needs model.head={self.head!r} "
+                f"(model {model_config.name!r} has head={model_config.head!r})"
+            )
+        if self.family and model_config.family != self.family:
+            kind = {"decoder": "a decoder-only", "encoder_decoder": "an encoder-decoder"}
+            needs = kind.get(self.family, f"a {self.family}")
+            raise error(f"objective={self.loss!r} needs {needs} model")
 
-
-def random_spans_noise_mask(
-    length: int, noise_density: float, mean_noise_span_length: float, rng: np.random.Generator
-) -> np.ndarray:
-    """T5's noise mask: alternating non-noise/noise spans, starting with non-noise.
-
-    Returns:
-      A boolean (length,) array, True at noise tokens; `round(length * noise_density)` of them in
-      `round(num_noise / mean_noise_span_length)` spans.
-    """
-    original = length
-    length = max(length, 2)
-    num_noise = min(max(int(round(length * noise_density)), 1), length - 1)
-    num_spans = max(int(round(num_noise / mean_noise_span_length)), 1)
-    noise_lengths = _random_segmentation(num_noise, num_spans, rng)
-    keep_lengths = _random_segmentation(length - num_noise, num_spans, rng)
-    interleaved = np.stack([keep_lengths, noise_lengths], axis=1).reshape(-1)
-    starts = np.cumsum(interleaved)[:-1]
-    span_start = np.zeros(length, np.int64)
-    span_start[starts] = 1
-    return (np.cumsum(span_start) % 2 == 1)[:original]
-
-
-def _random_segmentation(num_items: int, num_segments: int, rng) -> np.ndarray:
-    """Splits `num_items` into `num_segments` non-empty parts uniformly at random."""
-    first = np.zeros(num_items, np.int64)
-    first[rng.permutation(np.arange(1, num_items))[: num_segments - 1]] = 1
-    segment = np.cumsum(first)
-    return np.bincount(segment, minlength=num_segments)
+    def synthetic_batch(
+        self, vocab_size: int, *, batch: int, seq: int, target: int | None = None, seed: int = 0
+    ) -> dict[str, np.ndarray]:
+        """Random token ids of the objective's shapes with every position weighted 1 and no
+        padding (numpy): what the benchmark times. `target` is the decoder length."""
+        rng = np.random.default_rng(seed)
+        decoder = "decoder_input_ids" in self.keys
+        target = target or seq
+        out = {}
+        for key in ("input_ids", "decoder_input_ids", self.targets, self.weights):
+            if key not in self.keys:
+                continue
+            length = target if decoder and key != "input_ids" else seq
+            if key == self.weights:
+                out[key] = np.ones((batch, length), np.float32)
+            else:
+                out[key] = rng.integers(1, vocab_size, (batch, length)).astype(np.int32)
+        return out
 
 
-def span_corrupt(
-    tokens: np.ndarray,
-    rng: np.random.Generator,
-    *,
-    sentinel_ids: np.ndarray,
-    eos_id: int,
-    noise_density: float = 0.15,
-    mean_noise_span_length: float = 3.0,
-) -> tuple[np.ndarray, np.ndarray]:
-    """T5 span corruption with unique sentinels.
+_CAUSAL = ("input_ids", "targets", "weights", "positions", "segment_ids", "attention_mask")
+_SEQ2SEQ = (
+    "input_ids",
+    "attention_mask",
+    "decoder_input_ids",
+    "decoder_attention_mask",
+    "targets",
+    "weights",
+)
+REGISTRY: dict[str, Objective] = {}
 
-    Args:
-      tokens: (N,) raw token ids (no EOS).
-      rng: the generator.
-      sentinel_ids: ids of <extra_id_0>, <extra_id_1>, ... (used in that order).
-      eos_id: appended to inputs and targets.
-      noise_density: fraction of tokens masked.
-      mean_noise_span_length: mean masked span length.
 
-    Returns:
-      `(inputs, targets)`: inputs = kept tokens with one sentinel per noise span + EOS; targets =
-      each sentinel followed by the tokens it replaced + EOS.
-    """
-    noise = random_spans_noise_mask(tokens.size, noise_density, mean_noise_span_length, rng)
-    return (
-        _replace_spans(tokens, noise, sentinel_ids, eos_id),
-        _replace_spans(tokens, ~noise, sentinel_ids, eos_id),
+def register(objective: Objective) -> Objective:
+    """Adds `objective` to the registry (a name may be registered once)."""
+    if objective.name in REGISTRY:
+        raise ValueError(f"objective {objective.name!r} is already registered")
+    REGISTRY[objective.name] = objective
+    return objective
+
+
+def names() -> tuple[str, ...]:
+    """The `data.objective` values."""
+    return tuple(REGISTRY)
+
+
+def get(name: str) -> Objective:
+    """The record of `name`, a `data.objective` value or a loss name (`causal_lm`, ...)."""
+    if name in REGISTRY:
+        return REGISTRY[name]
+    for record in REGISTRY.values():
+        if record.loss == name:
+            return record
+    raise DataError(f"data.objective: unknown objective {name!r} (one of {', '.join(REGISTRY)})")
+
+
+def for_family(family: str) -> Objective:
+    """The objective that pretrains `family` (causal LM, masked LM, span corruption)."""
+    return next(r for r in REGISTRY.values() if r.pretrains == family)
+
+
+def for_task(task: str) -> Objective:
+    """The objective whose rows a task's metrics are computed over."""
+    found = [r for r in REGISTRY.values() if task in r.tasks]
+    if not found:
+        raise DataError(f"task {task!r} is scored by no objective")
+    return found[0]
+
+
+register(
+    Objective(
+        "clm",
+        builders.CausalRows,
+        ("text",),
+        _CAUSAL,
+        head="lm",
+        family="decoder",
+        loss="causal_lm",
+        tasks=("text-generation",),
+        pretrains="decoder",
     )
-
-
-def _replace_spans(tokens, noise, sentinel_ids, eos_id) -> np.ndarray:
-    previous = np.r_[False, noise[:-1]]
-    first = noise & ~previous
-    span_index = np.cumsum(first) - 1
-    if first.sum() > sentinel_ids.size:
-        raise ValueError(f"{int(first.sum())} noise spans but only {sentinel_ids.size} sentinels")
-    out = np.where(first, sentinel_ids[np.maximum(span_index, 0)], tokens)
-    out = out[~(noise & previous)]
-    return np.r_[out, eos_id].astype(np.int32)
-
-
-def reconstruct_spans(
-    inputs: np.ndarray, targets: np.ndarray, sentinel_ids: np.ndarray, eos_id: int
-) -> np.ndarray:
-    """Inverts `span_corrupt`: replaces each input sentinel by the target span it names.
-
-    Args:
-      inputs: span-corrupted inputs ending in EOS (padding after it is ignored).
-      targets: the matching targets ending in EOS.
-      sentinel_ids: the sentinel ids `span_corrupt` used.
-      eos_id: the EOS id.
-
-    Returns:
-      The original raw tokens.
-    """
-    inputs, targets = _until_eos(inputs, eos_id), _until_eos(targets, eos_id)
-    cuts = np.flatnonzero(np.isin(targets, sentinel_ids))
-    spans = {int(targets[a]): targets[a + 1 : b] for a, b in zip(cuts, [*cuts[1:], targets.size])}
-    pieces = [spans.get(int(t), np.asarray([t])) for t in inputs]
-    return np.concatenate(pieces).astype(np.int32) if pieces else np.zeros(0, np.int32)
-
-
-def _until_eos(ids: np.ndarray, eos_id: int) -> np.ndarray:
-    ends = np.flatnonzero(ids == eos_id)
-    return ids[: ends[-1]] if ends.size else ids
-
-
-def text_infill(
-    ids: np.ndarray,
-    rng: np.random.Generator,
-    *,
-    mask_id: int,
-    mask_ratio: float = 0.3,
-    poisson_lambda: float = 3.0,
-) -> np.ndarray:
-    """BART text infilling: spans with Poisson(lambda) lengths, each replaced by one mask.
-
-    About `mask_ratio` of the tokens are covered; a zero-length span inserts a mask.
-
-    Returns:
-      The corrupted ids (usually shorter than `ids`).
-    """
-    n = ids.size
-    budget = int(np.ceil(mask_ratio * n))
-    if n == 0 or budget == 0:
-        return ids.copy()
-    lengths = []
-    while sum(lengths) < budget:
-        lengths.append(int(rng.poisson(poisson_lambda)))
-    lengths[-1] -= sum(lengths) - budget
-    starts = np.sort(rng.choice(n, size=min(len(lengths), n), replace=False))
-    out, cursor = [], 0
-    for start, length in zip(starts, rng.permutation(lengths)[: starts.size]):
-        if start < cursor:
-            continue
-        out.extend(ids[cursor:start])
-        out.append(mask_id)
-        cursor = start + length
-    out.extend(ids[cursor:])
-    return np.asarray(out, np.int32)
-
-
-def permute_sentences(
-    ids: np.ndarray, sentence_end: np.ndarray, rng: np.random.Generator
-) -> np.ndarray:
-    """BART sentence permutation: splits after each `sentence_end` token and shuffles sentences."""
-    cuts = np.flatnonzero(sentence_end[:-1]) + 1
-    sentences = np.split(ids, cuts)
-    order = rng.permutation(len(sentences))
-    return np.concatenate([sentences[i] for i in order]).astype(np.int32)
-
-
-def shift_right(targets: np.ndarray, start_id: int) -> np.ndarray:
-    """Decoder inputs: `[start] + targets[:-1]` along the last axis."""
-    return np.concatenate(
-        [np.full(targets.shape[:-1] + (1,), start_id, targets.dtype), targets[..., :-1]], axis=-1
+)
+register(
+    Objective(
+        "mlm",
+        builders.MaskedRows,
+        ("text",),
+        ("input_ids", "attention_mask", "targets", "weights"),
+        head="mlm",
+        family=None,
+        loss="masked_lm",
+        tasks=("fill-mask",),
+        pretrains="encoder",
     )
-
-
-def truncate_pair(a: np.ndarray, b: np.ndarray | None, budget: int) -> tuple:
-    """Longest-first truncation of one or two id arrays to `budget` tokens in total."""
-    if b is None:
-        return a[:budget], None
-    while a.size + b.size > budget:
-        if a.size >= b.size:
-            a = a[:-1]
-        else:
-            b = b[:-1]
-    return a, b
-
-
-def pair_ids(
-    a: np.ndarray,
-    b: np.ndarray | None,
-    *,
-    begin: Sequence[int],
-    middle: Sequence[int],
-    end: Sequence[int],
-) -> tuple[np.ndarray, np.ndarray]:
-    """Joins one or two segments with family special tokens.
-
-    BERT: begin=[CLS], middle=[SEP], end=[SEP]; BART: <s>, </s></s>, </s>; T5/GPT: -, </s>, </s>.
-
-    Returns:
-      `(ids, token_type_ids)`; type 1 covers the second segment and its closing tokens.
-    """
-    first = np.r_[begin, a, (middle if b is not None else end)].astype(np.int32)
-    if b is None:
-        return first, np.zeros(first.size, np.int32)
-    second = np.r_[b, end].astype(np.int32)
-    return np.r_[first, second], np.r_[np.zeros(first.size), np.ones(second.size)].astype(np.int32)
-
-
-def first_subtoken_labels(word_index: np.ndarray, tags: Sequence[int]) -> np.ndarray:
-    """Token-classification labels: the word's tag at its first sub-token, IGNORE elsewhere.
-
-    Args:
-      word_index: (L,) word number of each token (-1 for special tokens).
-      tags: one tag id per word.
-
-    Returns:
-      (L,) int32 labels.
-    """
-    labels = np.full(word_index.shape, IGNORE, np.int32)
-    previous = np.r_[-1, word_index[:-1]]
-    first = (word_index >= 0) & (word_index != previous)
-    tags = np.asarray(tags, np.int32)
-    labels[first] = tags[word_index[first]]
-    return labels
+)
+register(
+    Objective(
+        "span",
+        builders.SpanRows,
+        ("text",),
+        _SEQ2SEQ,
+        head="lm",
+        family="encoder_decoder",
+        loss="seq2seq",
+        pretrains="encoder_decoder",
+    )
+)
+register(
+    Objective(
+        "denoise",
+        builders.DenoiseRows,
+        ("text",),
+        _SEQ2SEQ,
+        head="lm",
+        family="encoder_decoder",
+        loss="seq2seq",
+    )
+)
+register(
+    Objective(
+        "seq2seq",
+        builders.Seq2SeqRows,
+        ("source", "target"),
+        _SEQ2SEQ,
+        head="lm",
+        family="encoder_decoder",
+        loss="seq2seq",
+        local_format="table",
+        tasks=("translation", "summarization"),
+    )
+)
+register(
+    Objective(
+        "classify",
+        builders.ClassifyRows,
+        ("text", "label"),
+        ("input_ids", "attention_mask", "token_type_ids", "labels"),
+        head="classification",
+        family=None,
+        loss="classification",
+        targets="labels",
+        local_format="table",
+        tasks=("classification",),
+    )
+)
+register(
+    Objective(
+        "tag",
+        builders.TagRows,
+        ("tokens", "tags"),
+        ("input_ids", "attention_mask", "labels", "weights"),
+        head="token_classification",
+        family=None,
+        loss="token_classification",
+        targets="labels",
+        local_format="conll",
+        tasks=("ner",),
+    )
+)

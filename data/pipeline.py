@@ -18,7 +18,8 @@ independent of the host layout.
 `data.sources` (name, files, format, splits, fields, label_names, tag_names, text_mode,
 table_format, token_column, tag_column, data_dir, download) it reads:
 
-  objective      clm | mlm | span | denoise | seq2seq | classify | tag (default clm)
+  objective      clm | mlm | span | denoise | seq2seq | classify | tag (default clm; the
+                 records of data.objectives)
   pack           clm: pack documents with segment ids (True) or pad one per row (False)
   mlm_probability, whole_word_mask            mlm (0.15, False)
   noise_density, mean_noise_span_length       span (0.15, 3.0)
@@ -53,10 +54,10 @@ import ml_collections
 import numpy as np
 from ml_collections.config_dict import placeholder
 
-from data import sources
+from data import objectives, sources
 from data.errors import DataError
-from data.formats import ROWS, Rows
 from data.packing import RowStream, read_many
+from data.rows import Rows
 from data.tokenizers import Tokenizer
 
 STATE_VERSION = 1
@@ -200,10 +201,6 @@ class BatchIterator(Iterator[dict[str, np.ndarray]]):
         self.step = int(state["step"])
 
 
-_DECODER_KEYS = ("decoder_input_ids", "decoder_attention_mask", "targets", "weights")
-_ENCODER_KEYS = ("input_ids", "attention_mask", "token_type_ids", "positions", "segment_ids")
-
-
 def bucket_length(used: int, multiple: int, limit: int) -> int:
     """The smallest multiple of `multiple` >= max(used, 1), capped at `limit`."""
     return min(limit, multiple * max(1, -(-int(used) // multiple)))
@@ -213,14 +210,10 @@ def trim_padding(batch: dict[str, np.ndarray], multiple: int) -> dict[str, np.nd
     """Cuts the trailing all-padding columns of a batch of left-aligned rows down to a
     multiple of `multiple` (`bucket_length`), the inputs and the targets side separately."""
     decoder = "decoder_attention_mask" in batch
-    sides = [
-        (
-            _ENCODER_KEYS if decoder else (*_ENCODER_KEYS, "labels", "targets", "weights"),
-            batch["attention_mask"],
-        )
-    ]
+    inputs, targets = objectives.ENCODER_INPUTS, objectives.LOSS_KEYS
+    sides = [(inputs if decoder else (*inputs, *targets), batch["attention_mask"])]
     if decoder:
-        sides.append((_DECODER_KEYS, batch["decoder_attention_mask"]))
+        sides.append(((*objectives.DECODER_INPUTS, *targets), batch["decoder_attention_mask"]))
     out = dict(batch)
     for keys, mask in sides:
         used = mask.shape[1] - np.argmax(mask[:, ::-1] != 0, axis=1)
@@ -279,7 +272,7 @@ def make_pipeline(
     source = sources.load_source(cfg, split, objective)
     if len(source) == 0:
         raise DataError(f"{source.name}: split {split!r} has no examples")
-    rows = ROWS[objective](tokenizer, seq_len, cfg)
+    rows = objectives.get(objective).rows(tokenizer, seq_len, cfg)
     train = split == "train"
     shuffle = train if cfg.get("shuffle") is None else bool(cfg["shuffle"])
     epochs = cfg.get("num_epochs")

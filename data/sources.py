@@ -43,12 +43,10 @@ from typing import Any
 
 import tensorflow_datasets as tfds
 
-from data import builders
+from data import builders, objectives
 from data.errors import DataError
 
 DEFAULT_NAME = "pydoc_topics"
-LM_OBJECTIVES = ("clm", "mlm", "span", "denoise")
-OBJECTIVES = (*LM_OBJECTIVES, "seq2seq", "classify", "tag")
 
 # Default role -> feature maps for catalog names (longest matching prefix wins).
 CATALOG_FIELDS: dict[str, dict[str, str]] = {
@@ -76,15 +74,6 @@ LOCAL_FIELDS = {
     "table": {"text": "text", "label": "label", "source": "source", "target": "target"},
     "conll": {"tokens": "tokens", "tags": "tags"},
     "parallel": {"source": "source", "target": "target"},
-}
-ROLES = {
-    "clm": ("text",),
-    "mlm": ("text",),
-    "span": ("text",),
-    "denoise": ("text",),
-    "seq2seq": ("source", "target"),
-    "classify": ("text", "label"),
-    "tag": ("tokens", "tags"),
 }
 _LEGACY_MODULES = ("text", "translate", "summarization")
 
@@ -162,9 +151,7 @@ def data_dir(cfg) -> str:
 
 def objective_roles(objective: str) -> tuple[str, ...]:
     """Returns the roles an objective needs; raises DataError for an unknown objective."""
-    if objective not in ROLES:
-        raise DataError(f"data.objective: unknown objective {objective!r} (one of {OBJECTIVES})")
-    return ROLES[objective]
+    return objectives.get(objective).roles
 
 
 def load_source(cfg, split: str, objective: str) -> Source:
@@ -173,7 +160,7 @@ def load_source(cfg, split: str, objective: str) -> Source:
     Args:
       cfg: the `data` ConfigDict (see the module docstring for its keys).
       split: the pipeline split name, e.g. "train" or "validation".
-      objective: one of `OBJECTIVES`; it picks the roles (and the local format when "auto").
+      objective: a `data.objectives` name; it picks the roles (and the local format when "auto").
 
     Returns:
       A `Source` of canonical examples.
@@ -285,11 +272,12 @@ def local_format(cfg, objective: str) -> str:
     specs = list(dict(cfg["files"]).values())
     if any(isinstance(s, Mapping) for s in specs):
         return "parallel"
-    if objective == "tag":
-        return "conll"
+    default = objectives.get(objective).local_format
+    if default != "text":
+        return default
     patterns = [p for s in specs for p in ([s] if isinstance(s, str) else s)]
     tabular = all(str(p).lower().endswith((".tsv", ".csv", ".jsonl", ".json")) for p in patterns)
-    return "table" if tabular or objective in ("classify", "seq2seq") else "text"
+    return "table" if tabular else "text"
 
 
 def _local_source(cfg, split, objective, roles) -> Source:

@@ -13,7 +13,7 @@ the special tokens of a model family, looked up by role:
 unigram ("unigram"); `Tokenizer.save(dir)` writes `tokenizer.json` + `tokenizer_config.json`;
 `load_tokenizer(path)` reads such a directory or a Hugging Face one (tokenizer.json, vocab.txt,
 vocab.json + merges.txt, or spiece.model, the last through the `sentencepiece` package's model
-proto). Encoding never adds special tokens: the objectives in `data.objectives` place them.
+proto). Encoding never adds special tokens: the row builders in `data.rows` place them.
 """
 
 from __future__ import annotations

@@ -86,7 +86,7 @@ def _batch_spec(config, mesh, objective: str, rules) -> dict:
     import numpy as np
 
     import models
-    from data.formats import ROWS
+    from data import objectives
     from data.tokenizers import train_tokenizer
     from train import partitioning
 
@@ -95,7 +95,7 @@ def _batch_spec(config, mesh, objective: str, rules) -> dict:
     )
     text = ["the quick brown fox jumps over the lazy dog"] * 8
     tok = train_tokenizer(text, kind=config.tokenizer.kind, vocab_size=300, family=family)
-    row = ROWS[objective](tok, config.seq_len, config.data).empty()
+    row = objectives.get(objective).rows(tok, config.seq_len, config.data).empty()
     return {
         k: jax.ShapeDtypeStruct(
             (config.batch_size, *np.shape(v)),
@@ -174,7 +174,6 @@ def compile_step(config, devices: int, mesh_sizes: dict | None = None):
 
     import models
     from train import partitioning
-    from train.loop import LOSS_OBJECTIVE
     from train.optim import make_optimizer
     from train.state import abstract_state
     from train.step import jit_steps, step_options
@@ -195,7 +194,7 @@ def compile_step(config, devices: int, mesh_sizes: dict | None = None):
         model,
         tx,
         schedule,
-        LOSS_OBJECTIVE[objective],
+        objective,
         shardings,
         mesh,
         rules,

@@ -28,6 +28,9 @@ class DecoderModel(nn.Module):
     """token_embed -> causal stack -> [head: lm | classification (last token) |
     token_classification]."""
 
+    # the batch keys __call__ takes (the trainer passes those of a batch it has)
+    INPUTS = ("input_ids", "attention_mask", "positions", "segment_ids")
+
     config: ModelConfig
 
     def setup(self):

@@ -20,6 +20,9 @@ class EncoderModel(nn.Module):
     """token_embed -> encoder stack -> [pooler] -> [head: mlm | classification |
     token_classification]."""
 
+    # the batch keys __call__ takes (the trainer passes those of a batch it has)
+    INPUTS = ("input_ids", "attention_mask", "token_type_ids", "positions", "segment_ids")
+
     config: ModelConfig
 
     def setup(self):

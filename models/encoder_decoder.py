@@ -17,6 +17,18 @@ from models.layers import token_embedding
 class EncoderDecoderModel(nn.Module):
     """`encode` and `decode` are usable on their own (decoding reuses one encoding)."""
 
+    # the batch keys __call__ takes (the trainer passes those of a batch it has)
+    INPUTS = (
+        "input_ids",
+        "decoder_input_ids",
+        "attention_mask",
+        "decoder_attention_mask",
+        "positions",
+        "decoder_positions",
+        "segment_ids",
+        "decoder_segment_ids",
+    )
+
     config: ModelConfig
 
     def setup(self):

@@ -186,14 +186,12 @@ class Embed(nn.Module):
     def attend(self, x: jax.Array) -> jax.Array:
         """x @ table.T with float32 accumulation: (..., D) -> (..., V) logits in the compute dtype
         (float32 in float32 compute; in 16-bit compute the product rounds its output, as PyTorch
-        autocast's LM head does, and losses and decoding upcast: gpt2-medium's step at 16 x 1024
-        on an H100 needed 1.5 GiB less than with float32 logits, and took 97.7 against 98.5 ms).
+        autocast's LM head does, and losses and decoding upcast, which saves a float32
+        (B, T, V) buffer).
 
         In 16-bit compute the table is padded with zero rows to a multiple of 128 for the
         product and the logits are sliced back to V: the same values, but matrix shapes that
-        the tensor cores and MXUs tile evenly. On an H200, gpt2-medium's LM-head products
-        (V = 50,257) ran at about 250 TFLOP/s in the backward pass; a 50,304-row table saved
-        7 ms of a 112 ms step (docs/benchmarks/gpu-notes.md)."""
+        the tensor cores and MXUs tile evenly (measured in docs/benchmarks/gpu-notes.md)."""
         x, table = x.astype(self.dtype), self.embedding.astype(self.dtype)
         if self.dtype == jnp.float32:
             return lax.dot_general(

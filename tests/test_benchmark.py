@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+from data import objectives
 from train import benchmark
 
 TINY = ["--batch", "8", "--seq", "16", "--steps", "2", "--warmup", "1", "--dtype", "f32"]
@@ -120,7 +121,9 @@ def test_torch_reference_other_families():
 
     for name, cls in (("bert-tiny", "BertForMaskedLM"), ("t5-tiny", "T5ForConditionalGeneration")):
         cfg = benchmark.benchmark_config(name, "f32")
-        host = benchmark.synthetic_batch(cfg, 2, 8, 4)
+        host = objectives.for_family(cfg.family).synthetic_batch(
+            cfg.vocab_size, batch=2, seq=8, target=4
+        )
         r = train_benchmark(cfg, host, steps=1, warmup=0)
         assert r["class"] == cls and math.isfinite(r["final_loss"])
         assert r["tokens_per_step"] == (2 * 8 + 2 * 4 if name == "t5-tiny" else 2 * 8)

@@ -199,7 +199,7 @@ def test_text_generation_continues_the_prompt_as_generate_does(tmp_path):
 @pytest.mark.slow
 def test_trimmed_batches_hold_the_same_rows_and_give_the_same_loss(tmp_path):
     import models
-    from train.objectives import loss_sums
+    from train.losses import loss_sums
 
     rng = np.random.default_rng(0)
     lines = [" ".join(rng.choice(WORDS, size=rng.integers(1, 25))) for _ in range(64)]

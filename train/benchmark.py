@@ -44,6 +44,7 @@ import numpy as np
 import optax
 
 import models
+from data import objectives
 from models.errors import ArgumentParser, UserError, one_line_errors
 from train import allocator, partitioning
 from train.carbon import CarbonTracker
@@ -51,12 +52,6 @@ from train.flops import train_flops_per_step
 from train.hardware import device_peak
 from train.state import create_train_state
 from train.step import jit_steps, waits_for_each_step
-
-OBJECTIVE = {
-    "decoder": ("causal_lm", "lm"),
-    "encoder": ("masked_lm", "mlm"),
-    "encoder_decoder": ("seq2seq", "lm"),
-}
 
 # Standard suites: (model, batch, seq, target_seq) trained in f32 and bf16, plus decoding.
 SUITES = {
@@ -164,27 +159,11 @@ def _peak_memory(compiled) -> tuple[int | None, str]:
     return None, "unavailable"
 
 
-def synthetic_batch(cfg, batch: int, seq: int, target: int, seed: int = 0) -> dict:
-    """Random token ids of the right shapes, every position weighted 1 (numpy)."""
-    rng = np.random.default_rng(seed)
-    ids = lambda length: rng.integers(1, cfg.vocab_size, (batch, length)).astype(np.int32)  # noqa: E731
-    ones = lambda length: np.ones((batch, length), np.float32)  # noqa: E731
-    if cfg.family == "encoder_decoder":
-        return {
-            "input_ids": ids(seq),
-            "decoder_input_ids": ids(target),
-            "targets": ids(target),
-            "weights": ones(target),
-        }
-    return {"input_ids": ids(seq), "targets": ids(seq), "weights": ones(seq)}
-
-
 def benchmark_config(model: str, dtype: str, **overrides) -> models.ModelConfig:
     """The named architecture with its pretraining head, no dropout, and `dtype` compute."""
     base = models.get_config(model)
-    _, head = OBJECTIVE[base.family]
     fields = dict(
-        head=head,
+        head=objectives.for_family(base.family).head,
         dtype="bfloat16" if dtype == "bf16" else "float32",
         dropout_rate=0.0,
         attention_dropout_rate=0.0,
@@ -279,7 +258,8 @@ def benchmark(
         scan_layers=scan_layers,
         **(overrides or {}),
     )
-    objective, _ = OBJECTIVE[cfg.family]
+    pretraining = objectives.for_family(cfg.family)
+    objective = pretraining.loss
     enc_dec = cfg.family == "encoder_decoder"
     target = target_seq or seq
     phases, clock = {}, time.perf_counter()  # wall seconds of each phase (the result's phases_s)
@@ -291,7 +271,7 @@ def benchmark(
         clock = now
 
     net = models.build(cfg)
-    host = synthetic_batch(cfg, batch, seq, target)
+    host = pretraining.synthetic_batch(cfg.vocab_size, batch=batch, seq=seq, target=target)
     runner = None
     if reference == "torch":
         from train.benchmark_torch import TrainRunner

@@ -41,7 +41,6 @@ def loss_metrics(m, data, split: str, *, batch_size: int, max_batches: int = 0) 
     from tqdm import tqdm
 
     from data.pipeline import make_pipeline
-    from train.loop import LOSS_OBJECTIVE
     from train.step import make_eval_step, summarize
 
     cfg = ml_collections.ConfigDict(data.to_dict())
@@ -54,7 +53,7 @@ def loss_metrics(m, data, split: str, *, batch_size: int, max_batches: int = 0) 
         seq_len=m.seq_len,
         seed=int(m.run_config.seed),
     )
-    eval_step = jax.jit(make_eval_step(m.model, LOSS_OBJECTIVE[cfg.objective]))
+    eval_step = jax.jit(make_eval_step(m.model, cfg.objective))
     total = None
     for index, batch in enumerate(tqdm(it, desc=f"loss on {split}", unit="batch")):
         if max_batches and index >= max_batches:

@@ -22,6 +22,7 @@ import numpy as np
 from tqdm import tqdm
 
 import models
+from data import objectives
 from data.pipeline import iter_texts, make_pipeline
 from data.sources import load_source
 from data.tokenizers import find_tokenizer, load_tokenizer, train_tokenizer
@@ -32,7 +33,7 @@ from train.checkpoint import Checkpointer, CheckpointError, check_same_architect
 from train.flops import train_flops_per_step
 from train.hardware import device_peak
 from train.init_from import load_pretrained, merge_params
-from train.objectives import check_objective
+from train.losses import check_objective
 from train.optim import make_optimizer
 from train.state import abstract_state, create_train_state
 from train.step import jit_steps, step_options, summarize, waits_for_each_step
@@ -40,17 +41,6 @@ from train.tasks import TASK_METRICS, LoadedModel, TaskError, task_metrics
 from train.writers import MetricWriter
 
 log = logging.getLogger("train")
-
-# data.objective -> the loss objective of train/objectives.py
-LOSS_OBJECTIVE = {
-    "clm": "causal_lm",
-    "mlm": "masked_lm",
-    "span": "seq2seq",
-    "denoise": "seq2seq",
-    "seq2seq": "seq2seq",
-    "classify": "classification",
-    "tag": "token_classification",
-}
 
 
 class TrainingError(UserError, RuntimeError):
@@ -166,7 +156,7 @@ class Run:
     workdir: Path
     mesh: object
     rules: tuple
-    objective: str  # the loss objective (train/objectives.py)
+    objective: str  # data.objective, a record of data.objectives
     tokenizer: object
     model_config: models.ModelConfig
     model: object
@@ -218,9 +208,10 @@ class Run:
         return train_flops_per_step(self.model_config, self.config.batch_size, seq, target)
 
 
-def _loss_objective(config) -> str:
-    one_of("data.objective", config.data.objective, tuple(LOSS_OBJECTIVE))
-    return LOSS_OBJECTIVE[config.data.objective]
+def _objective(config) -> str:
+    """The run's `data.objective`, checked against the registry (`data.objectives`)."""
+    one_of("data.objective", config.data.objective, objectives.names())
+    return config.data.objective
 
 
 def _target_len(config) -> int:
@@ -342,7 +333,7 @@ def setup(config: ml_collections.ConfigDict, workdir: Path) -> Run:
     mesh = partitioning.make_mesh(config.mesh.to_dict())
     rules = partitioning.rules_from_config(config.get("partitioning_rules"))
     partitioning.check_batch(config.batch_size, mesh, config.microbatches, rules)
-    objective = _loss_objective(config)
+    objective = _objective(config)
     ckpt = Checkpointer(
         workdir / "checkpoints",
         keep=config.keep_checkpoints,
@@ -529,7 +520,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     }
     if (
         config.sample_tokens
-        and run.objective in ("causal_lm", "seq2seq")
+        and objectives.get(run.objective).head == "lm"
         and not (preemption.requested)
     ):
         summary["sample"] = sample_text(run.model, run.state.params, run.tokenizer, config)

@@ -1,13 +1,77 @@
-"""Losses as plain functions over logits. Everything returns sums so that microbatches and hosts
-can be combined exactly; callers divide by the summed weights."""
+"""The loss of every objective: the model run on a batch, a cross entropy against the targets its
+record names (`data.objectives`). Everything returns sums so that microbatches and hosts can be
+combined exactly; callers divide by the summed weights.
+
+Every objective is a token- or sequence-level cross entropy; they differ only in the model's
+inputs and in where the targets and weights come from:
+
+  clm (causal_lm)      next-token targets, padding weighted 0 (packed rows via segment_ids)
+  mlm (masked_lm)      original ids at the masked 15%, weight 1 there and 0 elsewhere
+  span, denoise, seq2seq
+                       teacher forcing: decoder_input_ids are the targets shifted right
+  classify             one label per sequence (padding rows -100, weight 0)
+  tag                  one label per token (first sub-token of each word), others weighted 0
+"""
 
 from __future__ import annotations
 
 import functools
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from jax import lax
+
+from data import objectives
+from models.errors import UserError
+
+
+class ObjectiveError(UserError):
+    pass
+
+
+def check_objective(objective: str, model_config) -> None:
+    """Refuses pairs that cannot train (e.g. masked LM on a model without an MLM head)."""
+    objectives.get(objective).check_model(model_config, ObjectiveError)
+
+
+def model_inputs(model: nn.Module, batch: dict) -> dict:
+    """The batch fields that the model takes (its class's `INPUTS`)."""
+    return {k: batch[k] for k in type(model).INPUTS if k in batch}
+
+
+def targets_and_weights(objective: str, batch: dict):
+    """(targets, weights) of the objective's record. Targets below 0 (-100: padding rows,
+    non-first sub-tokens) get a harmless index, and weight 0 where the batch has no weights."""
+    record = objectives.get(objective)
+    targets = batch[record.targets]
+    weights = batch.get(record.weights)
+    if weights is None:
+        weights = (targets >= 0).astype(jnp.float32)
+    return jnp.maximum(targets, 0), weights
+
+
+def loss_sums(
+    model: nn.Module,
+    params,
+    batch: dict,
+    objective: str,
+    *,
+    rng=None,
+    deterministic: bool = True,
+    label_smoothing: float = 0.0,
+    z_loss: float = 0.0,
+) -> dict[str, jax.Array]:
+    """Runs the model on `batch` and returns the cross-entropy sums of `objective` (a
+    `data.objectives` name or loss name)."""
+    rngs = None if deterministic else {"dropout": rng}
+    out = model.apply(
+        {"params": params}, **model_inputs(model, batch), deterministic=deterministic, rngs=rngs
+    )
+    targets, weights = targets_and_weights(objective, batch)
+    return cross_entropy_sums(
+        out.logits, targets, weights, label_smoothing=label_smoothing, z_loss=z_loss
+    )
 
 
 def cross_entropy_sums(
@@ -53,15 +117,13 @@ def logit_stats(logits, targets, with_mean: bool = False):
     backward pass is one elementwise pass over the logits, d logits = softmax * d log Z +
     one_hot(target) * d target_logit + d mean / V, written in the logits' dtype, with the
     softmax recomputed from the kept 16-bit logits. Plain autodiff adds the target's part by a
-    scatter into the float32 softmax gradient, which must then exist in memory: on an H100
-    (gpt2-medium 16 x 1024, bf16) a float32 (B, T, V) buffer of 3.3 GB, written (1.75 ms) and
-    read again to round and pad it for the head's products (1.6 ms) in a 98 ms step
-    (docs/benchmarks/gpu-notes.md; the hand-written form is not timed on a GPU yet).
+    scatter into the float32 softmax gradient, which must then exist in memory as one more
+    float32 (B, T, V) buffer that is written and read again (its cost on a GPU is in
+    docs/benchmarks/gpu-notes.md).
 
-    Float32 logits keep plain autodiff. There the two products of the backward pass on a CPU
-    read the gradient in two layouts, and XLA computed it for each from a kept softmax, which
-    held one more (B, T, V) buffer at once than the scatter's single gradient (gpt2, 4 x 128:
-    448 against 350 MiB of temporaries)."""
+    Float32 logits keep plain autodiff: there XLA fuses the scatter's single gradient, and the
+    hand-written form would keep a softmax per backward product instead (more temporaries on a
+    CPU; also in docs/benchmarks/gpu-notes.md)."""
     if logits.dtype == jnp.float32:
         return _logit_stats(logits, targets, with_mean)
     return _logit_stats_16bit(logits, targets, with_mean)

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import optax
 
 from train import partitioning
-from train.objectives import loss_sums
+from train.losses import loss_sums
 
 
 def waits_for_each_step() -> bool:

@@ -34,11 +34,11 @@ import ml_collections
 import numpy as np
 
 import models
-from data import sources
-from data.formats import special_frame
-from data.objectives import IGNORE
+from data import objectives, sources
 from data.pipeline import bucket_length, make_pipeline
+from data.rows import special_frame
 from data.tokenizers import Tokenizer, find_tokenizer, load_tokenizer
+from data.transforms import IGNORE
 from models.errors import UserError
 from train import metrics as task_scores
 from train.checkpoint import (
@@ -49,7 +49,7 @@ from train.checkpoint import (
     workdir_params,
 )
 from train.decode import beam_search, generate, left_pad
-from train.objectives import model_inputs
+from train.losses import model_inputs
 
 log = logging.getLogger(__name__)
 
@@ -465,7 +465,7 @@ def task_metrics(
         return {}
     m.require(task)
     if task in ("translation", "summarization"):
-        source = sources.load_source(data, split, "seq2seq")
+        source = sources.load_source(data, split, objectives.for_task(task).name)
         count = len(source) if max_examples <= 0 else min(max_examples, len(source))
         examples = source._getitems(range(count))
         hypotheses = m.seq2seq([e["source"] for e in examples], task)
@@ -473,9 +473,8 @@ def task_metrics(
         if task == "translation":
             return {"bleu": task_scores.bleu(hypotheses, references)}
         return task_scores.rouge(hypotheses, references)
-    objective = "classify" if task == "classification" else "tag"
     cfg = ml_collections.ConfigDict(dict(data))
-    cfg.shuffle, cfg.num_epochs, cfg.objective = False, 1, objective
+    cfg.shuffle, cfg.num_epochs, cfg.objective = False, 1, objectives.for_task(task).name
     it = make_pipeline(
         cfg, split=split, tokenizer=m.tokenizer, global_batch_size=batch_size, seq_len=m.seq_len
     )

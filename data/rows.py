@@ -2,14 +2,9 @@
 
 Each builder has `element(example)` (run lazily inside the grain `MapDataset`), `row(stream, rng)`
 returning a dict of per-row numpy arrays (or None when a finite stream ends), and `empty()`, the
-all-padding row. Batch keys per objective (int32 unless noted; weights float32):
-
-  clm       input_ids targets weights positions segment_ids attention_mask
-  mlm       input_ids attention_mask targets weights
-  span, denoise, seq2seq
-            input_ids attention_mask decoder_input_ids decoder_attention_mask targets weights
-  classify  input_ids attention_mask token_type_ids labels (one per row; -100 on padding rows)
-  tag       input_ids attention_mask labels (-100 off first sub-tokens) weights
+all-padding row. The keys each builder's rows carry are listed in its objective's record
+(`data.objectives`): ids and masks int32, weights float32, labels -100 where a label is ignored
+(padding rows, sub-tokens after the first).
 """
 
 from __future__ import annotations
@@ -20,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from data import objectives as ob
+from data import transforms as ob
 from data.errors import DataError
 from data.packing import RowStream, causal_row, pack_causal, pad_to, take_tokens
 from data.tokenizers import Tokenizer
@@ -395,13 +390,3 @@ class TagRows(Rows):
             "weights": zeros.astype(np.float32),
         }
 
-
-ROWS = {
-    "clm": CausalRows,
-    "mlm": MaskedRows,
-    "span": SpanRows,
-    "denoise": DenoiseRows,
-    "seq2seq": Seq2SeqRows,
-    "classify": ClassifyRows,
-    "tag": TagRows,
-}

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from data import objectives as ob
+from data import transforms as ob
 
 VOCAB = 1000
 SPECIAL = np.arange(5)  # 0..4 play [PAD] [UNK] [CLS] [SEP] [MASK]
