@@ -10,8 +10,9 @@ allocated, and the report gives per device:
 - memory: parameters and optimizer state (from their shardings), the batch, XLA's
   `memory_analysis()` (arguments, outputs, temporaries = activations, gradients and workspace)
   and the peak, against the chip's HBM;
-- FLOPs per step: XLA's `cost_analysis()` and the analytic 6 * N * tokens + attention
-  (12 * layers * d_attn * seq * tokens, PaLM appendix B), times 4/3 for full remat when timing;
+- FLOPs per step: XLA's `cost_analysis()`, the analytic matmul count of `train/flops.py` (the
+  numerator of the loop's MFU; times 4/3 for full remat when timing) and, as a cross-check,
+  6 * N * tokens + attention (12 * layers * d_attn * seq * tokens, PaLM appendix B);
 - a roofline step time for the chip (its published dense peak FLOP/s for the compute dtype, HBM
   bandwidth, interconnect bandwidth): max(compute, memory traffic, collectives), where memory
   traffic is the state's (parameters, gradients, optimizer) and XLA:CPU's `bytes accessed`
@@ -34,6 +35,7 @@ from dataclasses import asdict
 from absl import flags
 
 from models.errors import UserError
+from train.flops import six_n_flops, train_flops_per_step
 from train.hardware import CHIPS
 
 # The fraction of HBM a run may plan to use (the runtime, collectives' buffers and
@@ -133,37 +135,6 @@ def _total_bytes(tree) -> int:
     return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(tree))
 
 
-def analytic_flops(model_config, num_params: int, batch: dict) -> dict:
-    """6 * N * tokens (forward + backward matmuls) + attention scores and values
-    (12 * layers * d_attn * key length * query tokens), N without position tables."""
-    shape = batch["input_ids"].shape
-    enc_len = shape[1]
-    dec = batch.get("decoder_input_ids")
-    d_attn = model_config.num_heads * model_config.dim_per_head
-    n = num_params
-    if model_config.position == "learned":
-        n -= model_config.max_positions * model_config.d_model
-    if dec is None:
-        tokens = shape[0] * enc_len
-        attention = 12 * model_config.num_layers * d_attn * enc_len * tokens
-    else:
-        dec_len = dec.shape[1]
-        tokens = shape[0] * (enc_len + dec_len)
-        layers_dec = model_config.decoder_layers
-        attention = (
-            12
-            * d_attn
-            * shape[0]
-            * (model_config.num_layers * enc_len**2 + layers_dec * (dec_len**2 + dec_len * enc_len))
-        )
-    return {
-        "model": 6 * n * tokens,
-        "attention": attention,
-        "total": 6 * n * tokens + attention,
-        "tokens": tokens,
-    }
-
-
 def compile_step(config, devices: int, mesh_sizes: dict | None = None):
     """The training loop's train step for `config`, compiled ahead of time on abstract inputs.
 
@@ -218,7 +189,10 @@ def plan(
     cost = (cost[0] if isinstance(cost, list | tuple) else cost) or {}
 
     num_params = sum(x.size for x in jax.tree.leaves(abstract.params))
-    flops = analytic_flops(model_config, num_params, batch)
+    shape = batch["input_ids"].shape
+    target = batch["decoder_input_ids"].shape[1] if "decoder_input_ids" in batch else None
+    flops = six_n_flops(model_config, num_params, shape[0], shape[1], target)
+    flops["total"] = train_flops_per_step(model_config, shape[0], shape[1], target)
     params_b = _bytes_per_device(abstract.params)
     opt_b = _bytes_per_device(abstract.opt_state)
     batch_b = _bytes_per_device(batch)
@@ -390,7 +364,7 @@ def format_report(r: dict) -> str:
         f"(plan for at most {100 * USABLE_FRACTION:.0f}% of HBM)",
         "",
         "FLOPs per step",
-        f"  analytic             {f['analytic_total']:.3e}  (6*N*tokens "
+        f"  analytic             {f['analytic_total']:.3e}  (matmuls; 6*N*tokens "
         f"{f['analytic_model_6nt']:.3e} + attention {f['analytic_attention']:.3e})",
         f"  analytic / device    {f['analytic_per_device']:.3e}"
         + (

@@ -6,9 +6,8 @@
     python -m models convert --from-hf HF_DIR --to OUR_DIR     # Hugging Face -> Triptych
     python -m models convert --from WORKDIR_OR_DIR --to-hf HF_DIR   # Triptych -> Hugging Face
 
-A Triptych checkpoint directory holds `model_config.json` and `params/` (Orbax); `--from` also
-takes a training workdir (its latest checkpoint). Tokenizer files found beside the weights are
-copied along.
+`convert` is `python -m train.convert` (checkpoints belong to the training layer), where its
+flags are described.
 """
 
 from __future__ import annotations
@@ -16,7 +15,7 @@ from __future__ import annotations
 import json
 import sys
 
-from models.config import ConfigError, get_config, list_architectures
+from models.config import get_config, list_architectures
 from models.errors import ArgumentParser, one_line_errors
 
 
@@ -43,52 +42,11 @@ def _list(args) -> int:
     return 0
 
 
-_TOKENIZER_FILES = (
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "vocab.txt",
-    "vocab.json",
-    "merges.txt",
-    "spiece.model",
-    "special_tokens_map.json",
-)
+def _convert(args, rest: list[str]) -> int:
+    # checkpoints are the training layer's (Orbax); its converter CLI lives there
+    import importlib
 
-
-def _copy_tokenizer(source, dest) -> None:
-    import shutil
-    from pathlib import Path
-
-    for folder in (Path(source), Path(source) / "tokenizer"):
-        for name in _TOKENIZER_FILES:
-            if (folder / name).is_file():
-                shutil.copy(folder / name, Path(dest) / name)
-
-
-def _convert(args) -> int:
-    import dataclasses
-
-    from models import hf
-    from models.config import ModelConfig
-    from train.checkpoint import load_params, save_params
-
-    if bool(args.from_hf) == bool(args.source):
-        raise ConfigError("give exactly one of --from-hf DIR or --from DIR")
-    if args.from_hf:
-        if not args.to:
-            raise ConfigError("--from-hf needs --to DIR (where the Triptych checkpoint goes)")
-        config, params = hf.load_pretrained(args.from_hf)
-        out = save_params(args.to, dataclasses.asdict(config), params)
-        _copy_tokenizer(args.from_hf, out)
-        print(f"{config.name} ({config.family}) -> {out}")
-        return 0
-    if not args.to_hf:
-        raise ConfigError("--from needs --to-hf DIR (where the Hugging Face checkpoint goes)")
-    config_dict, params = load_params(args.source)
-    config = ModelConfig.from_dict(config_dict)
-    hf.save_pretrained(config, params, args.to_hf)
-    _copy_tokenizer(args.source, args.to_hf)
-    print(f"{config.name} ({config.family}) -> {args.to_hf}")
-    return 0
+    return importlib.import_module("train.convert").main(rest)
 
 
 @one_line_errors
@@ -100,14 +58,16 @@ def main(argv: list[str] | None = None) -> int:
     info.add_argument("name")
     info.add_argument("--json", action="store_true", help="one JSON object")
     info.set_defaults(fn=_info)
-    convert = sub.add_parser("convert", help="Hugging Face <-> Triptych checkpoints")
-    convert.add_argument("--from-hf", help="a Hugging Face model directory")
-    convert.add_argument("--to", help="the Triptych checkpoint directory to write")
-    convert.add_argument("--from", dest="source", help="a Triptych checkpoint dir or workdir")
-    convert.add_argument("--to-hf", help="the Hugging Face directory to write")
+    convert = sub.add_parser(
+        "convert",
+        help="Hugging Face <-> Triptych checkpoints (python -m train.convert)",
+        add_help=False,
+    )
     convert.set_defaults(fn=_convert)
-    args = parser.parse_args(argv)
-    return args.fn(args)
+    args, rest = parser.parse_known_args(argv)
+    if args.command != "convert" and rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    return args.fn(args, rest) if args.command == "convert" else args.fn(args)
 
 
 if __name__ == "__main__":

@@ -26,6 +26,9 @@ Example, gpt2 (d=768, 12 heads x 64, f=3072, 12 layers, V=50257) at 256 tokens, 
 projections 4,718,592 + MLP 9,437,184 + causal attention 4 x 768 x 128 = 393,216, times 12
 layers, plus the head 77,194,752: 251,782,656 forward FLOPs; a step of batch 8 is
 3 x 2048 x 251,782,656 = 1.547 TFLOP. `flops_breakdown` lists the terms.
+
+`six_n_flops` is the rule of thumb 6 * N * tokens plus dense attention (Kaplan et al.), which the
+planner reports beside this count as a cross-check.
 """
 
 from __future__ import annotations
@@ -105,3 +108,25 @@ def train_flops_per_step(
 ) -> float:
     """FLOPs of one training step (forward + backward = 3x forward) on `batch` sequences."""
     return 3.0 * batch * forward_flops_per_sequence(cfg, seq_len, target_len)
+
+
+def six_n_flops(
+    cfg: ModelConfig, num_params: int, batch: int, seq_len: int, target_len: int | None = None
+) -> dict[str, float]:
+    """6 * N * tokens (forward + backward matmuls over N parameters, without position tables)
+    plus attention scores and values (12 * layers * d_attn * key length * query tokens), as
+    `model`, `attention` and `tokens`."""
+    d_attn = cfg.num_heads * cfg.dim_per_head
+    n = num_params
+    if cfg.position == "learned":
+        n -= cfg.max_positions * cfg.d_model
+    if target_len is None:
+        tokens = batch * seq_len
+        attention = 12 * cfg.num_layers * d_attn * seq_len * tokens
+    else:
+        tokens = batch * (seq_len + target_len)
+        keys = cfg.num_layers * seq_len**2 + cfg.decoder_layers * (
+            target_len**2 + target_len * seq_len
+        )
+        attention = 12 * d_attn * batch * keys
+    return {"model": 6 * n * tokens, "attention": attention, "tokens": tokens}

@@ -1,0 +1,76 @@
+"""Command line: convert checkpoints between the Hugging Face and the Triptych formats.
+
+`python -m models convert` is the same command.
+
+    python -m train.convert --from-hf HF_DIR --to OUR_DIR          # Hugging Face -> Triptych
+    python -m train.convert --from WORKDIR_OR_DIR --to-hf HF_DIR   # Triptych -> Hugging Face
+
+A Triptych checkpoint directory holds `model_config.json` and `params/` (Orbax); `--from` also
+takes a training workdir (its latest checkpoint). Tokenizer files found beside the weights are
+copied along.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import sys
+from pathlib import Path
+
+from models import hf
+from models.config import ConfigError, ModelConfig
+from models.errors import ArgumentParser, one_line_errors
+from train.checkpoint import load_params, save_params
+
+_TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "vocab.txt",
+    "vocab.json",
+    "merges.txt",
+    "spiece.model",
+    "special_tokens_map.json",
+)
+
+
+def _copy_tokenizer(source, dest) -> None:
+    for folder in (Path(source), Path(source) / "tokenizer"):
+        for name in _TOKENIZER_FILES:
+            if (folder / name).is_file():
+                shutil.copy(folder / name, Path(dest) / name)
+
+
+def convert(args) -> int:
+    """Runs one conversion (`args` from `main`'s parser)."""
+    if bool(args.from_hf) == bool(args.source):
+        raise ConfigError("give exactly one of --from-hf DIR or --from DIR")
+    if args.from_hf:
+        if not args.to:
+            raise ConfigError("--from-hf needs --to DIR (where the Triptych checkpoint goes)")
+        config, params = hf.load_pretrained(args.from_hf)
+        out = save_params(args.to, dataclasses.asdict(config), params)
+        _copy_tokenizer(args.from_hf, out)
+        print(f"{config.name} ({config.family}) -> {out}")
+        return 0
+    if not args.to_hf:
+        raise ConfigError("--from needs --to-hf DIR (where the Hugging Face checkpoint goes)")
+    config_dict, params = load_params(args.source)
+    config = ModelConfig.from_dict(config_dict)
+    hf.save_pretrained(config, params, args.to_hf)
+    _copy_tokenizer(args.source, args.to_hf)
+    print(f"{config.name} ({config.family}) -> {args.to_hf}")
+    return 0
+
+
+@one_line_errors
+def main(argv: list[str] | None = None) -> int:
+    parser = ArgumentParser(prog="python -m models convert", description=__doc__.splitlines()[0])
+    parser.add_argument("--from-hf", help="a Hugging Face model directory")
+    parser.add_argument("--to", help="the Triptych checkpoint directory to write")
+    parser.add_argument("--from", dest="source", help="a Triptych checkpoint dir or workdir")
+    parser.add_argument("--to-hf", help="the Hugging Face directory to write")
+    return convert(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
