@@ -83,7 +83,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.sample_tokens = 0
     c.sample_prompt = ""
     c.init_from = ""  # pretrained weights: a Triptych checkpoint dir, a workdir or an HF dir
-    c.task = ""  # the task metric of every eval (train/tasks.py TASK_METRICS)
+    c.task = ""  # the task metric of every eval (train/tasks/ TASK_METRICS)
     c.eval_task_examples = 0
     c.data = data_defaults()
     c.tokenizer = ml_collections.ConfigDict(

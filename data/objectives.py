@@ -9,7 +9,7 @@ the tasks, the benchmark and the planner all read.
 `data.objective` names a record. Every objective is a token- or sequence-level cross entropy; a
 record says which roles of a canonical example it reads (`data.sources`), how rows are built
 (`rows`), which batch keys result, which key holds the loss targets and which the weights, the
-head and family a model needs to train on it, and which tasks (train/tasks.py) score it.
+head and family a model needs to train on it, and which tasks (train/tasks/) score it.
 
 It sits in `data/`, the lowest layer that builds rows, so that every layer above can read it.
 Adding an objective is one `register(Objective(...))` call and its test (tests/test_objectives.py
@@ -54,7 +54,7 @@ class Objective:
         teacher-forced seq2seq) share it, and `get` accepts it for the first one registered.
       local_format: the file format of `data.files` when `data.format` is "auto" and the file
         names do not say (`data.builders`).
-      tasks: the tasks of train/tasks.py whose metrics score a model trained on it.
+      tasks: the tasks of train/tasks/ whose metrics score a model trained on it.
       pretrains: the family this objective pretrains by default (the benchmark's and the
         planner's synthetic runs), or None.
     """

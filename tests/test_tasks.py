@@ -1,4 +1,4 @@
-"""Task tools (train/tasks.py, `python -m train.predict`, `python -m train.evaluate`):
+"""Task tools (train/tasks/, `python -m train.predict`, `python -m train.evaluate`):
 
 - fill-mask, classification and NER from a Hugging Face directory agree with transformers;
 - a trained workdir is evaluated standalone with the numbers the training loop logged, and

@@ -6,7 +6,7 @@
 
 Reports the loss metrics of the run's objective over the whole split (loss, perplexity, token
 accuracy) and the metric of the run's `task`: accuracy and F1 for classification, entity F1 for
-NER, sacreBLEU for translation, ROUGE for summarization (train/tasks.py). The data, tokenizer and
+NER, sacreBLEU for translation, ROUGE for summarization (train/tasks/). The data, tokenizer and
 decoding settings are the run's own; --file points the split at another local file (for
 parallel text, "SOURCE,TARGET").
 """

@@ -1,32 +1,10 @@
-"""Trained models as task tools: load a checkpoint directory, predict, and score a split.
-
-    m = load("runs/sst2")                      # a workdir, a converted directory or an HF directory
-    m.classify(["a gripping, funny film"])     # [{"label": "1", "score": 0.98}]
-    task_metrics(m, "classification", split="validation")   # {"accuracy": ..., "f1": ...}
-
-Tasks and what they need:
-
-  fill-mask        an encoder with an MLM head          top-k tokens for each mask token
-  text-generation  a decoder with an LM head            the prompt and its continuation
-  classification   head=classification                  label and probability
-  ner              head=token_classification            entity spans over whitespace words
-  translation      an encoder-decoder with an LM head   the decoded target text
-  summarization    an encoder-decoder with an LM head   the decoded summary
-
-Task metrics (`task_metrics`, used by the training loop's periodic eval and `python -m
-train.evaluate`): classification -> accuracy and F1, ner -> entity precision/recall/F1 over IOB2
-spans, translation -> sacreBLEU, summarization -> ROUGE-1/2/L; the language-model tasks have their
-loss and perplexity from the eval step. Decoding settings come from the run's `decode` section:
-beams (1 = greedy or sampling), length_penalty, max_new_tokens, temperature, top_k, top_p,
-batch_size.
-"""
+"""A loaded model as a task tool: classify, tag, fill masks, generate, translate and summarize
+(`LoadedModel`), and the `decode` section's defaults."""
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -34,20 +12,11 @@ import ml_collections
 import numpy as np
 
 import models
-from data import objectives, sources
-from data.pipeline import bucket_length, make_pipeline
+from data.pipeline import bucket_length
 from data.rows import special_frame
-from data.tokenizers import Tokenizer, find_tokenizer, load_tokenizer
-from data.transforms import IGNORE
+from data.tokenizers import Tokenizer
 from models.errors import UserError
 from train import metrics as task_scores
-from train.checkpoint import (
-    WORKDIR,
-    Checkpointer,
-    CheckpointError,
-    directory_kind,
-    workdir_params,
-)
 from train.decode import beam_search, generate, left_pad
 from train.losses import model_inputs
 
@@ -348,161 +317,3 @@ def _pad_rows(rows: list[np.ndarray], pad: int, multiple: int, limit: int) -> di
     for i, r in enumerate(rows):
         ids[i, : len(r)], mask[i, : len(r)] = r[:width], 1
     return {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
-
-
-# ------------------------------------------------------------------------------- loading
-
-
-def _hf_label_names(directory: Path) -> list[str] | None:
-    config = json.loads((directory / "config.json").read_text())
-    id2label = config.get("id2label") or {}
-    names = [id2label[k] for k in sorted(id2label, key=int)] if id2label else None
-    return names if names and not all(n == f"LABEL_{i}" for i, n in enumerate(names)) else None
-
-
-def _directory_tokenizer(directory: Path) -> Tokenizer:
-    folder = find_tokenizer(str(directory))
-    if folder is None:
-        raise CheckpointError(
-            f"{directory} has no tokenizer (tokenizer.json, vocab.txt or spiece.model, or a "
-            "tokenizer/ folder); copy the tokenizer files of the checkpoint there"
-        )
-    return load_tokenizer(folder)
-
-
-def load(directory: str | Path, step: int | str | None = None) -> LoadedModel:
-    """Loads a training workdir (the latest step, `step`, or 'best'), a `python -m models
-    convert` directory or a Hugging Face directory, for inference on the default device.
-
-    Raises:
-      CheckpointError: the directory holds none of these, or the step does not exist.
-    """
-    directory = Path(directory)
-    run_config = labels = tags = None
-    if directory_kind(directory) == WORKDIR:
-        saved = json.loads((directory / "config.json").read_text())
-        run = saved.get("run", {})
-        ckpt = Checkpointer(
-            directory / "checkpoints", best_metric=run.get("best_metric") or None, async_save=False
-        )
-        try:
-            chosen = _pick_step(ckpt, step, directory)
-            saved = ckpt.saved_config(chosen) or saved
-        finally:
-            ckpt.close()
-        model_config = models.ModelConfig.from_dict(saved["resolved_model"])
-        params = workdir_params(directory, chosen)
-        run_config = ml_collections.ConfigDict(saved["run"])
-        labels, tags = saved.get("label_names"), saved.get("tag_names")
-        where = f"{directory} (step {chosen})"
-    else:
-        from train.init_from import load_pretrained
-
-        if step is not None:
-            raise CheckpointError(f"{directory} is not a training workdir; it has no steps")
-        model_config, params = load_pretrained(directory)
-        if (directory / "config.json").exists():
-            names = _hf_label_names(directory)
-            labels = names if model_config.head == "classification" else None
-            tags = names if model_config.head == "token_classification" else None
-        where = str(directory)
-    return LoadedModel(
-        model_config=model_config,
-        model=models.build(model_config),
-        params=jax.device_put(params),
-        tokenizer=_directory_tokenizer(directory),
-        run_config=run_config,
-        label_names=labels,
-        tag_names=tags,
-        source=where,
-    )
-
-
-def _pick_step(ckpt: Checkpointer, step, directory: Path) -> int:
-    steps = ckpt.all_steps()
-    if not steps:
-        raise CheckpointError(f"{directory / 'checkpoints'} holds no complete checkpoint")
-    if step is None or step == "latest":
-        return max(steps)
-    if step == "best":
-        best = ckpt.best_step()
-        if best is None:
-            raise CheckpointError(
-                f"{directory}: no checkpoint has the best_metric {ckpt.best_metric!r}; "
-                "use --step latest or a step number"
-            )
-        return best
-    if int(step) not in steps:
-        raise CheckpointError(
-            f"{directory}: no checkpoint at step {step}; have {', '.join(map(str, steps))}"
-        )
-    return int(step)
-
-
-# ------------------------------------------------------------------------------- metrics
-
-# the run's `task` -> the metric names it adds to evaluation (prefixed eval_ in the loop)
-TASK_METRICS = {
-    "classification": ("accuracy", "f1"),
-    "ner": ("entity_precision", "entity_recall", "entity_f1"),
-    "translation": ("bleu",),
-    "summarization": ("rouge1", "rouge2", "rougeL"),
-}
-
-
-def task_metrics(
-    m: LoadedModel,
-    task: str,
-    *,
-    data: ml_collections.ConfigDict,
-    split: str,
-    batch_size: int,
-    max_examples: int = 0,
-) -> dict[str, float]:
-    """Scores `m` on a split with the task's metric (see TASK_METRICS); `max_examples` > 0
-    scores only the first examples of the split (in file order)."""
-    if task not in TASK_METRICS:
-        return {}
-    m.require(task)
-    if task in ("translation", "summarization"):
-        source = sources.load_source(data, split, objectives.for_task(task).name)
-        count = len(source) if max_examples <= 0 else min(max_examples, len(source))
-        examples = source._getitems(range(count))
-        hypotheses = m.seq2seq([e["source"] for e in examples], task)
-        references = [e["target"] for e in examples]
-        if task == "translation":
-            return {"bleu": task_scores.bleu(hypotheses, references)}
-        return task_scores.rouge(hypotheses, references)
-    cfg = ml_collections.ConfigDict(dict(data))
-    cfg.shuffle, cfg.num_epochs, cfg.objective = False, 1, objectives.for_task(task).name
-    it = make_pipeline(
-        cfg, split=split, tokenizer=m.tokenizer, global_batch_size=batch_size, seq_len=m.seq_len
-    )
-    predictions, references, seen = [], [], 0
-    names = m.tag_names or it.source.tag_names
-    for batch in it:
-        best = m.logits(batch).argmax(-1)
-        labels = batch["labels"]
-        for row in range(labels.shape[0]):
-            if task == "classification":
-                if labels[row] >= 0:
-                    predictions.append(int(best[row]))
-                    references.append(int(labels[row]))
-            else:
-                keep = labels[row] != IGNORE
-                if keep.any():
-                    predictions.append([names[int(t)] for t in best[row][keep]])
-                    references.append([names[int(t)] for t in labels[row][keep]])
-        seen = len(references)
-        if max_examples > 0 and seen >= max_examples:
-            break
-    if task == "classification":
-        classes = m.model_config.num_labels
-        return {
-            "accuracy": task_scores.accuracy(predictions, references),
-            "f1": task_scores.f1(
-                predictions, references, num_classes=classes, positive=1 if classes == 2 else None
-            ),
-        }
-    scores = task_scores.entity_f1(predictions, references)
-    return {f"entity_{k}": v for k, v in scores.items()}
