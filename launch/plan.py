@@ -184,26 +184,72 @@ def plan(
     import jax
 
     compiled, abstract, batch, model_config, mesh = compile_step(config, devices, mesh_sizes)
-    mem = compiled.memory_analysis()
     cost = compiled.cost_analysis()
     cost = (cost[0] if isinstance(cost, list | tuple) else cost) or {}
-
     num_params = sum(x.size for x in jax.tree.leaves(abstract.params))
     shape = batch["input_ids"].shape
     target = batch["decoder_input_ids"].shape[1] if "decoder_input_ids" in batch else None
     flops = six_n_flops(model_config, num_params, shape[0], shape[1], target)
     flops["total"] = train_flops_per_step(model_config, shape[0], shape[1], target)
-    params_b = _bytes_per_device(abstract.params)
-    opt_b = _bytes_per_device(abstract.opt_state)
-    batch_b = _bytes_per_device(batch)
-    peak_b = (
+    spec = CHIPS[chip]
+    memory = _memory_per_device(compiled.memory_analysis(), abstract, batch)
+    flops_report, roofline = _roofline(
+        model_config, spec, flops, cost, devices, abstract, batch, dict(mesh.shape), memory
+    )
+    usable = USABLE_FRACTION * spec.hbm_bytes
+    report = {
+        "config": name,
+        "model": model_config.name,
+        "params": int(num_params),
+        "compute_dtype": model_config.dtype,
+        "param_dtype": model_config.param_dtype,
+        "optimizer": config.optimizer.name,
+        "batch_size": int(config.batch_size),
+        "seq_len": int(config.seq_len),
+        "microbatches": int(config.microbatches),
+        "scan_layers": bool(model_config.scan_layers),
+        "remat_policy": model_config.remat_policy,
+        "devices": devices,
+        "mesh": dict(mesh.shape),
+        "memory_per_device": memory,
+        "memory_total": {
+            "params": _total_bytes(abstract.params),
+            "optimizer": _total_bytes(abstract.opt_state),
+        },
+        "flops_per_step": flops_report,
+        "tokens_per_step": flops["tokens"],
+        "chip": {"id": chip, **asdict(spec)},
+        "fits": memory["peak"] <= usable,
+        "usable_hbm_per_device": usable,
+        "roofline": roofline,
+    }
+    report["hints"] = _hints(report, model_config, config)
+    return report
+
+
+def _memory_per_device(mem, abstract, batch) -> dict:
+    """The state's and the batch's bytes per device, and XLA's buffer sizes and peak."""
+    peak = (
         mem.argument_size_in_bytes
         + mem.output_size_in_bytes
         - mem.alias_size_in_bytes
         + mem.temp_size_in_bytes
     )
-    spec = CHIPS[chip]
-    shape = dict(mesh.shape)
+    return {
+        "params": _bytes_per_device(abstract.params),
+        "optimizer": _bytes_per_device(abstract.opt_state),
+        "batch": _bytes_per_device(batch),
+        "xla_arguments": int(mem.argument_size_in_bytes),
+        "xla_outputs": int(mem.output_size_in_bytes),
+        "xla_aliased": int(mem.alias_size_in_bytes),
+        "xla_temporaries": int(mem.temp_size_in_bytes),
+        "peak": int(peak),
+    }
+
+
+def _roofline(model_config, spec, flops, cost, devices, abstract, batch, shape, memory):
+    """(the report's flops_per_step, its roofline): the step time for the chip as the largest
+    of compute, memory traffic and collectives."""
     xla_flops = float(cost.get("flops", 0.0))
     xla_bytes = float(cost.get("bytes accessed", 0.0))
     scanned = bool(model_config.scan_layers)
@@ -217,71 +263,34 @@ def plan(
     # HBM traffic, lower bound: parameters read twice (forward, backward) and written once,
     # gradients written and read, optimizer state read and written. Activations come on top;
     # XLA:CPU's `bytes accessed` (it fuses far less than the GPU/TPU compilers) is an upper bound.
-    state_traffic = 5 * params_b + 2 * opt_b
-    memory_s = state_traffic / spec.hbm_bandwidth
-    memory_upper_s = xla_bytes / spec.hbm_bandwidth
+    memory_s = (5 * memory["params"] + 2 * memory["optimizer"]) / spec.hbm_bandwidth
     comm_bytes = _collective_bytes(model_config, abstract.params, batch, shape)
     comm_s = comm_bytes / spec.link_bandwidth
     step_s = max(compute_s, memory_s, comm_s)
     bound = {compute_s: "compute", memory_s: "memory bandwidth", comm_s: "collectives"}[step_s]
-    usable = USABLE_FRACTION * spec.hbm_bytes
-    report = {
-        "config": name,
-        "model": model_config.name,
-        "params": int(num_params),
-        "compute_dtype": model_config.dtype,
-        "param_dtype": model_config.param_dtype,
-        "optimizer": config.optimizer.name,
-        "batch_size": int(config.batch_size),
-        "seq_len": int(config.seq_len),
-        "microbatches": int(config.microbatches),
-        "scan_layers": scanned,
-        "remat_policy": model_config.remat_policy,
-        "devices": devices,
-        "mesh": shape,
-        "memory_per_device": {
-            "params": params_b,
-            "optimizer": opt_b,
-            "batch": batch_b,
-            "xla_arguments": int(mem.argument_size_in_bytes),
-            "xla_outputs": int(mem.output_size_in_bytes),
-            "xla_aliased": int(mem.alias_size_in_bytes),
-            "xla_temporaries": int(mem.temp_size_in_bytes),
-            "peak": int(peak_b),
-        },
-        "memory_total": {
-            "params": _total_bytes(abstract.params),
-            "optimizer": _total_bytes(abstract.opt_state),
-        },
-        "flops_per_step": {
-            "analytic_total": flops["total"],
-            "analytic_model_6nt": flops["model"],
-            "analytic_attention": flops["attention"],
-            "analytic_per_device": flops_dev,
-            "hardware_per_device": recompute * flops_dev,
-            "xla_per_device": xla_flops,
-            "xla_counts_scan_body_once": scanned,
-        },
-        "tokens_per_step": flops["tokens"],
-        "chip": {"id": chip, **asdict(spec)},
-        "fits": peak_b <= usable,
-        "usable_hbm_per_device": usable,
-        "roofline": {
-            "peak_flops": peak_flops,
-            "compute_s": compute_s,
-            "memory_s": memory_s,
-            "memory_upper_s": memory_upper_s,
-            "collectives_s": comm_s,
-            "collective_bytes_per_device": comm_bytes,
-            "xla_bytes_accessed_per_device": xla_bytes,
-            "step_s": step_s,
-            "bound": bound,
-            "tokens_per_s": flops["tokens"] / step_s,
-            "step_s_at_50pct_mfu": max(step_s, flops_dev / (0.5 * peak_flops)),
-        },
+    flops_report = {
+        "analytic_total": flops["total"],
+        "analytic_model_6nt": flops["model"],
+        "analytic_attention": flops["attention"],
+        "analytic_per_device": flops_dev,
+        "hardware_per_device": recompute * flops_dev,
+        "xla_per_device": xla_flops,
+        "xla_counts_scan_body_once": scanned,
     }
-    report["hints"] = _hints(report, model_config, config)
-    return report
+    roofline = {
+        "peak_flops": peak_flops,
+        "compute_s": compute_s,
+        "memory_s": memory_s,
+        "memory_upper_s": xla_bytes / spec.hbm_bandwidth,
+        "collectives_s": comm_s,
+        "collective_bytes_per_device": comm_bytes,
+        "xla_bytes_accessed_per_device": xla_bytes,
+        "step_s": step_s,
+        "bound": bound,
+        "tokens_per_s": flops["tokens"] / step_s,
+        "step_s_at_50pct_mfu": max(step_s, flops_dev / (0.5 * peak_flops)),
+    }
+    return flops_report, roofline
 
 
 def _collective_bytes(model_config, params, batch, shape: dict) -> float:

@@ -257,6 +257,14 @@ def _restore(ckpt, step, abstract, train_iter):
     return state
 
 
+def _fresh_state(config, model, model_config, tx, mesh, rules, pretrained):
+    """A new train state, its parameters merged with `init_from`'s where the run has one."""
+    state, _ = create_train_state(model, model_config, tx, mesh, rules, jax.random.key(config.seed))
+    if pretrained:
+        state = state.replace(params=merge_params(state.params, pretrained[1], config.init_from))
+    return state
+
+
 def _build(config, workdir: Path, ckpt, mesh, rules, objective) -> dict:
     """The tokenizer, model, data, state and steps of `setup` (restored, pretrained or fresh)."""
     latest = ckpt.latest_step()
@@ -291,13 +299,7 @@ def _build(config, workdir: Path, ckpt, mesh, rules, objective) -> dict:
     if latest is not None:
         state = _restore(ckpt, latest, abstract, train_iter)
     else:
-        state, _ = create_train_state(
-            model, model_config, tx, mesh, rules, jax.random.key(config.seed)
-        )
-        if pretrained:
-            state = state.replace(
-                params=merge_params(state.params, pretrained[1], config.init_from)
-            )
+        state = _fresh_state(config, model, model_config, tx, mesh, rules, pretrained)
     saved_config = {
         "run": config.to_dict(),
         "resolved_model": model_config.to_dict(),
@@ -305,16 +307,10 @@ def _build(config, workdir: Path, ckpt, mesh, rules, objective) -> dict:
     }
     if jax.process_index() == 0:
         (workdir / "config.json").write_text(json.dumps(saved_config, indent=2, default=str))
-    train_step, eval_step = jit_steps(
-        model,
-        tx,
-        schedule,
-        objective,
-        shardings,
-        mesh,
-        rules,
-        **step_options(config),
+    steps = jit_steps(
+        model, tx, schedule, objective, shardings, mesh, rules, **step_options(config)
     )
+    train_step, eval_step = steps
     return dict(
         tokenizer=tokenizer,
         model_config=model_config,
@@ -404,6 +400,40 @@ def _check_finite(metrics: dict, step: int, last_good: int | None) -> None:
         )
 
 
+def _evaluate_and_log(run: Run, progress: _Progress, writer: MetricWriter, params, step) -> None:
+    """The periodic eval: loss metrics over the validation batches, then the task's metrics."""
+    progress.eval_metrics = evaluate(
+        run.eval_step,
+        params,
+        run.config,
+        run.tokenizer,
+        run.mesh,
+        run.config.data.objective,
+        run.rules,
+    )
+    progress.eval_metrics.update(run.task_metrics(params))
+    if progress.eval_metrics:
+        writer.write(step, progress.eval_metrics)
+        if jax.process_index() == 0:  # tqdm.write prints even when disabled
+            progress.bar.write(
+                f"step {step}: "
+                + ", ".join(f"{k}={v:.4g}" for k, v in progress.eval_metrics.items())
+            )
+
+
+def _save(run: Run, progress: _Progress, state, step: int) -> None:
+    """Checkpoints `state` with the data iterator's state, the run config and the best metric."""
+    config = run.config
+    best = {k: v for k, v in progress.eval_metrics.items() if k == config.best_metric}
+    run.ckpt.save(
+        step,
+        state,
+        data_state=distributed.global_data_state(run.train_iter.get_state()),
+        config=run.saved_config,
+        metrics=best or None,
+    )
+
+
 def _train_steps(run: Run, progress: _Progress, writer: MetricWriter, preemption) -> None:
     """The step loop: train, log, evaluate, checkpoint, until `steps` or SIGTERM."""
     config, state = run.config, run.state
@@ -435,32 +465,9 @@ def _train_steps(run: Run, progress: _Progress, writer: MetricWriter, preemption
                 tok_s=f"{progress.metrics['tokens_per_s']:.0f}",
             )
         if due_eval:
-            progress.eval_metrics = evaluate(
-                run.eval_step,
-                state.params,
-                config,
-                run.tokenizer,
-                run.mesh,
-                config.data.objective,
-                run.rules,
-            )
-            progress.eval_metrics.update(run.task_metrics(state.params))
-            if progress.eval_metrics:
-                writer.write(step, progress.eval_metrics)
-                if jax.process_index() == 0:  # tqdm.write prints even when disabled
-                    progress.bar.write(
-                        f"step {step}: "
-                        + ", ".join(f"{k}={v:.4g}" for k, v in progress.eval_metrics.items())
-                    )
+            _evaluate_and_log(run, progress, writer, state.params, step)
         if due_ckpt:
-            best = {k: v for k, v in progress.eval_metrics.items() if k == config.best_metric}
-            run.ckpt.save(
-                step,
-                state,
-                data_state=distributed.global_data_state(run.train_iter.get_state()),
-                config=run.saved_config,
-                metrics=best or None,
-            )
+            _save(run, progress, state, step)
             last_good = step
         if stop:
             log.warning("SIGTERM: saved step %d, exiting", step)

@@ -30,6 +30,31 @@ def _split_microbatches(batch: dict, n: int) -> dict:
     return jax.tree.map(lambda x: x.reshape(x.shape[0] // n, n, *x.shape[1:]).swapaxes(0, 1), batch)
 
 
+def _accumulate(grads_and_sums, params, batch, rng, microbatches: int):
+    """Sums (grads, loss sums) over `microbatches` slices of `batch` in a `lax.scan`."""
+
+    def body(acc, xs):
+        micro, i = xs
+        g, s = grads_and_sums(params, micro, jax.random.fold_in(rng, i))
+        return jax.tree.map(jnp.add, acc, (g, s)), None
+
+    zero_sums = jax.eval_shape(
+        lambda: grads_and_sums(
+            params,
+            jax.tree.map(lambda x: x[0], _split_microbatches(batch, microbatches)),
+            rng,
+        )[1]
+    )
+    init = (
+        jax.tree.map(jnp.zeros_like, params),
+        jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), zero_sums),
+    )
+    (grads, sums), _ = jax.lax.scan(
+        body, init, (_split_microbatches(batch, microbatches), jnp.arange(microbatches))
+    )
+    return grads, sums
+
+
 def make_train_step(
     model,
     tx: optax.GradientTransformation,
@@ -68,26 +93,7 @@ def make_train_step(
         if microbatches == 1:
             grads, sums = grads_and_sums(state.params, batch, rng)
         else:
-
-            def body(acc, xs):
-                micro, i = xs
-                g, s = grads_and_sums(state.params, micro, jax.random.fold_in(rng, i))
-                return jax.tree.map(jnp.add, acc, (g, s)), None
-
-            zero_sums = jax.eval_shape(
-                lambda: grads_and_sums(
-                    state.params,
-                    jax.tree.map(lambda x: x[0], _split_microbatches(batch, microbatches)),
-                    rng,
-                )[1]
-            )
-            init = (
-                jax.tree.map(jnp.zeros_like, state.params),
-                jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), zero_sums),
-            )
-            (grads, sums), _ = jax.lax.scan(
-                body, init, (_split_microbatches(batch, microbatches), jnp.arange(microbatches))
-            )
+            grads, sums = _accumulate(grads_and_sums, state.params, batch, rng, microbatches)
         weight = jnp.maximum(sums["weight"], 1.0)
         grads = jax.tree.map(lambda g: g / weight, grads)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
