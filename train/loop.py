@@ -216,7 +216,7 @@ def _objective(config) -> str:
 
 def _target_len(config) -> int:
     """The configured decoder length (the input length for single-stack models)."""
-    return config.get("target_len") or config.data.get("target_length") or config.seq_len
+    return config.data.get("target_length") or config.seq_len
 
 
 def _class_names(config, model_config, source) -> dict:
