@@ -389,4 +389,3 @@ class TagRows(Rows):
             "labels": np.full(self.seq_len, ob.IGNORE, np.int32),
             "weights": zeros.astype(np.float32),
         }
-

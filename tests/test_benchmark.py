@@ -1,4 +1,4 @@
-"""The benchmark CLI (train/benchmark.py) on tiny models: every JSON field, the report files, and
+"""The benchmark CLI (train/benchmark/) on tiny models: every JSON field, the report files, and
 the PyTorch reference runner."""
 
 import functools
@@ -10,6 +10,7 @@ import pytest
 
 from data import objectives
 from train import benchmark
+from train.benchmark import suites, timing
 
 TINY = ["--batch", "8", "--seq", "16", "--steps", "2", "--warmup", "1", "--dtype", "f32"]
 
@@ -133,7 +134,7 @@ def test_profile_lists_the_slowest_ops(tmp_path, capsys, monkeypatch):
     # every op, not the top 20: on 8 simulated devices sharing 2 busy cores the all-reduces and
     # any preempted fusion can push gpt2-tiny's microsecond matmuls out of the top 20
     every_op = functools.partial(benchmark.profile_ops, top=10_000)
-    monkeypatch.setattr(benchmark, "profile_ops", every_op)
+    monkeypatch.setattr(timing, "profile_ops", every_op)
     out = tmp_path / "r.json"
     argv = ["--model", "gpt2-tiny", *TINY, "--json", str(out), "--profile", str(tmp_path / "p")]
     assert benchmark.main(argv) == 0
@@ -221,7 +222,7 @@ def test_suite_leaves_out_pytorch_bf16_on_a_cpu_without_bf16_instructions(monkey
         "decode": {"model": "gpt2-tiny", "batches": (), "prompt_len": 4, "new_tokens": 4},
     }
     monkeypatch.setitem(benchmark.SUITES, "tiny", tiny)
-    monkeypatch.setattr(benchmark, "cpu_has_bf16_instructions", lambda: False)
+    monkeypatch.setattr(suites, "cpu_has_bf16_instructions", lambda: False)
     results = benchmark.run_suite("tiny", tmp_path, reference="torch")
     f32, bf16 = results["train"]
     assert f32["reference"]["tokens_per_s"] > 0 and "reference_skipped" not in f32
@@ -235,7 +236,7 @@ def test_reference_rounds_alternate_with_ours(monkeypatch):
     from train import benchmark_torch
 
     order = []
-    timed, run = benchmark._timed_steps, benchmark_torch.TrainRunner.run
+    timed, run = timing._timed_steps, benchmark_torch.TrainRunner.run
 
     def ours(*args):
         order.append("ours")
@@ -245,7 +246,7 @@ def test_reference_rounds_alternate_with_ours(monkeypatch):
         order.append("torch")
         return run(self, steps)
 
-    monkeypatch.setattr(benchmark, "_timed_steps", ours)
+    monkeypatch.setattr(timing, "_timed_steps", ours)
     monkeypatch.setattr(benchmark_torch.TrainRunner, "run", theirs)
     r = benchmark.benchmark(
         "gpt2-tiny", 8, 16, steps=2, warmup=1, dtype="f32", reference="torch", rounds=3
@@ -281,12 +282,12 @@ def test_warm_up_repeats_while_our_step_faults_in_fresh_memory(monkeypatch):
 
     order = []
     timed, warm, run = (
-        benchmark._timed_steps,
+        timing._timed_steps,
         benchmark_torch.TrainRunner.warm_up,
         benchmark_torch.TrainRunner.run,
     )
-    monkeypatch.setattr(benchmark, "_page_faults", faults)
-    monkeypatch.setattr(benchmark, "_timed_steps", lambda *a: order.append("ours") or timed(*a))
+    monkeypatch.setattr(timing, "_page_faults", faults)
+    monkeypatch.setattr(timing, "_timed_steps", lambda *a: order.append("ours") or timed(*a))
     monkeypatch.setattr(
         benchmark_torch.TrainRunner,
         "warm_up",
@@ -310,8 +311,8 @@ def test_one_round_times_pytorch_first_and_frees_it_before_ours(monkeypatch):
     from train import benchmark_torch
 
     order = []
-    timed, close = benchmark._timed_steps, benchmark_torch.TrainRunner.close
-    create = benchmark.create_train_state
+    timed, close = timing._timed_steps, benchmark_torch.TrainRunner.close
+    create = timing.create_train_state
 
     def ours(*args):
         order.append("ours")
@@ -325,9 +326,9 @@ def test_one_round_times_pytorch_first_and_frees_it_before_ours(monkeypatch):
         order.append("our state")
         return create(*args, **kwargs)
 
-    monkeypatch.setattr(benchmark, "_timed_steps", ours)
+    monkeypatch.setattr(timing, "_timed_steps", ours)
     monkeypatch.setattr(benchmark_torch.TrainRunner, "close", closed)
-    monkeypatch.setattr(benchmark, "create_train_state", state)
+    monkeypatch.setattr(timing, "create_train_state", state)
     r = benchmark.benchmark("gpt2-tiny", 8, 16, steps=2, warmup=1, dtype="f32", reference="torch")
     warmups = len(r["warmup_page_faults"])
     assert order == ["torch closed", "our state"] + ["ours"] * (warmups + 1)

@@ -9,7 +9,7 @@ use_cache=True) with EOS suppressed so that every row produces exactly `new_toke
 `device` is "cpu" or "cuda" (the caller passes the one JAX runs on); on CUDA the model uses
 PyTorch's default attention (SDPA, flash attention in bf16), each step is launched before
 waiting for the one before it, and a step's time ends at a CUDA event recorded after it.
-`TrainRunner` keeps the model between timed rounds, so that train/benchmark.py can alternate
+`TrainRunner` keeps the model between timed rounds, so that train/benchmark/timing.py can alternate
 PyTorch's steps with ours.
 
 Needs the `hf` extra (torch + transformers); importing this module does not import them.
@@ -114,7 +114,7 @@ def train_benchmark(
 class TrainRunner:
     """The HF model, its AdamW optimizer and the batch, kept between timed rounds.
 
-    `run` may be called several times, alternating with our own steps (train/benchmark.py's
+    `run` may be called several times, alternating with our own steps (train/benchmark/timing.py's
     `rounds`), so that both sides see the same machine when its speed drifts; `result` reports
     every timed step so far.
     """
@@ -247,7 +247,7 @@ def _time_steps(step, device: str, steps: int):
         done.record()
         return loss, done
 
-    # as train/benchmark.py's _timed_steps: step i is launched before waiting for step i-1
+    # as train/benchmark/timing.py's _timed_steps: step i is launched before waiting for step i-1
     start = time.perf_counter()
     loss, done = launched()
     ready = []

@@ -20,7 +20,7 @@ def waits_for_each_step() -> bool:
     nothing, and XLA then holds two steps' temporary buffers: gpt2 at 8 x 256 peaked at 9.2
     against 5.8 GB of RSS in the training loop, and its first benchmark round faulted in 3.4 GB
     of fresh memory (850k page faults, 1-3 s of a 12 s step). The training loop
-    (train/loop.py) and the benchmark (train/benchmark.py) both follow this."""
+    (train/loop.py) and the benchmark (train/benchmark/timing.py) both follow this."""
     return jax.default_backend() == "cpu"
 
 
