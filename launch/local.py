@@ -62,6 +62,68 @@ def _exit_code(returncode: int) -> int:
     return 128 - returncode if returncode < 0 else returncode  # killed by a signal: 128 + sig
 
 
+def _start(command, num_processes: int, devices: int, port: int, out, lock):
+    """Starts the processes, each with a thread copying its output to `out`; returns both lists."""
+    procs, pumps = [], []
+    for i in range(num_processes):
+        env = process_env(
+            os.environ, process_id=i, num_processes=num_processes, port=port, devices=devices
+        )
+        proc = subprocess.Popen(
+            command,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group: stopped as a whole
+        )
+        procs.append(proc)
+        pump = threading.Thread(target=_pump, args=(proc.stdout, f"[{i}] ", out, lock))
+        pump.start()
+        pumps.append(pump)
+    return procs, pumps
+
+
+def _signal_all(procs, sig) -> None:
+    """Sends `sig` to the process group of every process still running."""
+    for p in procs:
+        if p.poll() is None:
+            try:
+                os.killpg(p.pid, sig)
+            except ProcessLookupError:
+                pass
+
+
+def _shut_down(procs, first_signal, grace_s: float) -> None:
+    """Sends `first_signal`, waits up to `grace_s` seconds for the processes, then kills them."""
+    _signal_all(procs, first_signal)
+    deadline = time.monotonic() + grace_s
+    while any(p.poll() is None for p in procs) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    _signal_all(procs, signal.SIGKILL)  # processes blocked in a collective ignore SIGTERM
+
+
+def _supervise(procs, terminated: threading.Event, grace_s: float, out, lock) -> int:
+    """Polls until all exit 0 (returns 0), or one fails or SIGTERM comes: stops the rest."""
+    while True:
+        codes = [p.poll() for p in procs]
+        failed = [(i, c) for i, c in enumerate(codes) if c not in (None, 0)]
+        if failed or terminated.is_set():
+            if failed:
+                index, code = failed[0]
+                status = _exit_code(code)
+                message = f"process {index} exited with status {status}"
+            else:
+                status, message = 143, "SIGTERM"
+            with lock:
+                out.write(f"[launch] {message}; stopping the others\n")
+                out.flush()
+            _shut_down(procs, signal.SIGTERM, grace_s)
+            return status
+        if all(c == 0 for c in codes):
+            return 0
+        time.sleep(0.1)
+
+
 def run(
     command: list[str],
     *,
@@ -76,66 +138,14 @@ def run(
     out = out or sys.stdout
     port = port or free_port()
     lock = threading.Lock()
-    procs, pumps = [], []
-    for i in range(num_processes):
-        env = process_env(
-            os.environ,
-            process_id=i,
-            num_processes=num_processes,
-            port=port,
-            devices=devices_per_process,
-        )
-        proc = subprocess.Popen(
-            command,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # its own process group: stopped as a whole
-        )
-        procs.append(proc)
-        pump = threading.Thread(target=_pump, args=(proc.stdout, f"[{i}] ", out, lock))
-        pump.start()
-        pumps.append(pump)
-
-    def stop_all(sig):
-        for p in procs:
-            if p.poll() is None:
-                try:
-                    os.killpg(p.pid, sig)
-                except ProcessLookupError:
-                    pass
-
-    def shut_down(first_signal):
-        stop_all(first_signal)
-        deadline = time.monotonic() + grace_s
-        while any(p.poll() is None for p in procs) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        stop_all(signal.SIGKILL)  # processes blocked in a collective ignore SIGTERM
-
+    procs, pumps = _start(command, num_processes, devices_per_process, port, out, lock)
     terminated = threading.Event()
     previous = signal.signal(signal.SIGTERM, lambda *_: terminated.set())
     status = 0
     try:
-        while True:
-            codes = [p.poll() for p in procs]
-            failed = [(i, c) for i, c in enumerate(codes) if c not in (None, 0)]
-            if failed or terminated.is_set():
-                if failed:
-                    index, code = failed[0]
-                    status = _exit_code(code)
-                    message = f"process {index} exited with status {status}"
-                else:
-                    status, message = 143, "SIGTERM"
-                with lock:
-                    out.write(f"[launch] {message}; stopping the others\n")
-                    out.flush()
-                shut_down(signal.SIGTERM)
-                break
-            if all(c == 0 for c in codes):
-                break
-            time.sleep(0.1)
+        status = _supervise(procs, terminated, grace_s, out, lock)
     except KeyboardInterrupt:
-        shut_down(signal.SIGINT)
+        _shut_down(procs, signal.SIGINT, grace_s)
         status = 130
     finally:
         signal.signal(signal.SIGTERM, previous)

@@ -163,6 +163,64 @@ def _splash_attention(q, k, v, *, segment_ids, causal, scale):
     return jnp.transpose(out, (0, 2, 1, 3)).astype(q.dtype)
 
 
+def _resolve_kernel(kernel: str, q, k, *, bias, causal: bool, dropout: bool) -> str:
+    """The kernel that runs this call: `kernel` ("auto" resolved) if it can, else "xla"."""
+    auto = kernel == "auto"
+    if auto:
+        kernel = {"gpu": "cudnn", "tpu": "splash"}.get(_backend(), "blocked")
+    if kernel != "xla" and dropout:
+        if not auto:
+            _warn_once(
+                f"{kernel}-dropout",
+                f"attention kernel {kernel!r} has no attention "
+                "dropout; using the xla reference (set attention_dropout_rate=0 to avoid)",
+            )
+        return "xla"
+    reason = _unsupported(kernel, q, k, bias=bias, causal=causal)
+    if reason is None:
+        return kernel
+    if not auto:  # a kernel asked for by name says why it is not used; "auto" falls back quietly
+        _warn_once(f"{kernel}-{reason}", f"attention kernel {kernel!r} {reason}; using xla")
+    return "xla"
+
+
+def _unsupported(kernel: str, q, k, *, bias, causal: bool) -> str | None:
+    """Why `kernel` cannot run this call on this backend, or None when it can."""
+    if kernel == "cudnn":
+        if _backend() != "gpu":
+            return f"needs an NVIDIA GPU (backend is {_backend()})"
+        if q.dtype not in (jnp.bfloat16, jnp.float16):
+            return f"needs bfloat16/float16 inputs (got {q.dtype})"
+    elif kernel == "splash":
+        if _backend() != "tpu":
+            return f"needs a TPU (backend is {_backend()})"
+        if bias is not None:
+            return "does not take an additive bias (T5 relative positions)"
+        if q.shape[1] != k.shape[1] or q.shape[1] % 128:
+            return "needs self-attention over a multiple of 128 tokens"
+    elif kernel == "blocked":
+        if not causal:
+            return "is for causal self-attention"
+        if q.shape[1] != k.shape[1] or _block_size(q.shape[1]) is None:
+            return "needs self-attention over at least two equal blocks of queries"
+    return None
+
+
+def _cudnn_attention(q, k, v, *, mask, bias, scale, causal):
+    """cuDNN flash attention, with the mask and bias in the forms that its path handles."""
+    if mask is not None:  # cuDNN takes a mask as a bias over every query row
+        mask = jnp.broadcast_to(mask, (mask.shape[0], 1, q.shape[1], k.shape[1]))
+    if bias is not None:
+        # In q's dtype: with a float32 bias and bf16 q/k/v, jax 0.11.2's cuDNN path returns a
+        # wrong bias gradient (relative error ~1 on an H200, 2026-11-26); with a bf16 bias it
+        # matches the reference to 0.5%. T5 learns its relative-position bias through this
+        # gradient.
+        bias = bias.astype(q.dtype)
+    return _jax_attention(
+        q, k, v, mask=mask, bias=bias, scale=scale, causal=causal, implementation="cudnn"
+    )
+
+
 def dot_product_attention(
     q,
     k,
@@ -186,65 +244,15 @@ def dot_product_attention(
     the others get the causal mask added. `segment_ids` repeats the segment part of `mask` for
     kernels that take it structurally (splash).
     """
-    if kernel == "auto":
-        kernel = {"gpu": "cudnn", "tpu": "splash"}.get(_backend(), "blocked")
-        auto = True
-    else:
-        auto = False
     dropout = dropout_rate > 0.0 and dropout_rng is not None
-    if kernel != "xla" and dropout:
-        if not auto:
-            _warn_once(
-                f"{kernel}-dropout",
-                f"attention kernel {kernel!r} has no attention "
-                "dropout; using the xla reference (set attention_dropout_rate=0 to avoid)",
-            )
-        kernel = "xla"
+    kernel = _resolve_kernel(kernel, q, k, bias=bias, causal=causal, dropout=dropout)
     if kernel == "cudnn":
-        reason = None
-        if _backend() != "gpu":
-            reason = f"needs an NVIDIA GPU (backend is {_backend()})"
-        elif q.dtype not in (jnp.bfloat16, jnp.float16):
-            reason = f"needs bfloat16/float16 inputs (got {q.dtype})"
-        if reason is None:
-            if mask is not None:  # cuDNN takes a mask as a bias over every query row
-                mask = jnp.broadcast_to(mask, (mask.shape[0], 1, q.shape[1], k.shape[1]))
-            if bias is not None:
-                # In q's dtype: with a float32 bias and bf16 q/k/v, jax 0.11.2's cuDNN path
-                # returns a wrong bias gradient (relative error ~1 on an H200, 2026-11-26); with
-                # a bf16 bias it matches the reference to 0.5%. T5 learns its relative-position
-                # bias through this gradient.
-                bias = bias.astype(q.dtype)
-            return _jax_attention(
-                q, k, v, mask=mask, bias=bias, scale=scale, causal=causal, implementation="cudnn"
-            )
-        if not auto:
-            _warn_once(f"cudnn-{reason}", f"attention kernel 'cudnn' {reason}; using xla")
-        kernel = "xla"
+        return _cudnn_attention(q, k, v, mask=mask, bias=bias, scale=scale, causal=causal)
     if kernel == "splash":
-        reason = None
-        if _backend() != "tpu":
-            reason = f"needs a TPU (backend is {_backend()})"
-        elif bias is not None:
-            reason = "does not take an additive bias (T5 relative positions)"
-        elif q.shape[1] != k.shape[1] or q.shape[1] % 128:
-            reason = "needs self-attention over a multiple of 128 tokens"
-        if reason is None:
-            return _splash_attention(q, k, v, segment_ids=segment_ids, causal=causal, scale=scale)
-        if not auto:
-            _warn_once(f"splash-{reason}", f"attention kernel 'splash' {reason}; using xla")
-        kernel = "xla"
+        return _splash_attention(q, k, v, segment_ids=segment_ids, causal=causal, scale=scale)
     if kernel == "blocked":
-        reason, block = None, _block_size(q.shape[1])
-        if not causal:
-            reason = "is for causal self-attention"
-        elif q.shape[1] != k.shape[1] or block is None:
-            reason = "needs self-attention over at least two equal blocks of queries"
-        if reason is None:
-            return blocked_causal_attention(q, k, v, mask=mask, bias=bias, scale=scale, block=block)
-        if not auto:
-            _warn_once(f"blocked-{reason}", f"attention kernel 'blocked' {reason}; using xla")
-        kernel = "xla"
+        block = _block_size(q.shape[1])
+        return blocked_causal_attention(q, k, v, mask=mask, bias=bias, scale=scale, block=block)
     if kernel == "jax":
         return _jax_attention(
             q, k, v, mask=mask, bias=bias, scale=scale, causal=causal, implementation=None

@@ -54,6 +54,27 @@ def _gradient_fence_bwd(_, g):
 _gradient_fence.defvjp(_gradient_fence_fwd, _gradient_fence_bwd)
 
 
+def _self_mask(k_valid, q_slots, k_slots, segment_ids, padded: bool, cached_causal: bool):
+    """The self-attention mask: key padding, causality over cache slots, packed segments."""
+    return masks.combine(
+        masks.key_mask(k_valid) if padded else None,
+        # Outside decoding the attention kernels apply causality themselves (see
+        # dot_product_attention's `causal`), so that a fused kernel need read no mask at all.
+        masks.causal_mask(q_slots, k_slots) if cached_causal else None,
+        masks.segment_mask(segment_ids, segment_ids) if segment_ids is not None else None,
+    )
+
+
+def _cross_mask(encoder_attention_mask, segment_ids, encoder_segment_ids):
+    """The decoder-to-encoder mask: encoder padding, and packed segments on both sides."""
+    return masks.combine(
+        None if encoder_attention_mask is None else masks.key_mask(encoder_attention_mask),
+        None
+        if segment_ids is None or encoder_segment_ids is None
+        else masks.segment_mask(segment_ids, encoder_segment_ids),
+    )
+
+
 class TransformerBlock(nn.Module):
     """Self-attention [-> cross-attention] -> MLP, each a residual sublayer with its norm.
 
@@ -116,6 +137,28 @@ class TransformerBlock(nn.Module):
             )
         x = residual(x, "mlp", lambda h: MLP(cfg, name="mlp")(h, deterministic))
         return nn.with_logical_constraint(x, axes.ACTIVATION), None
+
+
+def _block_class(cfg: ModelConfig, num_layers: int, num_args: int):
+    """TransformerBlock, rematerialised as configured, and scanned over the layers if configured."""
+    block = TransformerBlock
+    if cfg.remat_policy != "none":
+        block = nn.remat(
+            block,
+            policy=_REMAT_POLICIES[cfg.remat_policy],
+            prevent_cse=not cfg.scan_layers,
+            static_argnums=(10, 11),
+        )
+    if cfg.scan_layers:
+        block = nn.scan(
+            block,
+            variable_axes={"params": 0, "cache": 0},
+            split_rngs={"params": True, "dropout": True},
+            in_axes=(nn.broadcast,) * num_args,
+            length=num_layers,
+            metadata_params={nn.PARTITION_NAME: axes.LAYERS},
+        )
+    return block
 
 
 class Embedding(nn.Module):
@@ -201,92 +244,28 @@ class TransformerStack(nn.Module):
             raise ValueError("decode=True needs a causal stack (a decoder)")
         valid = jnp.ones((b, t), bool) if attention_mask is None else attention_mask.astype(bool)
 
-        cache_index = None
+        slots = self._slots(b, t, valid, positions, decode)
+        q_slots, positions, k_slots, kv_positions, k_valid, cache_index = slots
         if decode:
-            initialised = self.has_variable("cache", "index")
-            index = self.variable("cache", "index", lambda: jnp.zeros((), jnp.int32))
-            slot_valid = self.variable("cache", "valid", jnp.zeros, (b, t), bool)
-            slot_pos = self.variable("cache", "positions", jnp.zeros, (b, t), jnp.int32)
-            start = index.value if initialised else 0
-            q_slots = masks.arange_slots(b, t, start)
-            positions = q_slots if positions is None else positions
-            if initialised:
-                self._check_length(slot_valid.value.shape[1])
-                slot_valid.value = jax.lax.dynamic_update_slice(slot_valid.value, valid, (0, start))
-                slot_pos.value = jax.lax.dynamic_update_slice(
-                    slot_pos.value, positions.astype(jnp.int32), (0, start)
-                )
-                index.value = start + t
-                cache_index = start
-                k_valid, kv_positions = slot_valid.value, slot_pos.value
-                k_slots = masks.arange_slots(b, k_valid.shape[1])
-            else:
-                k_valid, kv_positions, k_slots = valid, positions, q_slots
             segment_ids = None  # a cache holds one example per row
-        else:
-            self._check_length(t)
-            q_slots = masks.arange_slots(b, t)
-            positions = q_slots if positions is None else positions
-            k_valid, kv_positions, k_slots = valid, positions, q_slots
 
-        mask = masks.combine(
-            masks.key_mask(k_valid) if (attention_mask is not None or decode) else None,
-            # Outside decoding the attention kernels apply causality themselves (see
-            # dot_product_attention's `causal`), so that a fused kernel need read no mask at all.
-            masks.causal_mask(q_slots, k_slots) if self.causal and decode else None,
-            masks.segment_mask(segment_ids, segment_ids) if segment_ids is not None else None,
-        )
+        padded = attention_mask is not None or decode
+        mask = _self_mask(k_valid, q_slots, k_slots, segment_ids, padded, self.causal and decode)
         cross_mask = None
         if self.cross_attention:
-            cross_mask = masks.combine(
-                None if encoder_attention_mask is None else masks.key_mask(encoder_attention_mask),
-                None
-                if segment_ids is None or encoder_segment_ids is None
-                else masks.segment_mask(segment_ids, encoder_segment_ids),
-            )
-
+            cross_mask = _cross_mask(encoder_attention_mask, segment_ids, encoder_segment_ids)
         bias = None
         if cfg.position == "relative":
-            _, param_dtype = dtypes(cfg)
-            bias = RelativePositionBias(
-                cfg.relative_buckets,
-                cfg.relative_max_distance,
-                cfg.num_heads,
-                bidirectional=not self.causal,
-                param_dtype=param_dtype,
-                name="relative_bias",
-            )(positions, kv_positions)  # (B, N, T, S)
+            bias = self._relative_bias(positions, kv_positions)  # (B, N, T, S)
 
         x = Embedding(cfg, name="embed")(x, positions, token_type_ids, deterministic)
-        args = (
-            mask,
-            bias,
-            positions,
-            kv_positions,
-            segment_ids,
-            encoded,
-            cross_mask,
-            cache_index,
-            deterministic,
-            decode,
-        )
-        block = TransformerBlock
-        if cfg.remat_policy != "none":
-            block = nn.remat(
-                block,
-                policy=_REMAT_POLICIES[cfg.remat_policy],
-                prevent_cse=not cfg.scan_layers,
-                static_argnums=(10, 11),
-            )
+        # TransformerBlock's positional arguments; the last two are static (see _block_class)
+        args = (mask, bias, positions, kv_positions, segment_ids, encoded, cross_mask, cache_index)
+        args += (deterministic, decode)
+        # Called here, not in a helper: the compiled step names the scan's rng keys by their caller.
+        block = _block_class(cfg, self.num_layers, len(args))
         if cfg.scan_layers:
-            x, _ = nn.scan(
-                block,
-                variable_axes={"params": 0, "cache": 0},
-                split_rngs={"params": True, "dropout": True},
-                in_axes=(nn.broadcast,) * len(args),
-                length=self.num_layers,
-                metadata_params={nn.PARTITION_NAME: axes.LAYERS},
-            )(cfg, self.causal, self.cross_attention, name="layers")(x, *args)
+            x, _ = block(cfg, self.causal, self.cross_attention, name="layers")(x, *args)
         else:
             fence = jax.default_backend() == "cpu"  # elsewhere a cond would cost a device sync
             for i in range(self.num_layers):
@@ -296,6 +275,55 @@ class TransformerStack(nn.Module):
         if cfg.final_norm:
             x = make_norm(cfg, name="final_norm")(x)
         return nn.with_logical_constraint(x, axes.ACTIVATION)
+
+    # `nn.nowrap` helpers run as part of `__call__`: their ops keep its name scope (the op names
+    # that profiles and the HLO metadata show), and their variables and submodules its scope.
+
+    @nn.nowrap
+    def _slots(self, b: int, t: int, valid, positions, decode: bool):
+        """The slots, positions and validity of queries and keys; while decoding, from the cache.
+
+        Returns (q_slots, positions, k_slots, kv_positions, k_valid, cache_index). Outside decoding
+        the keys are the queries. While decoding they are all the cache slots, and this call's
+        tokens are written at `cache_index` (None inside `init`, where the input sizes the cache).
+        """
+        if not decode:
+            self._check_length(t)
+            q_slots = masks.arange_slots(b, t)
+            positions = q_slots if positions is None else positions
+            return q_slots, positions, q_slots, positions, valid, None
+        initialised = self.has_variable("cache", "index")
+        index = self.variable("cache", "index", lambda: jnp.zeros((), jnp.int32))
+        slot_valid = self.variable("cache", "valid", jnp.zeros, (b, t), bool)
+        slot_pos = self.variable("cache", "positions", jnp.zeros, (b, t), jnp.int32)
+        start = index.value if initialised else 0
+        q_slots = masks.arange_slots(b, t, start)
+        positions = q_slots if positions is None else positions
+        if not initialised:
+            return q_slots, positions, q_slots, positions, valid, None
+        self._check_length(slot_valid.value.shape[1])
+        slot_valid.value = jax.lax.dynamic_update_slice(slot_valid.value, valid, (0, start))
+        slot_pos.value = jax.lax.dynamic_update_slice(
+            slot_pos.value, positions.astype(jnp.int32), (0, start)
+        )
+        index.value = start + t
+        k_valid, kv_positions = slot_valid.value, slot_pos.value
+        k_slots = masks.arange_slots(b, k_valid.shape[1])
+        return q_slots, positions, k_slots, kv_positions, k_valid, start
+
+    @nn.nowrap
+    def _relative_bias(self, positions, kv_positions):
+        """T5's relative-position bias (B, N, T, S), shared by every block of the stack."""
+        cfg = self.config
+        _, param_dtype = dtypes(cfg)
+        return RelativePositionBias(
+            cfg.relative_buckets,
+            cfg.relative_max_distance,
+            cfg.num_heads,
+            bidirectional=not self.causal,
+            param_dtype=param_dtype,
+            name="relative_bias",
+        )(positions, kv_positions)
 
     def _check_length(self, length: int) -> None:
         cfg = self.config
