@@ -33,9 +33,10 @@ def _gradient_fence(x):
     Between unrolled layers the residual-stream gradient is a chain of cheap elementwise ops
     (residual adds, layer-norm backward). XLA:CPU fuses that chain into every consumer, including
     the transposes feeding the weight-gradient matmuls, so each layer recomputes the gradient of
-    all the layers above it: gpt2's backward spent 7 of its 26 s there on a 2-core CPU. The cond
-    (both branches the identity, on a run-time predicate) makes XLA materialise the gradient once
-    per layer. `lax.optimization_barrier` does not help: XLA:CPU removes it before fusion.
+    all the layers above it (a large share of gpt2's backward on a CPU, measured in
+    docs/benchmarks/cpu-profile.md). The cond (both branches the identity, on a run-time
+    predicate) makes XLA materialise the gradient once per layer. `lax.optimization_barrier`
+    does not help: XLA:CPU removes it before fusion.
     """
     return x
 

@@ -15,12 +15,11 @@ def waits_for_each_step() -> bool:
     """Whether the host should wait for each train step before launching the next.
 
     On a GPU or TPU the next step is launched while this one runs, which hides the host's
-    share of each step (argument handling and the launch: about 9 ms of gpt2-medium's step on
-    an H200). On a CPU the host and the "device" share the cores, so launching ahead hides
-    nothing, and XLA then holds two steps' temporary buffers: gpt2 at 8 x 256 peaked at 9.2
-    against 5.8 GB of RSS in the training loop, and its first benchmark round faulted in 3.4 GB
-    of fresh memory (850k page faults, 1-3 s of a 12 s step). The training loop
-    (train/loop.py) and the benchmark (train/benchmark/timing.py) both follow this."""
+    share of each step (argument handling and the launch). On a CPU the host and the "device"
+    share the cores, so launching ahead hides nothing, and XLA then holds two steps' temporary
+    buffers, which also fault in fresh memory (measured in docs/benchmarks/cpu-profile.md). The
+    training loop (train/loop.py) and the benchmark (train/benchmark/timing.py) both follow
+    this."""
     return jax.default_backend() == "cpu"
 
 

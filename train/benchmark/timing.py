@@ -75,9 +75,9 @@ def _timed_steps(compiled, state, data, rng, steps: int):
     A step's time is the interval between the moments its loss and the previous step's were
     ready. The host launches step i while the device still runs step i-1, as in train/loop.py,
     which reads metrics only every few steps. Waiting for each step before launching the next
-    would add the launch latency to every step: about 9 ms on an H200 for gpt2-medium's ~400
-    arrays (argument handling and the CUDA-graph launch), 8% of its step. On a CPU each step is
-    waited for, here and in the loop (train.step.waits_for_each_step says why)."""
+    would add the launch latency (argument handling and the CUDA-graph launch) to every step
+    (docs/benchmarks/gpu-notes.md). On a CPU each step is waited for, here and in the loop
+    (train.step.waits_for_each_step says why)."""
     if waits_for_each_step():
         times = []
         for _ in range(steps):
