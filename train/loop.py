@@ -502,6 +502,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         finally:  # on errors too: end the progress line, let in-flight saves finish
             progress.bar.close()
             run.ckpt.close()
+            run.train_iter.close()  # the data workers, if any
     footprint = carbon.stop()
     if footprint.get("energy_kwh") is not None:
         writer.write(
