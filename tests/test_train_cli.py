@@ -246,3 +246,32 @@ def test_a_workdir_written_by_earlier_code_resumes(tmp_path):
     losses = _losses(workdir)
     for step, loss in expected["losses"].items():
         assert losses[int(step)] == pytest.approx(loss, rel=1e-5, abs=0), step
+
+
+@pytest.mark.slow
+def test_sigkill_with_workers_and_prefetch_then_resume_without_them(tmp_path):
+    """Rows built by 2 worker processes and batches prefetched 2 ahead; killed, then resumed
+    in the process: the same losses as an uninterrupted run, the redone steps counted as lost."""
+    flags = [*RESUME_FLAGS, "--config.steps=48"]
+    reference = _train(tmp_path / "a", *flags)
+    assert reference.returncode == 0, reference.stderr[-2000:]
+    fed = ["--config.data.workers=2", "--config.data.prefetch=2"]
+    proc = _train(tmp_path / "b", *flags, *fed, wait=False)
+    deadline = time.time() + 240
+    while not (tmp_path / "b" / "checkpoints" / "16").exists():
+        assert proc.poll() is None, proc.stderr.read()[-2000:]
+        assert time.time() < deadline
+        time.sleep(0.02)
+    while max(_losses(tmp_path / "b"), default=0) < 20:  # a few steps past the checkpoint
+        assert proc.poll() is None and time.time() < deadline
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    furthest = max(_losses(tmp_path / "b"))
+    resumed = _train(tmp_path / "b", *flags, "--config.data.workers=0")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    a, b = _losses(tmp_path / "a"), _losses(tmp_path / "b")
+    assert sorted(b) == sorted(a) == list(range(1, 49))
+    assert [b[s] for s in sorted(a)] == [a[s] for s in sorted(a)]  # bit for bit
+    summary = json.loads((tmp_path / "b" / "summary.json").read_text())
+    assert furthest > 16 and summary["time_breakdown_s"]["lost"] > 0

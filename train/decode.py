@@ -382,3 +382,25 @@ def beam_search(
         start_id=int(decoder_start_id),
     )
     return np.asarray(out)
+
+
+def sample_text(model, params, tokenizer, config) -> str:
+    """A sampled continuation of `config.sample_prompt` (text in, text out)."""
+    prompt = tokenizer.encode(config.sample_prompt or "")
+    if model.config.family == "decoder":
+        bos = tokenizer.id_of("bos") or tokenizer.id_of("eos")
+        if bos is not None:
+            prompt = np.concatenate([[bos], prompt]).astype(np.int32)
+    tokens = generate(
+        model,
+        params,
+        prompt[None],
+        max_new_tokens=config.sample_tokens,
+        rng=jax.random.key(config.seed),
+        temperature=0.8,
+        top_k=40,
+        eos_id=tokenizer.id_of("eos"),
+        decoder_start_id=tokenizer.decoder_start_id,
+    )
+    body = tokenizer.decode(tokens[0])
+    return (config.sample_prompt + body) if model.config.family == "decoder" else body

@@ -8,6 +8,7 @@ stopped. SIGTERM saves a checkpoint at the next step boundary and exits cleanly.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import math
@@ -27,10 +28,13 @@ from data.pipeline import iter_texts, make_pipeline
 from data.sources import load_source
 from data.tokenizers import find_tokenizer, load_tokenizer, train_tokenizer
 from models.errors import UserError, one_of
-from train import distributed, partitioning
+from train import distributed, goodput, partitioning
 from train.carbon import CarbonTracker
 from train.checkpoint import Checkpointer, CheckpointError, check_same_architecture
+from train.decode import sample_text
+from train.feed import Feed
 from train.flops import train_flops_per_step
+from train.goodput import Clock
 from train.hardware import device_peak
 from train.init_from import load_pretrained, merge_params
 from train.losses import check_objective
@@ -167,6 +171,8 @@ class Run:
     eval_step: object
     saved_config: dict
     flops_per_step: float  # at the configured shapes
+    lost_until: int = 0  # the furthest step an earlier segment logged (redone steps are lost)
+    data_state: dict | None = None  # the data iterator's state after the last consumed batch
     _inference: LoadedModel | None = None
 
     def task_metrics(self, params) -> dict:
@@ -360,7 +366,7 @@ class _Progress:
     """Logging state of the step loop: metrics, tokens/s and MFU over each logging window."""
 
     def __init__(self, run: Run, step: int):
-        self.run, self.step = run, step
+        self.run, self.step, self.first_step = run, step, step
         self.metrics, self.eval_metrics = {}, {}
         self.tokens_seen = 0
         self._window = (time.time(), 0, 0.0)  # start time, tokens, FLOPs
@@ -371,7 +377,8 @@ class _Progress:
             dynamic_ncols=True,
             desc="train",
         )
-        self.peak_flops = None
+        # measured before the first step (on a CPU a matmul is timed): part of `restore`
+        self.peak_flops = device_peak(run.model_config.dtype)[0]
 
     def count(self, tokens: int, flops: float) -> None:
         self.step += 1
@@ -385,10 +392,17 @@ class _Progress:
         elapsed = max(time.time() - start, 1e-9)
         self._window = (time.time(), 0, 0.0)
         rates = {"tokens_per_s": tokens / elapsed}
-        if self.peak_flops is None:
-            self.peak_flops = device_peak(self.run.model_config.dtype)[0]
         rates["mfu"] = flops / elapsed / self.peak_flops
         return rates
+
+
+def _furthest_logged_step(workdir: Path) -> int:
+    """The last step metrics.jsonl records (0 for a new workdir): steps up to it are redone."""
+    path = workdir / "metrics.jsonl"
+    if not path.exists():
+        return 0
+    steps = [json.loads(line).get("step", 0) for line in path.read_text().splitlines() if line]
+    return max(steps, default=0)
 
 
 def _check_finite(metrics: dict, step: int, last_good: int | None) -> None:
@@ -428,51 +442,81 @@ def _save(run: Run, progress: _Progress, state, step: int) -> None:
     run.ckpt.save(
         step,
         state,
-        data_state=distributed.global_data_state(run.train_iter.get_state()),
+        data_state=distributed.global_data_state(run.data_state),
         config=run.saved_config,
         metrics=best or None,
     )
 
 
-def _train_steps(run: Run, progress: _Progress, writer: MetricWriter, preemption) -> None:
+def _train_steps(run: Run, progress: _Progress, writer, preemption, clock: Clock) -> None:
     """The step loop: train, log, evaluate, checkpoint, until `steps` or SIGTERM."""
     config, state = run.config, run.state
     last_good = run.ckpt.latest_step()
     rng = jax.random.key(config.seed + 1)
-    # Metrics are read only at log steps, so on a GPU or TPU the next step is launched while
-    # this one runs; on a CPU each step is waited for (see waits_for_each_step).
-    wait_each_step = waits_for_each_step()
-    while progress.step < config.steps:
-        batch = next(run.train_iter)
-        tokens = int(np.sum(batch.get("weights", batch.get("attention_mask", 0))))
-        state, step_metrics = run.train_step(state, _device_batch(batch, run.mesh, run.rules), rng)
-        if wait_each_step:
-            jax.block_until_ready(step_metrics)
-        progress.count(tokens * jax.process_count(), run.step_flops(batch))
-        step, is_last = progress.step, progress.step == config.steps
-        due_log = step % config.log_every_steps == 0 or is_last
-        stop = preemption.requested  # read once: SIGTERM may land anywhere in this body
-        due_ckpt = step % config.checkpoint_every_steps == 0 or is_last or stop
-        due_eval = config.eval_every_steps and (step % config.eval_every_steps == 0 or is_last)
-        if due_log or due_ckpt:
-            progress.metrics = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
-            _check_finite(progress.metrics, step, last_good)
-        if due_log:
-            progress.metrics.update(progress.rates())
-            writer.write(step, progress.metrics)
-            progress.bar.set_postfix(
-                loss=f"{progress.metrics['loss']:.3f}",
-                tok_s=f"{progress.metrics['tokens_per_s']:.0f}",
-            )
-        if due_eval:
-            _evaluate_and_log(run, progress, writer, state.params, step)
-        if due_ckpt:
-            _save(run, progress, state, step)
-            last_good = step
-        if stop:
-            log.warning("SIGTERM: saved step %d, exiting", step)
-            break
+    place = functools.partial(_device_batch, mesh=run.mesh, rules=run.rules)
+    feed = Feed(run.train_iter, place, config.data.get("prefetch", 2))
+    clock.mark("restore", clock.start)
+    try:
+        while progress.step < config.steps:
+            state, step_metrics, key = _step(run, feed, clock, progress, state, rng)
+            step, is_last = progress.step, progress.step == config.steps
+            due_log = step % config.log_every_steps == 0 or is_last
+            stop = preemption.requested  # read once: SIGTERM may land anywhere in this body
+            due_ckpt = step % config.checkpoint_every_steps == 0 or is_last or stop
+            due_eval = config.eval_every_steps and (step % config.eval_every_steps == 0 or is_last)
+            if due_log or due_ckpt:
+                with clock.timing(key):  # blocked on the step's results
+                    metrics = jax.device_get(step_metrics)
+                progress.metrics = {k: float(v) for k, v in metrics.items()}
+                _check_finite(progress.metrics, step, last_good)
+            if due_log:
+                _log(progress, writer, clock, step)
+            if due_eval:
+                with clock.timing("eval"):
+                    _evaluate_and_log(run, progress, writer, state.params, step)
+            if due_ckpt:
+                with clock.timing("checkpoint"):
+                    _save(run, progress, state, step)
+                last_good = step
+            if stop:
+                log.warning("SIGTERM: saved step %d, exiting", step)
+                break
+    finally:
+        feed.close()
     run.state = state
+
+
+def _step(run: Run, feed: Feed, clock: Clock, progress: _Progress, state, rng):
+    """One train step: wait for the next batch, launch the step. Returns (state, metrics, the
+    time key the step counts under: compile for the segment's first, lost for a redone one)."""
+    with clock.timing("data_wait"):
+        batch, device_batch, run.data_state = next(feed)
+    key = "step"
+    if progress.step == progress.first_step:
+        key = "compile"
+    elif progress.step < run.lost_until:
+        key = "lost"
+    with clock.timing(key):
+        state, metrics = run.train_step(state, device_batch, rng)
+        # Metrics are read only at log steps, so on a GPU or TPU the next step is launched
+        # while this one runs; on a CPU each step is waited for (see waits_for_each_step).
+        if key == "compile" or waits_for_each_step():
+            jax.block_until_ready(metrics)
+    tokens = int(np.sum(batch.get("weights", batch.get("attention_mask", 0))))
+    progress.count(tokens * jax.process_count(), run.step_flops(batch))
+    return state, metrics, key
+
+
+def _log(progress: _Progress, writer, clock: Clock, step: int) -> None:
+    """A log window: the step's metrics, rates and time shares to the writers and the bar."""
+    progress.metrics.update(progress.rates())
+    progress.metrics.update(clock.window())
+    writer.write(step, progress.metrics)
+    progress.bar.set_postfix(
+        loss=f"{progress.metrics['loss']:.3f}",
+        tok_s=f"{progress.metrics['tokens_per_s']:.0f}",
+        data=f"{progress.metrics['time/data_wait']:.0%}",
+    )
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> dict:
@@ -483,8 +527,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     """
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    start_time = time.time()
+    clock = Clock()
     run = setup(config, workdir)
+    run.lost_until = _furthest_logged_step(workdir)
+    run.data_state = run.train_iter.get_state()
     num_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(run.state.params))
     log.info(
         "model %s: %s parameters; mesh %s",
@@ -498,10 +544,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     with _Preemption() as preemption, partitioning.activate(run.mesh, run.rules):
         progress = _Progress(run, int(run.state.step))
         try:
-            _train_steps(run, progress, writer, preemption)
+            _train_steps(run, progress, writer, preemption, clock)
         finally:  # on errors too: end the progress line, let in-flight saves finish
             progress.bar.close()
-            run.ckpt.close()
+            with clock.timing("checkpoint"):  # async saves still being written
+                run.ckpt.close()
             run.train_iter.close()  # the data workers, if any
     footprint = carbon.stop()
     if footprint.get("energy_kwh") is not None:
@@ -517,7 +564,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         "final": progress.metrics,
         "eval": progress.eval_metrics,
         "tokens": progress.tokens_seen,
-        "wall_time_s": time.time() - start_time,
         "params": num_params,
         "model": run.model_config.name,
         "workdir": str(workdir.absolute()),
@@ -531,32 +577,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         and objectives.get(run.objective).head == "lm"
         and not (preemption.requested)
     ):
-        summary["sample"] = sample_text(run.model, run.state.params, run.tokenizer, config)
+        with clock.timing("eval"):
+            params = run.state.params
+            summary["sample"] = sample_text(run.model, params, run.tokenizer, config)
+    summary.update(goodput.summary(clock))
     if jax.process_index() == 0:
         (workdir / "summary.json").write_text(json.dumps(summary, indent=2))
     writer.close()
     return summary
-
-
-def sample_text(model, params, tokenizer, config) -> str:
-    """A sampled continuation of `config.sample_prompt` (text in, text out)."""
-    from train.decode import generate
-
-    prompt = tokenizer.encode(config.sample_prompt or "")
-    if model.config.family == "decoder":
-        bos = tokenizer.id_of("bos") or tokenizer.id_of("eos")
-        if bos is not None:
-            prompt = np.concatenate([[bos], prompt]).astype(np.int32)
-    tokens = generate(
-        model,
-        params,
-        prompt[None],
-        max_new_tokens=config.sample_tokens,
-        rng=jax.random.key(config.seed),
-        temperature=0.8,
-        top_k=40,
-        eos_id=tokenizer.id_of("eos"),
-        decoder_start_id=tokenizer.decoder_start_id,
-    )
-    body = tokenizer.decode(tokens[0])
-    return (config.sample_prompt + body) if model.config.family == "decoder" else body

@@ -1,0 +1,75 @@
+"""Where a run's wall time goes: `time_breakdown_s` and `goodput`, in summary.json and each log.
+
+The keys, after MaxText's goodput categories:
+
+  step        time the host spends launching train steps and blocked on their results
+  data_wait   time blocked on the next batch (built and placed by train/feed.py)
+  checkpoint  time in checkpoint saves (the blocking part; Orbax finishes async saves later)
+  compile     the first train step of the segment: its compilation and its one step
+  eval        periodic evaluation (loss and task metrics, their compilation included)
+  restore     from the start of the segment to its first step: setup, restoring a checkpoint
+  lost        steps run again after a restart, up to the furthest step an earlier segment
+              logged (their launch and wait time, counted here instead of under `step`)
+  other       the rest: logging, the progress bar, anything not measured above
+
+`goodput` = step / wall time. How `step` is measured under asynchronous dispatch: on a GPU or TPU
+the host launches step t+1 while step t runs and reads metrics only at log and checkpoint steps,
+so the launch calls plus the time blocked reading those metrics is the device time the host
+waited for; on a CPU each step is waited for (train.step.waits_for_each_step). Where ours
+differs from MaxText: MaxText counts its first step as productive and reports compilation from
+the XLA compile events; we count the whole first step as `compile`, and we have no separate
+`tpu_init` (it is part of `restore`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+
+KEYS = ("step", "data_wait", "checkpoint", "compile", "eval", "restore", "lost", "other")
+
+
+class Clock:
+    """Splits one segment's wall time into KEYS."""
+
+    def __init__(self, start: float | None = None):
+        self.start = time.perf_counter() if start is None else start
+        self.totals = dict.fromkeys(KEYS, 0.0)
+        self._window = dict(self.totals)
+
+    @contextlib.contextmanager
+    def timing(self, key: str):
+        """Adds the time spent inside the `with` block to `key`."""
+        began = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.totals[key] += time.perf_counter() - began
+
+    def mark(self, key: str, since: float) -> None:
+        """Adds the time from `since` to now to `key`."""
+        self.totals[key] += time.perf_counter() - since
+
+    def breakdown(self) -> tuple[dict[str, float], float]:
+        """(time_breakdown_s, wall time) of the segment so far; `other` is what no key explains."""
+        wall = time.perf_counter() - self.start
+        totals = dict(self.totals)
+        totals["other"] = max(0.0, wall - sum(v for k, v in totals.items() if k != "other"))
+        return totals, wall
+
+    def window(self) -> dict[str, float]:
+        """The shares of each key since the last call (the log window), as `time/KEY` metrics,
+        and `goodput` over the segment so far."""
+        totals, wall = self.breakdown()
+        spent = {k: totals[k] - self._window.get(k, 0.0) for k in KEYS}
+        self._window = totals
+        window_wall = max(sum(spent.values()), 1e-9)
+        out = {f"time/{k}": v / window_wall for k, v in spent.items()}
+        out["goodput"] = totals["step"] / max(wall, 1e-9)
+        return out
+
+
+def summary(clock: Clock) -> dict:
+    """The summary.json fields of a segment: time_breakdown_s, wall_time_s, goodput."""
+    totals, wall = clock.breakdown()
+    return {"time_breakdown_s": totals, "wall_time_s": wall, "goodput": totals["step"] / wall}
