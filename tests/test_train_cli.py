@@ -248,6 +248,10 @@ def test_a_workdir_written_by_earlier_code_resumes(tmp_path):
         assert losses[int(step)] == pytest.approx(loss, rel=1e-5, abs=0), step
 
 
+def reference_tokens(workdir):
+    return json.loads((Path(workdir) / "summary.json").read_text())["tokens"]
+
+
 @pytest.mark.slow
 def test_sigkill_with_workers_and_prefetch_then_resume_without_them(tmp_path):
     """Rows built by 2 worker processes and batches prefetched 2 ahead; killed, then resumed
@@ -275,3 +279,12 @@ def test_sigkill_with_workers_and_prefetch_then_resume_without_them(tmp_path):
     assert [b[s] for s in sorted(a)] == [a[s] for s in sorted(a)]  # bit for bit
     summary = json.loads((tmp_path / "b" / "summary.json").read_text())
     assert furthest > 16 and summary["time_breakdown_s"]["lost"] > 0
+    # the whole run: both segments' wall time (the killed one's up to its last log window)
+    run = summary["run"]
+    killed = [json.loads(x) for x in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
+    killed_wall = max(r["segment_wall_s"] for r in killed if r.get("segment") == 0)
+    assert run["segments"] == 2
+    assert run["wall_time_s"] == pytest.approx(summary["wall_time_s"] + killed_wall)
+    assert sum(run["time_breakdown_s"].values()) == pytest.approx(run["wall_time_s"])
+    assert run["time_breakdown_s"]["lost"] > summary["time_breakdown_s"]["lost"]
+    assert run["tokens"] == reference_tokens(tmp_path / "a")

@@ -73,3 +73,78 @@ def summary(clock: Clock) -> dict:
     """The summary.json fields of a segment: time_breakdown_s, wall_time_s, goodput."""
     totals, wall = clock.breakdown()
     return {"time_breakdown_s": totals, "wall_time_s": wall, "goodput": totals["step"] / wall}
+
+
+def segment_record(clock: Clock, first_step: int, step: int, tokens: int, footprint=None) -> dict:
+    """One segment of a run (from a start or restart to its end or its latest checkpoint)."""
+    totals, wall = clock.breakdown()
+    footprint = footprint or {}
+    return {
+        "first_step": int(first_step),
+        "last_step": int(step),
+        "wall_time_s": wall,
+        "time_breakdown_s": totals,
+        "tokens": int(tokens),
+        "energy_kwh": footprint.get("energy_kwh"),
+        "emissions_kg_co2eq": footprint.get("emissions_kg_co2eq"),
+    }
+
+
+class Ledger:
+    """The run's earlier segments, saved with every checkpoint, so that totals survive restarts.
+
+    A segment that was killed is known up to its last checkpoint; the log windows it wrote
+    after that (metrics.jsonl's `segment_wall_s`) extend its wall time, and that tail counts as
+    `lost`: its steps are done again. A killed segment's energy is unknown (None), since the
+    carbon tracker reports only when it stops.
+    """
+
+    def __init__(self, segments: list[dict] | None = None):
+        self.segments = [dict(s) for s in segments or []]
+
+    @classmethod
+    def resume(cls, saved: dict | None, logged: list[dict]) -> Ledger:
+        """The ledger of the restored checkpoint, its last segment extended by what that segment
+        logged after the checkpoint (`logged`: metrics.jsonl's records)."""
+        ledger = cls((saved or {}).get("segments"))
+        if ledger.segments:
+            last = ledger.segments[-1]
+            index = len(ledger.segments) - 1
+            walls = [r["segment_wall_s"] for r in logged if r.get("segment") == index]
+            tail = max(walls, default=0.0) - last["wall_time_s"]
+            if tail > 0:
+                last["wall_time_s"] += tail
+                last["time_breakdown_s"] = {**last["time_breakdown_s"]}
+                last["time_breakdown_s"]["lost"] += tail
+                last["energy_kwh"] = last["emissions_kg_co2eq"] = None
+        return ledger
+
+    @property
+    def index(self) -> int:
+        """The number of the segment now running."""
+        return len(self.segments)
+
+    def saved(self, current: dict) -> dict:
+        """What a checkpoint stores: the earlier segments and the current one so far."""
+        return {"segments": [*self.segments, current]}
+
+    def totals(self, current: dict) -> dict:
+        """Whole-run figures over every segment, the current one included."""
+        segments = [*self.segments, current]
+        wall = sum(s["wall_time_s"] for s in segments)
+        parts = {k: sum(s["time_breakdown_s"][k] for s in segments) for k in KEYS}
+
+        def known(key):
+            values = [s[key] for s in segments if s.get(key) is not None]
+            return sum(values) if values else None
+
+        return {
+            "segments": len(segments),
+            "wall_time_s": wall,
+            "time_breakdown_s": parts,
+            "goodput": parts["step"] / max(wall, 1e-9),
+            "tokens": sum(s["tokens"] for s in segments),
+            "energy_kwh": known("energy_kwh"),
+            "emissions_kg_co2eq": known("emissions_kg_co2eq"),
+            "segments_without_energy": sum(s.get("energy_kwh") is None for s in segments),
+        }

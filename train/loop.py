@@ -34,7 +34,7 @@ from train.checkpoint import Checkpointer, CheckpointError, check_same_architect
 from train.decode import sample_text
 from train.feed import Feed
 from train.flops import train_flops_per_step
-from train.goodput import Clock
+from train.goodput import Clock, Ledger, segment_record
 from train.hardware import device_peak
 from train.init_from import load_pretrained, merge_params
 from train.losses import check_objective
@@ -172,6 +172,8 @@ class Run:
     saved_config: dict
     flops_per_step: float  # at the configured shapes
     lost_until: int = 0  # the furthest step an earlier segment logged (redone steps are lost)
+    clock: Clock | None = None  # this segment's time breakdown
+    ledger: Ledger | None = None  # the earlier segments (train/goodput.py)
     data_state: dict | None = None  # the data iterator's state after the last consumed batch
     _inference: LoadedModel | None = None
 
@@ -396,13 +398,12 @@ class _Progress:
         return rates
 
 
-def _furthest_logged_step(workdir: Path) -> int:
-    """The last step metrics.jsonl records (0 for a new workdir): steps up to it are redone."""
+def _logged(workdir: Path) -> list[dict]:
+    """The records of metrics.jsonl (none for a new workdir)."""
     path = workdir / "metrics.jsonl"
     if not path.exists():
-        return 0
-    steps = [json.loads(line).get("step", 0) for line in path.read_text().splitlines() if line]
-    return max(steps, default=0)
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line]
 
 
 def _check_finite(metrics: dict, step: int, last_good: int | None) -> None:
@@ -436,14 +437,16 @@ def _evaluate_and_log(run: Run, progress: _Progress, writer: MetricWriter, param
 
 
 def _save(run: Run, progress: _Progress, state, step: int) -> None:
-    """Checkpoints `state` with the data iterator's state, the run config and the best metric."""
+    """Checkpoints `state` with the data iterator's state, the run config, the run ledger
+    (train/goodput.py) and the best metric."""
     config = run.config
     best = {k: v for k, v in progress.eval_metrics.items() if k == config.best_metric}
+    current = segment_record(run.clock, progress.first_step, step, progress.tokens_seen)
     run.ckpt.save(
         step,
         state,
         data_state=distributed.global_data_state(run.data_state),
-        config=run.saved_config,
+        config={**run.saved_config, "ledger": run.ledger.saved(current)},
         metrics=best or None,
     )
 
@@ -511,6 +514,8 @@ def _log(progress: _Progress, writer, clock: Clock, step: int) -> None:
     """A log window: the step's metrics, rates and time shares to the writers and the bar."""
     progress.metrics.update(progress.rates())
     progress.metrics.update(clock.window())
+    progress.metrics["segment"] = progress.run.ledger.index
+    progress.metrics["segment_wall_s"] = clock.breakdown()[1]
     writer.write(step, progress.metrics)
     progress.bar.set_postfix(
         loss=f"{progress.metrics['loss']:.3f}",
@@ -529,8 +534,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     workdir.mkdir(parents=True, exist_ok=True)
     clock = Clock()
     run = setup(config, workdir)
-    run.lost_until = _furthest_logged_step(workdir)
-    run.data_state = run.train_iter.get_state()
+    logged = _logged(workdir)
+    run.lost_until = max((r.get("step", 0) for r in logged), default=0)
+    run.data_state, run.clock = run.train_iter.get_state(), clock
+    saved = run.ckpt.saved_config() if run.ckpt.latest_step() is not None else None
+    run.ledger = Ledger.resume((saved or {}).get("ledger"), logged)
     num_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(run.state.params))
     log.info(
         "model %s: %s parameters; mesh %s",
@@ -581,6 +589,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
             params = run.state.params
             summary["sample"] = sample_text(run.model, params, run.tokenizer, config)
     summary.update(goodput.summary(clock))
+    current = segment_record(
+        clock, progress.first_step, progress.step, progress.tokens_seen, footprint
+    )
+    summary["run"] = run.ledger.totals(current)
     if jax.process_index() == 0:
         (workdir / "summary.json").write_text(json.dumps(summary, indent=2))
     writer.close()
