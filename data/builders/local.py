@@ -58,6 +58,8 @@ class _LocalBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         super().__init__(
             config=tfds.core.BuilderConfig(name=name), data_dir=data_dir, file_format="array_record"
         )
+        # what pickling rebuilds the builder from (data worker processes receive it pickled)
+        self._original_state = dict(files=files, data_dir=data_dir, **options)
 
     def _resolve(self, split: str, spec):
         del split

@@ -1,0 +1,168 @@
+"""Input pipeline benchmark: how fast a config's training batches are built on this host.
+
+    python -m data.benchmark --config configs/gpt_lm.py [--config.KEY=VALUE ...] \\
+        [--workers N] [--seconds S] [--json F]
+
+Builds the train split's batches of the config (its objective, batch size and sequence length)
+as fast as it can for S seconds, after a warm-up that starts the workers and fills their
+buffers, and reports tokens/s (the batches' token slots, input plus decoder side: what the
+accelerator consumes), batches/s, and with `--workers 0` the share of the time in each stage:
+
+  read      ArrayRecord reads and TFDS feature decoding (`read_many` less the tokenizer)
+  tokenize  the row builder's batched tokenization (`Rows.elements`)
+  build     packing, masking and corruption, batch assembly (the rest)
+
+With workers the stages run in the worker processes and only the totals are measured. The
+tokenizer is the run's: `tokenizer.path`, or one trained on the split as `python -m train` does.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+import time
+
+import models
+from data import workers as row_workers
+from data.pipeline import iter_texts, make_pipeline
+from data.tokenizers import load_tokenizer, train_tokenizer
+
+
+def run_tokenizer(config):
+    """The tokenizer `python -m train` would use for a new workdir of `config`."""
+    if config.tokenizer.path:
+        return load_tokenizer(config.tokenizer.path)
+    family = config.tokenizer.family or {"encoder": "bert", "decoder": "gpt"}.get(
+        models.get_config(config.model.name).family, "t5"
+    )
+    texts = iter_texts(config.data, "train", limit=config.tokenizer.train_examples)
+    return train_tokenizer(
+        texts,
+        kind=config.tokenizer.kind,
+        vocab_size=config.tokenizer.vocab_size,
+        family=family,
+        lowercase=config.tokenizer.lowercase,
+    )
+
+
+class _Stages:
+    """Times the read and tokenize stages of an in-process pipeline (see the module docstring)."""
+
+    def __init__(self, it):
+        self.read = self.tokenize = 0.0
+        builder = it._rows
+        tokenize, read_many = builder.builder.elements, row_workers.read_many
+
+        def timed_tokenize(examples):
+            start = time.perf_counter()
+            try:
+                return tokenize(examples)
+            finally:
+                self.tokenize += time.perf_counter() - start
+
+        def timed_read(*args, **kwargs):
+            start, before = time.perf_counter(), self.tokenize
+            try:
+                return read_many(*args, **kwargs)
+            finally:
+                self.read += time.perf_counter() - start - (self.tokenize - before)
+
+        builder.builder.elements = timed_tokenize
+        self._restore = lambda: setattr(row_workers, "read_many", read_many)
+        row_workers.read_many = timed_read
+
+    def close(self) -> None:
+        self._restore()
+
+
+def measure(config, *, workers: int, seconds: float, warmup: int = 2) -> dict:
+    """Builds `config`'s train batches for `seconds` and returns the rates (module docstring)."""
+    tokenizer = run_tokenizer(config)
+    it = make_pipeline(
+        config.data,
+        split="train",
+        tokenizer=tokenizer,
+        global_batch_size=config.batch_size,
+        seq_len=config.seq_len,
+        seed=config.seed,
+        workers=workers,
+    )
+    try:
+        for _ in range(warmup):
+            next(it)
+        stages = _Stages(it) if workers == 0 else None
+        batches = tokens = 0
+        start = time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            batch = next(it)
+            batches += 1
+            decoder = batch.get("decoder_input_ids")
+            tokens += batch["input_ids"].size + (0 if decoder is None else decoder.size)
+        elapsed = time.perf_counter() - start
+    finally:
+        it.close()
+    result = {
+        "objective": config.data.objective,
+        "batch": config.batch_size,
+        "seq_len": config.seq_len,
+        "workers": workers,
+        "seconds": elapsed,
+        "batches": batches,
+        "tokens_per_s": tokens / elapsed,
+        "batches_per_s": batches / elapsed,
+        "cpu_count": os.cpu_count(),
+        "machine": platform.processor() or platform.machine(),
+    }
+    if stages is not None:
+        stages.close()
+        build = max(0.0, elapsed - stages.read - stages.tokenize)
+        result["stage_share"] = {
+            "read": stages.read / elapsed,
+            "tokenize": stages.tokenize / elapsed,
+            "build": build / elapsed,
+        }
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    from configs import cli  # the CLI reads run configs, which name the layers above
+    from models.errors import ArgumentParser, UserError, one_line_errors
+
+    @one_line_errors
+    def run(argv):
+        spec, overrides, rest = cli.split_argv(argv)
+        parser = ArgumentParser(
+            prog="python -m data.benchmark", description=__doc__.splitlines()[0]
+        )
+        parser.add_argument("--workers", type=int, default=0, help="processes (0: in this one)")
+        parser.add_argument("--seconds", type=float, default=10.0, help="how long to build batches")
+        parser.add_argument("--json", help="also write the result to this file")
+        args = parser.parse_args(rest)
+        if not spec:
+            raise UserError("give --config CONFIG[:VARIANT], e.g. --config configs/gpt_lm.py")
+        if args.workers < 0 or args.seconds <= 0:
+            raise UserError("--workers must be >= 0 and --seconds > 0")
+        config = cli.load_config(spec)
+        cli.apply_overrides(config, overrides)
+        result = measure(config, workers=args.workers, seconds=args.seconds)
+        shares = result.get("stage_share")
+        line = (
+            f"{result['objective']} {result['batch']} x {result['seq_len']}, "
+            f"{args.workers} workers: {result['tokens_per_s']:,.0f} tokens/s, "
+            f"{result['batches_per_s']:.2f} batches/s"
+        )
+        if shares:
+            line += " (" + ", ".join(f"{k} {v:.0%}" for k, v in shares.items()) + ")"
+        print(line)
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(result, f, indent=2)
+        return 0
+
+    return run(sys.argv[1:] if argv is None else argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
