@@ -23,7 +23,9 @@ import grain
 import numpy as np
 from absl import flags
 
+from data.errors import DataError
 from data.packing import RowStream, read_many
+from models.errors import UserError
 
 
 def default_workers() -> int:
@@ -141,12 +143,30 @@ class WorkerRows:
             self._start(step)
         built: list = [None] * len(self._rows)
         for worker in range(self.workers):
-            item = next(self._iterator)
+            item = self._next()
             for j, (row, cursor) in enumerate(zip(item["rows"], item["cursors"], strict=True)):
                 built[worker + j * self.workers] = row
                 self.cursors[worker + j * self.workers] = list(cursor)
         self._step = step + 1
         return built
+
+    def _next(self) -> dict:
+        """The next item of `worker`; a bad record raises its DataError (it names the file and
+        record), and a worker that died ends the iteration with one DataError."""
+        try:
+            return next(self._iterator)
+        except UserError:
+            self.close()
+            raise
+        except Exception as error:
+            self.close()
+            reason = (
+                str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            )
+            raise DataError(
+                f"a data worker process (of {self.workers}) failed: {reason}; set data.workers=0 "
+                "to build the rows in the training process and see the full error"
+            ) from error
 
     def _start(self, step: int) -> None:
         """(Re)starts the workers at `step` from the parent's cursors."""

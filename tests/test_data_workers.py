@@ -1,10 +1,17 @@
 """data.workers: rows built in grain worker processes are the rows of the in-process pipeline,
 bit for bit, and the iterator state resumes across worker and host counts."""
 
+import multiprocessing
+import os
+import signal
+import time
+
 import numpy as np
 import pytest
 
+from data.errors import DataError
 from data.pipeline import iter_texts, make_pipeline, pydoc_config
+from data.rows import CausalRows
 from data.tokenizers import train_tokenizer
 
 FAMILY = {"clm": "gpt", "mlm": "bert", "span": "t5"}
@@ -103,5 +110,43 @@ def test_state_written_without_workers_resumes_with_them(tokenizers):
     try:
         it.set_state(state)
         _same(_take(it, 2), expected)
+    finally:
+        it.close()
+
+
+class BadRecordRows(CausalRows):
+    """Causal rows whose row 3 meets a bad record at its fourth row (built in a worker)."""
+
+    built = 0
+
+    def row(self, stream, rng):
+        if stream.row == 3:
+            BadRecordRows.built += 1
+            if BadRecordRows.built > 3:
+                raise DataError("notes.txt: record 17 is not valid text")
+        return super().row(stream, rng)
+
+
+def test_a_bad_record_in_a_worker_raises_its_error(tokenizers):
+    it = _pipeline("clm", tokenizers["gpt"], 2)
+    it._rows._spec["builder"].__class__ = BadRecordRows  # what the workers are sent
+    try:
+        with pytest.raises(DataError, match="notes.txt: record 17"):
+            _take(it, 50)
+    finally:
+        it.close()
+
+
+def test_a_worker_that_dies_ends_the_iteration_with_one_error(tokenizers):
+    it = _pipeline("clm", tokenizers["gpt"], 2)
+    try:
+        next(it)
+        os.kill(multiprocessing.active_children()[0].pid, signal.SIGKILL)
+        start = time.time()
+        with pytest.raises(
+            DataError, match=r"a data worker process \(of 2\) failed.*data.workers=0"
+        ):
+            _take(it, 10_000)
+        assert time.time() - start < 60  # no hang
     finally:
         it.close()
