@@ -36,7 +36,7 @@ table_format, token_column, tag_column, data_dir, download) it reads:
                  at the price of one compilation per length bucket (seq_len / N per side).
   workers        N > 0: the train split's rows are read, tokenized and built in N grain worker
                  processes (data/workers.py), with the same batches and iterator state as
-                 0 (in the process); -1 (the default): a quarter of the cores, at most 8
+                 0 (in the process); -1 (the default): a quarter of the cores, at most 16
                  (`data.workers.default_workers`). Evaluation splits use none.
   prefetch       batches the training loop builds and places on the devices ahead of the
                  step that runs (default 2; 0: built when needed)

@@ -29,9 +29,9 @@ from models.errors import UserError
 
 
 def default_workers() -> int:
-    """`data.workers = -1`: a quarter of the host's cores, at most 8 (0 on a 2- or 3-core host,
-    where the train step itself needs the cores)."""
-    return min(8, (os.cpu_count() or 1) // 4)
+    """`data.workers = -1`: a quarter of the host's cores, at most 16 (0 on a 2- or 3-core host,
+    where the train step itself needs the cores; the sizing is in docs/benchmarks/input.md)."""
+    return min(16, (os.cpu_count() or 1) // 4)
 
 
 class RowBuilder:
