@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from data import packing, pipeline
+from data import packing, pipeline, workers
 from data import tokenizers as tk
 from data.builders import topics
 from data.errors import DataError
@@ -152,7 +152,7 @@ def test_hosts_read_disjoint_shards_whose_union_is_the_global_batch(
             return real(elements, indices, transform)
 
         monkeypatch.setattr(packing, "read_many", recording)
-        monkeypatch.setattr(pipeline, "read_many", recording)
+        monkeypatch.setattr(workers, "read_many", recording)
         it = _make(cfg, toks[objective], objective, process_index=index, process_count=count)
         return _take(it, 6), seen
 

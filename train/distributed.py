@@ -27,6 +27,7 @@ import hashlib
 import json
 import logging
 import os
+import signal
 import socket
 import threading
 import time
@@ -344,3 +345,25 @@ def next_in_step(iterator, local_rows: int):
         empty = iterator.rows.empty()
         batch = {k: np.stack([v] * local_rows) for k, v in empty.items()}
     return batch
+
+
+class Preemption:
+    """Turns SIGTERM into a flag that the training loop checks at step boundaries."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def __enter__(self):
+        try:
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        except ValueError:  # not the main thread
+            self._previous = None
+        return self
+
+    def _handle(self, signum, frame):
+        self.requested = True
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)

@@ -12,7 +12,6 @@ import functools
 import json
 import logging
 import math
-import signal
 import time
 from pathlib import Path
 
@@ -100,28 +99,6 @@ def _device_batch(batch: dict, mesh, rules=partitioning.DEFAULT_RULES) -> dict:
         )
         for k, v in batch.items()
     }
-
-
-class _Preemption:
-    """Turns SIGTERM into a flag checked at step boundaries."""
-
-    def __init__(self):
-        self.requested = False
-        self._previous = None
-
-    def __enter__(self):
-        try:
-            self._previous = signal.signal(signal.SIGTERM, self._handle)
-        except ValueError:  # not the main thread
-            self._previous = None
-        return self
-
-    def _handle(self, signum, frame):
-        self.requested = True
-
-    def __exit__(self, *exc):
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
 
 
 def evaluate(
@@ -524,6 +501,34 @@ def _log(progress: _Progress, writer, clock: Clock, step: int) -> None:
     )
 
 
+def _summary(run: Run, progress: _Progress, clock: Clock, footprint: dict, preempted: bool):
+    """summary.json: the segment's steps, metrics, footprint, time breakdown and sample, and
+    the whole run's totals from the ledger."""
+    config = run.config
+    summary = {
+        "steps": progress.step,
+        "final": progress.metrics,
+        "eval": progress.eval_metrics,
+        "tokens": progress.tokens_seen,
+        "model": run.model_config.name,
+        "workdir": str(run.workdir.absolute()),
+        "preempted": preempted,
+        "energy_kwh": footprint.get("energy_kwh"),
+        "emissions_kg_co2eq": footprint.get("emissions_kg_co2eq"),
+        "carbon": footprint,
+    }
+    if config.sample_tokens and objectives.get(run.objective).head == "lm" and not preempted:
+        with clock.timing("eval"):
+            params = run.state.params
+            summary["sample"] = sample_text(run.model, params, run.tokenizer, config)
+    summary.update(goodput.summary(clock))
+    current = segment_record(
+        clock, progress.first_step, progress.step, progress.tokens_seen, footprint
+    )
+    summary["run"] = run.ledger.totals(current)
+    return summary
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> dict:
     """Trains per `config`, writing checkpoints, metrics and a summary under `workdir`.
 
@@ -549,7 +554,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     writer = MetricWriter(workdir, enabled=jax.process_index() == 0)
     carbon = CarbonTracker(config.get("carbon"))
     carbon.start()
-    with _Preemption() as preemption, partitioning.activate(run.mesh, run.rules):
+    with distributed.Preemption() as preemption, partitioning.activate(run.mesh, run.rules):
         progress = _Progress(run, int(run.state.step))
         try:
             _train_steps(run, progress, writer, preemption, clock)
@@ -567,32 +572,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
                 "carbon/emissions_kg_co2eq": footprint["emissions_kg_co2eq"],
             },
         )
-    summary = {
-        "steps": progress.step,
-        "final": progress.metrics,
-        "eval": progress.eval_metrics,
-        "tokens": progress.tokens_seen,
-        "params": num_params,
-        "model": run.model_config.name,
-        "workdir": str(workdir.absolute()),
-        "preempted": preemption.requested,
-        "energy_kwh": footprint.get("energy_kwh"),
-        "emissions_kg_co2eq": footprint.get("emissions_kg_co2eq"),
-        "carbon": footprint,
-    }
-    if (
-        config.sample_tokens
-        and objectives.get(run.objective).head == "lm"
-        and not (preemption.requested)
-    ):
-        with clock.timing("eval"):
-            params = run.state.params
-            summary["sample"] = sample_text(run.model, params, run.tokenizer, config)
-    summary.update(goodput.summary(clock))
-    current = segment_record(
-        clock, progress.first_step, progress.step, progress.tokens_seen, footprint
-    )
-    summary["run"] = run.ledger.totals(current)
+    summary = _summary(run, progress, clock, footprint, preemption.requested)
+    summary["params"] = num_params
     if jax.process_index() == 0:
         (workdir / "summary.json").write_text(json.dumps(summary, indent=2))
     writer.close()
