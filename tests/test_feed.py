@@ -9,10 +9,15 @@ from data.pipeline import iter_texts, make_pipeline, pydoc_config
 from data.tokenizers import train_tokenizer
 from train.feed import Feed
 
+FAMILY = {"clm": "gpt", "mlm": "bert", "span": "t5"}
+
 
 @pytest.fixture(scope="module")
-def tok():
-    return train_tokenizer(list(iter_texts(pydoc_config(), limit=200)), kind="bpe", vocab_size=512)
+def toks():
+    texts = list(iter_texts(pydoc_config(), limit=200))
+    return {
+        o: train_tokenizer(texts, kind="bpe", vocab_size=512, family=f) for o, f in FAMILY.items()
+    }
 
 
 def _pipeline(tok, objective="clm", workers=0):
@@ -22,14 +27,16 @@ def _pipeline(tok, objective="clm", workers=0):
     )
 
 
-def test_prefetched_batches_and_states_are_the_iterators(tok):
-    plain = _pipeline(tok)
+@pytest.mark.parametrize("objective", sorted(FAMILY))
+def test_prefetched_batches_and_states_are_the_iterators(toks, objective):
+    tok = toks[objective]
+    plain = _pipeline(tok, objective)
     expected = []
     for _ in range(6):
         batch = next(plain)
         expected.append((batch, plain.get_state()))
     for depth, workers in ((0, 0), (2, 0), (2, 2)):
-        it = _pipeline(tok, workers=workers)
+        it = _pipeline(tok, objective, workers=workers)
         feed = Feed(it, lambda b: {k: v * 1 for k, v in b.items()}, depth)
         try:
             for want, state in expected:
