@@ -173,6 +173,12 @@ class WorkerRows:
         self.close()
         if not flags.FLAGS.is_parsed():  # grain reads its absl flags; a library caller has none
             flags.FLAGS.mark_as_parsed()
+        # A worker that dies leaves shared-memory segments that multiprocessing's resource
+        # tracker (started with the workers, with this environment) unlinks at exit; its
+        # warning would come after the run's one error line.
+        os.environ.setdefault(
+            "PYTHONWARNINGS", "ignore::UserWarning:multiprocessing.resource_tracker"
+        )
         group = _RowGroup(self._spec, self._rows, step, [list(c) for c in self.cursors])
         options = grain.MultiprocessingOptions(
             num_workers=self.workers, per_worker_buffer_size=self._buffer

@@ -288,3 +288,23 @@ def test_sigkill_with_workers_and_prefetch_then_resume_without_them(tmp_path):
     assert sum(run["time_breakdown_s"].values()) == pytest.approx(run["wall_time_s"])
     assert run["time_breakdown_s"]["lost"] > summary["time_breakdown_s"]["lost"]
     assert run["tokens"] == reference_tokens(tmp_path / "a")
+
+
+@pytest.mark.slow
+def test_a_data_worker_that_dies_ends_the_run_with_one_line_and_keeps_checkpoints(tmp_path):
+    flags = [*RESUME_FLAGS, "--config.steps=100000", "--config.data.workers=2"]
+    proc = _train(tmp_path, *flags, wait=False)
+    deadline = time.time() + 240
+    while not (tmp_path / "checkpoints" / "16").exists():
+        assert proc.poll() is None, proc.stderr.read()[-2000:]
+        assert time.time() < deadline
+        time.sleep(0.05)
+    children = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True)
+    workers = [int(p) for p in children.stdout.split()]
+    assert workers, "no data worker processes"
+    os.kill(workers[-1], signal.SIGKILL)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 2, stderr[-2000:]
+    last = stderr.strip().splitlines()[-1]
+    assert last.startswith("error: a data worker process (of 2) failed"), last
+    assert (tmp_path / "checkpoints" / "16").exists()
