@@ -24,27 +24,8 @@ import platform
 import sys
 import time
 
-import models
 from data import workers as row_workers
-from data.pipeline import iter_texts, make_pipeline
-from data.tokenizers import load_tokenizer, train_tokenizer
-
-
-def run_tokenizer(config):
-    """The tokenizer `python -m train` would use for a new workdir of `config`."""
-    if config.tokenizer.path:
-        return load_tokenizer(config.tokenizer.path)
-    family = config.tokenizer.family or {"encoder": "bert", "decoder": "gpt"}.get(
-        models.get_config(config.model.name).family, "t5"
-    )
-    texts = iter_texts(config.data, "train", limit=config.tokenizer.train_examples)
-    return train_tokenizer(
-        texts,
-        kind=config.tokenizer.kind,
-        vocab_size=config.tokenizer.vocab_size,
-        family=family,
-        lowercase=config.tokenizer.lowercase,
-    )
+from data.pipeline import make_pipeline, run_tokenizer
 
 
 class _Stages:

@@ -52,6 +52,7 @@ number of batches from a repeating iterator.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from typing import Any
 
@@ -63,7 +64,7 @@ from ml_collections.config_dict import placeholder
 from data import objectives, sources
 from data.errors import DataError
 from data.rows import Rows
-from data.tokenizers import Tokenizer
+from data.tokenizers import Tokenizer, find_tokenizer, load_tokenizer, train_tokenizer
 from data.workers import RowBuilder, WorkerRows, default_workers
 
 STATE_VERSION = 1
@@ -344,3 +345,29 @@ def pydoc_config(**overrides) -> ml_collections.ConfigDict:
     cfg = default_config()
     cfg.update(overrides)
     return cfg
+
+
+def run_tokenizer(config):
+    """A run's tokenizer before it has a workdir's: `tokenizer.path`, the one that came with
+    `init_from`, or one trained on the training split (`config` is the whole run config)."""
+    import models
+
+    path = config.tokenizer.path or find_tokenizer(config.get("init_from"))
+    if path:
+        return load_tokenizer(path)
+    family = config.tokenizer.family or {"encoder": "bert", "decoder": "gpt"}.get(
+        models.get_config(config.model.name).family, "t5"
+    )
+    logging.info(
+        "training a %s tokenizer (vocab %d) on the training split",
+        config.tokenizer.kind,
+        config.tokenizer.vocab_size,
+    )
+    texts = iter_texts(config.data, "train", limit=config.tokenizer.train_examples)
+    return train_tokenizer(
+        texts,
+        kind=config.tokenizer.kind,
+        vocab_size=config.tokenizer.vocab_size,
+        family=family,
+        lowercase=config.tokenizer.lowercase,
+    )

@@ -23,9 +23,9 @@ from tqdm import tqdm
 
 import models
 from data import objectives
-from data.pipeline import iter_texts, make_pipeline
+from data.pipeline import make_pipeline, run_tokenizer
 from data.sources import load_source
-from data.tokenizers import find_tokenizer, load_tokenizer, train_tokenizer
+from data.tokenizers import load_tokenizer
 from models.errors import UserError, one_of
 from train import distributed, goodput, partitioning
 from train.carbon import CarbonTracker
@@ -56,26 +56,7 @@ def get_tokenizer(config, workdir: Path):
     saved = workdir / "tokenizer"
     if (saved / "tokenizer.json").exists():
         return load_tokenizer(str(saved))
-    family = config.tokenizer.family or {"encoder": "bert", "decoder": "gpt"}.get(
-        models.get_config(config.model.name).family, "t5"
-    )
-    path = config.tokenizer.path or find_tokenizer(config.get("init_from"))
-    if path:
-        tok = load_tokenizer(path)
-    else:
-        log.info(
-            "training a %s tokenizer (vocab %d) on the training split",
-            config.tokenizer.kind,
-            config.tokenizer.vocab_size,
-        )
-        texts = iter_texts(config.data, "train", limit=config.tokenizer.train_examples)
-        tok = train_tokenizer(
-            texts,
-            kind=config.tokenizer.kind,
-            vocab_size=config.tokenizer.vocab_size,
-            family=family,
-            lowercase=config.tokenizer.lowercase,
-        )
+    tok = run_tokenizer(config)
     if jax.process_index() == 0:
         tok.save(str(saved))
     return tok
