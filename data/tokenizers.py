@@ -138,8 +138,13 @@ class Tokenizer:
 
     def encode_batch(self, texts: Sequence[str]) -> list[np.ndarray]:
         """Encodes many texts in parallel (Rust threads), without special tokens."""
-        encoded = self.backend.encode_batch(list(texts), add_special_tokens=False)
-        return [np.asarray(e.ids, np.int32) for e in encoded]
+        return [np.asarray(ids, np.int32) for ids in self.encode_batch_lists(texts)]
+
+    def encode_batch_lists(self, texts: Sequence[str]) -> list[list[int]]:
+        """`encode_batch` as Python lists, through `encode_batch_fast` (the same ids, without
+        the character offsets: a third less time)."""
+        encoded = self.backend.encode_batch_fast(list(texts), add_special_tokens=False)
+        return [e.ids for e in encoded]
 
     def encode_with_words(self, text: str) -> tuple[np.ndarray, np.ndarray]:
         """Returns `(ids, word_start)`; `word_start[i]` is True where a new word begins."""
@@ -172,12 +177,8 @@ class Tokenizer:
 
 
 def _word_starts(word_ids: Sequence[int | None]) -> np.ndarray:
-    starts = np.zeros(len(word_ids), bool)
-    previous = None
-    for i, word in enumerate(word_ids):
-        starts[i] = word is None or word != previous
-        previous = word
-    return starts
+    previous = [None, *word_ids[:-1]]
+    return np.array([w is None or w != p for w, p in zip(word_ids, previous)], bool)
 
 
 def family_tokens(family: str, num_sentinels: int = NUM_SENTINELS) -> list[str]:

@@ -47,17 +47,21 @@ class RowBuilder:
             for r in rows
         ]
 
-    def build(self, step: int) -> list[dict[str, np.ndarray] | None]:
-        """The rows of `step` (None for a row whose finite stream has ended)."""
+    def build(self, step: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """The rows of `step` stacked per key, and which of them ended (a finished finite
+        stream gives the all-padding row)."""
         self._refill()
         built = []
         for stream in self.streams:
             rng = np.random.default_rng([self.seed, stream.row, step])
             before = stream.k
             built.append(self.builder.row(stream, rng))
-            # Read about two steps ahead: short documents are consumed by the hundred.
-            stream.read_ahead = int(np.clip(2 * (stream.k - before), 2, 1024))
-        return built
+            # Read about four steps ahead: short documents are consumed by the hundred.
+            stream.read_ahead = int(np.clip(4 * (stream.k - before), 2, 1024))
+        ended = np.array([row is None for row in built], bool)
+        if ended.any():
+            built = [self.builder.empty() if row is None else row for row in built]
+        return {key: np.stack([row[key] for row in built]) for key in built[0]}, ended
 
     def _refill(self) -> None:
         """Reads ahead for all rows in one batched call; batched reads are ~10x faster."""
@@ -108,9 +112,9 @@ class _RowGroupIterator(grain.DatasetIterator):
         builder.cursors = cursors
 
     def __next__(self) -> dict[str, Any]:
-        rows = self._builder.build(self._step)
+        rows, ended = self._builder.build(self._step)  # a few arrays, not one per row and key
         self._step += 1
-        return {"rows": rows, "cursors": self._builder.cursors}
+        return {"rows": rows, "ended": ended, "cursors": self._builder.cursors}
 
     def get_state(self) -> dict:
         return {"step": self._step, "cursors": self._builder.cursors}  # the parent's copy rules
@@ -137,18 +141,22 @@ class WorkerRows:
         self.cursors = [[0, 0] for _ in rows]
         self._step, self._iterator = 0, None
 
-    def build(self, step: int) -> list[dict[str, np.ndarray] | None]:
-        """The rows of `step`, assembled in row order from every worker's share."""
+    def build(self, step: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """`RowBuilder.build`'s result for `step`, interleaved from every worker's rows."""
         if self._iterator is None or step != self._step:
             self._start(step)
-        built: list = [None] * len(self._rows)
+        batch: dict[str, np.ndarray] = {}
+        ended = np.zeros(len(self._rows), bool)
         for worker in range(self.workers):
             item = self._next()
-            for j, (row, cursor) in enumerate(zip(item["rows"], item["cursors"], strict=True)):
-                built[worker + j * self.workers] = row
-                self.cursors[worker + j * self.workers] = list(cursor)
+            for key, rows in item["rows"].items():
+                if key not in batch:
+                    batch[key] = np.empty((len(self._rows), *rows.shape[1:]), rows.dtype)
+                batch[key][worker :: self.workers] = rows  # worker i has rows i, i + N, ...
+            ended[worker :: self.workers] = item["ended"]
+            self.cursors[worker :: self.workers] = [list(c) for c in item["cursors"]]
         self._step = step + 1
-        return built
+        return batch, ended
 
     def _next(self) -> dict:
         """The next item of `worker`; a bad record raises its DataError (it names the file and

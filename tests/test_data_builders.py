@@ -273,3 +273,35 @@ def test_over_long_sequences_are_truncated_and_counted(data_dir, bert, caplog):
     assert (batch["input_ids"][:, -1] == bert.sep_id).all()
     assert it.rows.truncated >= 10
     assert any("truncated" in r.getMessage() for r in caplog.records)
+
+
+def _local_files(tmp_path):
+    text = tmp_path / "doc.txt"
+    text.write_text("Ünïcode first line\n\nthird, after an empty one\n")
+    table = tmp_path / "t.tsv"
+    table.write_text("sentence\tlabel\ngood film\tpos\nbad film\tneg\n\tneg\n")
+    conll = tmp_path / "c.conll"
+    conll.write_text("EU B-ORG\nrejects O\n\nPeter B-PER\n\nx O\n")
+    src, tgt = tmp_path / "s.en", tmp_path / "s.de"
+    src.write_text("two men\none\n")
+    tgt.write_text("zwei Männer\neins\n")
+    return [
+        ("clm", {"train": str(text)}, {}),
+        ("classify", {"train": str(table)}, {"fields": {"text": "sentence", "label": "label"}}),
+        ("tag", {"train": str(conll)}, {}),
+        ("seq2seq", {"train": {"source": str(src), "target": str(tgt)}}, {}),
+    ]
+
+
+def test_records_decode_as_tfds_decodes_them(tmp_path, data_dir):
+    """The source's own `tf.train.Example` decoder gives TFDS's values for every local format
+    and the pydoc default (text, class labels, and sequences of both)."""
+    cases = [("clm", None, {}), *_local_files(tmp_path)]
+    for objective, files, extra in cases:
+        cfg = _cfg(data_dir, files=files, **extra) if files else _cfg(data_dir)
+        source = sources.load_source(cfg, "train", objective)
+        assert source._decoder is not None, objective
+        ours = source._getitems(range(len(source)))
+        theirs = [source.canonical(r) for r in source.records.__getitems__(range(len(source)))]
+        assert ours == theirs and len(ours) >= 2, objective
+        assert [source[i] for i in range(len(source))] == ours
