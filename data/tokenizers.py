@@ -258,6 +258,10 @@ def train_tokenizer(
     elif kind == "unigram":
         backend.normalizer = normalizers.NFKC()
     backend.train_from_iterator(texts, trainer=trainer)
+    # The run tokenizes with the saved form: a Unigram model's scores round in tokenizer.json,
+    # and where two segmentations tie, the trained object and its saved copy (what data
+    # workers receive and a resumed run loads) may pick differently.
+    backend = tokenizers.Tokenizer.from_str(backend.to_str())
     tokenizer = Tokenizer(backend, family)
     if save_dir:
         tokenizer.save(save_dir)

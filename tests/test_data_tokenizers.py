@@ -108,3 +108,19 @@ def test_load_errors(tmp_path):
         tk.train_tokenizer(["a b"], family="llama")
     with pytest.raises(DataError, match="kind"):
         tk.train_tokenizer(["a b"], kind="char")
+
+
+def test_trained_tokenizer_encodes_as_its_saved_and_pickled_copies(tmp_path, corpus):
+    """Data workers get a pickled tokenizer and a resumed run loads the saved one; the process
+    that trained it must encode as they do. A Unigram model's scores round when saved, so
+    segmentations that tie (`=` * 22 as 6 + 16 or 16 + 6 on the pydoc corpus) could differ."""
+    import pickle
+
+    tok = tk.train_tokenizer(
+        corpus[:30], kind="unigram", family="t5", vocab_size=1500, save_dir=str(tmp_path)
+    )
+    copies = [tk.load_tokenizer(str(tmp_path)), pickle.loads(pickle.dumps(tok))]
+    texts = [line for text in corpus for line in text.split("\n\n")]
+    ours = tok.encode_batch_lists(texts)
+    for copy in copies:
+        assert copy.encode_batch_lists(texts) == ours
