@@ -7,8 +7,13 @@
 #   3. with XLA=1: gpt2-medium (16 x 1024, bf16) with XLA's attention instead of cuDNN's;
 #   4. with PROFILE=1: one profiled gpt2-medium step (the kernels that took longest);
 #   5. with FLAGS=1: gpt2-medium with XLA's cuDNN LayerNorm, then with cuBLASLt GEMM epilogues
-#      (flags not yet measured here), and once without either as the baseline.
-# SUITE=0 or TESTS=0 leave those parts out (e.g. `SUITE=0 TESTS=0 FLAGS=1`). Each gpt2-medium
+#      (flags not yet measured here), and once without either as the baseline;
+#   6. with REAL=1: gpt2 16 x 1024 fed by its real input pipeline (the bundled corpus, or
+#      DATA_FILES=a text file) with 0 and with 8 data workers, next to synthetic tokens
+#      (`python -m train.benchmark --data real`: the data-stall share, docs/benchmarks/input.md).
+# SUITE=0 or TESTS=0 leave those parts out (e.g. `SUITE=0 TESTS=0 FLAGS=1`). The suite times
+# PyTorch eager and under torch.compile (REFERENCE=torch,torch-compile; REFERENCE=torch leaves
+# the compiled runs out when time is short: each compiles its model once, a minute or more). Each gpt2-medium
 # run took 75-110 s of wall time on an H100 in session 9 (18-27 s of it compile); the result's
 # phases_s says where the rest goes.
 #
@@ -36,7 +41,8 @@ if [ "${TESTS:-1}" != 0 ]; then
 fi
 if [ "${SUITE:-1}" != 0 ]; then
   step "suite gpu"
-  timeout 470 python -m train.benchmark --suite gpu --out "$OUT/gpu" >"$OUT/suite.log" 2>&1
+  timeout 470 python -m train.benchmark --suite gpu --out "$OUT/gpu" \
+    --reference "${REFERENCE:-torch,torch-compile}" >"$OUT/suite.log" 2>&1
   grep -v '^\s*$\|^  ' "$OUT/suite.log" | tail -20
 fi
 
@@ -59,6 +65,15 @@ if [ -n "${FLAGS:-}" ]; then
       --seq 1024 --steps 10 --warmup 2 --json "$OUT/flags-$i.json" 2>&1 |
       tail -2 | tee -a "$OUT/flags.log"
     i=$((i + 1))
+  done
+fi
+if [ -n "${REAL:-}" ]; then
+  files=${DATA_FILES:+--config.data.files=$DATA_FILES}
+  for workers in 0 8; do
+    step "gpt2 16 x 1024 on its real pipeline, $workers workers (OUT/real-$workers.json)"
+    timeout 150 python -m train.benchmark --data real --config configs/gpt_lm.py:gpt2 $files \
+      --config.batch_size=16 --config.seq_len=1024 --config.data.workers=$workers --steps 20 \
+      --rounds 2 --json "$OUT/real-$workers.json" 2>&1 | tail -1 | tee -a "$OUT/real.log"
   done
 fi
 step "done"

@@ -46,6 +46,12 @@ def child(args) -> None:
     if "workers" in inspect.signature(make_pipeline).parameters:
         kwargs["workers"] = args.child_workers
     it = make_pipeline(data, tokenizer=load_tokenizer(args.tokenizer), **kwargs)
+    if args.child_share:  # rows i, i + n, ... in this process alone (`--ceiling`)
+        from data.workers import RowBuilder
+
+        index, count = map(int, args.child_share.split("/"))
+        spec = dict(global_batch_size=args.batch, length=None, seed=0)
+        it = _Share(RowBuilder(it.elements, it.rows, range(index, args.batch, count), **spec))
     for _ in range(2):
         next(it)
     tokens = batches = 0
@@ -60,8 +66,53 @@ def child(args) -> None:
     print(json.dumps({"tokens_per_s": tokens / elapsed, "batches": batches, "seconds": elapsed}))
 
 
+class _Share:
+    """Steps of a `RowBuilder` as an iterator of its rows' batches."""
+
+    def __init__(self, builder):
+        self.builder, self.step = builder, 0
+
+    def __next__(self):
+        rows, _ = self.builder.build(self.step)
+        self.step += 1
+        return rows
+
+
+def ceiling(args, processes: int, tokenizer: str, data_dir: str) -> dict:
+    """`processes` independent processes, each building its share of every batch's rows in
+    process with one tokenizer thread, started together: the rate no design that splits the
+    rows over that many processes can pass on this host (nothing crosses a process boundary)."""
+    env = {**os.environ, "RAYON_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    running = [
+        subprocess.Popen(
+            [*_child_command(args, 0, tokenizer, data_dir), "--child-share", f"{i}/{processes}"],
+            cwd=HERE,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(processes)
+    ]
+    results = []
+    for process in running:
+        out, err = process.communicate()
+        if process.returncode:
+            raise SystemExit(f"ceiling: {err.strip().splitlines()[-1]}")
+        results.append(json.loads(out.strip().splitlines()[-1]))
+    return {"tokens_per_s": sum(r["tokens_per_s"] for r in results), "shares": results}
+
+
 def measure(args, checkout: str, workers: int, tokenizer: str, data_dir: str) -> dict:
-    command = [
+    command = _child_command(args, workers, tokenizer, data_dir)
+    done = subprocess.run(command, cwd=checkout, capture_output=True, text=True, check=False)
+    if done.returncode:
+        raise SystemExit(f"{checkout}: {done.stderr.strip().splitlines()[-1]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _child_command(args, workers: int, tokenizer: str, data_dir: str) -> list[str]:
+    return [
         sys.executable,
         os.path.abspath(__file__),
         "--child",
@@ -73,10 +124,6 @@ def measure(args, checkout: str, workers: int, tokenizer: str, data_dir: str) ->
         data_dir,
         *_shared(args),
     ]
-    done = subprocess.run(command, cwd=checkout, capture_output=True, text=True, check=False)
-    if done.returncode:
-        raise SystemExit(f"{checkout}: {done.stderr.strip().splitlines()[-1]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def _shared(args) -> list[str]:
@@ -118,14 +165,23 @@ def main() -> None:
     parser.add_argument("--workers", default="0,2", help="this checkout's worker counts")
     parser.add_argument("--seconds", type=float, default=15.0)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument(
+        "--ceiling", type=int, default=0, help="also measure N independent in-process shares"
+    )
     parser.add_argument("--json", help="also write the results here")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--child-workers", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--tokenizer", help=argparse.SUPPRESS)
     parser.add_argument("--data-dir", help=argparse.SUPPRESS)
+    parser.add_argument("--child-share", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         return child(args)
+    report(args, run_all(args))
+
+
+def run_all(args) -> dict:
+    """Every measurement, `rounds` times in turn; the best of each."""
     with tempfile.TemporaryDirectory() as scratch:
         tokenizer = train_tokenizer(args, scratch)
         runs = [(HERE, int(w)) for w in args.workers.split(",")]
@@ -144,6 +200,21 @@ def main() -> None:
                 key = (checkout, workers)
                 if key not in best or result["tokens_per_s"] > best[key]["tokens_per_s"]:
                     best[key] = result
+            if args.ceiling:
+                result = ceiling(args, args.ceiling, tokenizer, os.path.join(scratch, "tfds"))
+                print(
+                    f"round {round_ + 1}: ceiling of {args.ceiling} processes: "
+                    f"{result['tokens_per_s']:,.0f} tokens/s",
+                    flush=True,
+                )
+                key = ("ceiling", args.ceiling)
+                if key not in best or result["tokens_per_s"] > best[key]["tokens_per_s"]:
+                    best[key] = result
+    return best
+
+
+def report(args, best: dict) -> None:
+    """Prints the best of each measurement (with its ratio to the baseline); --json."""
     base = best.get((os.path.abspath(args.baseline), 0)) if args.baseline else None
     rows = []
     for (checkout, workers), result in best.items():
@@ -152,7 +223,8 @@ def main() -> None:
             row["vs_baseline"] = result["tokens_per_s"] / base["tokens_per_s"]
         rows.append(row)
         ratio = f" ({row['vs_baseline']:.2f}x the baseline)" if base else ""
-        print(f"{checkout} workers={workers}: {result['tokens_per_s']:,.0f} tokens/s{ratio}")
+        name = f"ceiling of {workers} processes" if checkout == "ceiling" else checkout
+        print(f"{name} workers={workers}: {result['tokens_per_s']:,.0f} tokens/s{ratio}")
     if args.json:
         machine = {"cpu_count": os.cpu_count(), "machine": platform.processor()}
         with open(args.json, "w") as f:

@@ -5,6 +5,7 @@ import functools
 import json
 import math
 import time
+from pathlib import Path
 
 import pytest
 
@@ -12,6 +13,7 @@ from data import objectives
 from train import benchmark
 from train.benchmark import suites, timing
 
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 TINY = ["--batch", "8", "--seq", "16", "--steps", "2", "--warmup", "1", "--dtype", "f32"]
 
 
@@ -342,3 +344,63 @@ def test_cli_rejects_zero_rounds(capsys):
         benchmark.main(["--model", "gpt2-tiny", *TINY, "--rounds", "0"])
     assert e.value.code == 2
     assert "--rounds must be at least 1" in capsys.readouterr().err
+
+
+@pytest.mark.hf
+@pytest.mark.slow
+def test_torch_compile_reference_computes_what_eager_does():
+    """`torch,torch-compile`: both PyTorch runners time the same batch from the same weights,
+    and the compiled model's losses equal eager's; the report gives both columns."""
+    pytest.importorskip("torch")
+    r = benchmark.benchmark(
+        "gpt2-tiny", 8, 16, steps=2, warmup=1, dtype="f32", reference="torch,torch-compile"
+    )
+    eager, compiled = r["reference"], r["reference_compiled"]
+    assert not eager["torch_compile"] and compiled["torch_compile"]
+    assert compiled["final_loss"] == pytest.approx(eager["final_loss"], rel=1e-4)
+    assert r["speedup_vs_compiled"] == pytest.approx(r["tokens_per_s"] / compiled["tokens_per_s"])
+    text = benchmark.render_markdown(
+        {"suite": "t", "date": "d", "command": "c", "environment": {}, "train": [r]}
+    )
+    assert f"| {compiled['tokens_per_s']:,.0f} | {r['speedup_vs_compiled']:.2f} |" in text
+
+
+def test_cli_rejects_an_unknown_reference(capsys):
+    with pytest.raises(SystemExit) as e:
+        benchmark.main(["--model", "gpt2-tiny", *TINY, "--reference", "jax"])
+    assert e.value.code == 2
+    assert "the reference runners are torch, torch-compile" in capsys.readouterr().err
+
+
+def test_real_data_times_the_pipeline_next_to_synthetic_tokens(tmp_path, monkeypatch, capsys):
+    """`--data real`: the config's own pipeline feeds the step. A pipeline slowed on purpose
+    (0.3 s a batch, the step a few ms) shows as a data stall near 1 and a large slowdown; the
+    same run unslowed does not."""
+    from data import pipeline
+
+    def run(delay: float) -> dict:
+        out = tmp_path / f"real-{delay}.json"
+        argv = [
+            "--data", "real", "--config", f"{CONFIGS / 'gpt_lm.py'}:smoke", "--steps", "3",
+            "--warmup", "1", "--rounds", "1", "--json", str(out),
+            f"--config.data.data_dir={tmp_path / 'tfds'}", "--config.data.prefetch=1",
+        ]  # fmt: skip
+        assert benchmark.main(argv) == 0
+        return json.loads(out.read_text())
+
+    fast = run(0.0)
+    built = pipeline.BatchIterator.__next__
+
+    def slow(self):
+        time.sleep(0.3)
+        return built(self)
+
+    monkeypatch.setattr(pipeline.BatchIterator, "__next__", slow)
+    slowed = run(0.3)
+    assert "real data" in capsys.readouterr().out
+    for r in (fast, slowed):
+        assert r["objective"] == "clm" and r["tokens_per_step"] == r["batch"] * r["seq_len"]
+        assert r["real_tokens_per_s"] > 0 and r["synthetic_tokens_per_s"] > 0
+    assert slowed["data_stall_share"] > 0.8 and slowed["input_slowdown"] > 5
+    assert fast["data_stall_share"] < slowed["data_stall_share"] / 2
+    assert slowed["synthetic_tokens_per_s"] > 5 * slowed["real_tokens_per_s"]

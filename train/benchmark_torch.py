@@ -127,24 +127,29 @@ class TrainRunner:
         dtype: str = "f32",
         threads: int | None = None,
         device: str = "cpu",
+        compile: bool = False,
     ):
         import torch
 
         if threads:
             torch.set_num_threads(threads)
-        self.dtype, self.device = dtype, device
+        self.dtype, self.device, self.compiled = dtype, device, compile
         self.model = hf_model(cfg).to(device)
         self.model.train()  # dropout rates are 0 in the benchmark config; train mode as in training
+        self._module = self.model  # its parameters; `model` may be the compiled wrapper
+        if compile:  # nanoGPT's `model = torch.compile(model)`; the first step compiles
+            self.model = torch.compile(self.model)
         self.inputs = _torch_batch(host_batch, cfg.family, device)
         self.optimizer = torch.optim.AdamW(
-            self.model.parameters(), lr=1e-4, weight_decay=0.01, fused=True
+            self._module.parameters(), lr=1e-4, weight_decay=0.01, fused=True
         )
         self.times: list[float] = []
         self.rounds: list[list[float]] = []
         self.loss = None
+        self.warmup_s: list[float] = []  # each warm-up's seconds (a compiled model's compiles)
         self._info = {
-            "class": type(self.model).__name__,
-            "attn_implementation": getattr(self.model.config, "_attn_implementation", None),
+            "class": type(self._module).__name__,
+            "attn_implementation": getattr(self._module.config, "_attn_implementation", None),
             "tokens_per_step": sum(
                 int(np.prod(v.shape)) for k, v in self.inputs.items() if k.endswith("input_ids")
             ),
@@ -168,13 +173,15 @@ class TrainRunner:
         return loss.detach()
 
     def warm_up(self, steps: int) -> None:
-        """Runs `steps` untimed steps (the first ones allocate and pick kernels)."""
+        """Runs `steps` untimed steps (the first ones allocate and pick kernels, or compile)."""
+        start = time.perf_counter()
         for _ in range(steps):
             self._step()
         if self.device == "cuda":
             import torch
 
             torch.cuda.synchronize()
+        self.warmup_s.append(time.perf_counter() - start)
         self._free_gradients()
 
     def run(self, steps: int) -> list[float]:
@@ -206,6 +213,8 @@ class TrainRunner:
             else "float32",
             "optimizer": _OPTIMIZER,
             "torch": torch.__version__,
+            "torch_compile": self.compiled,
+            "warmup_s": list(self.warmup_s),
             "transformers": _transformers_version(),
             "threads": torch.get_num_threads(),
             "attn_implementation": self._info["attn_implementation"],
@@ -222,7 +231,7 @@ class TrainRunner:
 
     def close(self) -> None:
         """Frees the model and optimizer (and PyTorch's cached GPU memory); result() still works."""
-        del self.model, self.optimizer, self.inputs
+        del self.model, self._module, self.optimizer, self.inputs
         _release(self.device)
 
 

@@ -2,7 +2,8 @@
 optionally side by side with the Hugging Face PyTorch model of the same shape.
 
     python -m train.benchmark --model gpt2 --batch 8 --seq 256 --steps 10 --dtype bf16 \\
-        [--reference torch [--rounds R]] [--decode] [--json out.json]
+        [--reference torch|torch-compile|torch,torch-compile [--rounds R]] [--decode] \\
+        [--data real --config CONFIG [--config.KEY=VALUE ...]] [--json out.json]
     python -m train.benchmark --suite cpu      # regenerates docs/benchmarks/
     python -m train.benchmark --suite gpu      # regenerates docs/benchmarks/gpu/ (one NVIDIA GPU)
 
@@ -17,10 +18,12 @@ on the spot on CPUs (f32, or bf16 inputs with f32 accumulation for --dtype bf16)
 come from train/carbon.py over the timed steps. `--reference torch` times the same step in
 PyTorch (train/benchmark_torch.py), on the GPU when JAX runs on one, before ours or, with
 `--rounds R`, alternating with ours R times (a drifting machine then slows both); `--decode`
-times cached greedy generation (train/decode.py) against transformers' `generate`. With PyTorch
-in the same process on a GPU, JAX allocates as it goes (XLA_PYTHON_CLIENT_PREALLOCATE=false)
-instead of taking most of the memory up front, and in a suite takes at most half of it
-(XLA_PYTHON_CLIENT_MEM_FRACTION=0.5).
+times cached greedy generation (train/decode.py) against transformers' `generate`.
+`--reference torch-compile` times PyTorch under `torch.compile` (its first warm-up step
+compiles), the way nanoGPT-style users run it; `torch,torch-compile` times both, and the suites
+do. With PyTorch in the same process on a GPU, JAX allocates as it goes
+(XLA_PYTHON_CLIENT_PREALLOCATE=false) instead of taking most of the memory up front, and in a
+suite takes at most half of it (XLA_PYTHON_CLIENT_MEM_FRACTION=0.5).
 
 The package, module by module:
 

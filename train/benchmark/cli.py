@@ -10,7 +10,7 @@ import os
 from models.errors import ArgumentParser, one_line_errors
 from train.benchmark.report import _decode_line, _jsonable, _train_line
 from train.benchmark.suites import SUITES, run_suite
-from train.benchmark.timing import benchmark, decode_benchmark
+from train.benchmark.timing import benchmark, decode_benchmark, reference_names
 
 
 def _override(text: str) -> tuple[str, object]:
@@ -21,6 +21,32 @@ def _override(text: str) -> tuple[str, object]:
         return key, json.loads(value)
     except json.JSONDecodeError:
         return key, value
+
+
+def _reference(text: str) -> str:
+    try:
+        reference_names(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e).replace("reference=", "")) from None
+    return text
+
+
+def _comparison_args(p: ArgumentParser) -> None:
+    """--reference and --rounds: what ours is timed against, and how."""
+    p.add_argument(
+        "--reference",
+        type=_reference,
+        default=None,
+        help="also time PyTorch: torch (eager), torch-compile (torch.compile), or "
+        "torch,torch-compile (both; a suite's default)",
+    )
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="with --reference: alternate --steps of ours and of PyTorch this many times; "
+        "with --data real: of real and of synthetic steps",
+    )
 
 
 def _parser() -> ArgumentParser:
@@ -35,6 +61,13 @@ def _parser() -> ArgumentParser:
         "--out",
         default=None,
         help="suite output directory (default docs/benchmarks/ for cpu, docs/benchmarks/NAME/)",
+    )
+    p.add_argument(
+        "--data",
+        choices=("synthetic", "real"),
+        default="synthetic",
+        help="real: time the step of --config CONFIG fed by its own input pipeline, next to "
+        "synthetic tokens (train/benchmark/real.py)",
     )
     p.add_argument("--model")
     p.add_argument("--batch", type=int)
@@ -54,13 +87,7 @@ def _parser() -> ArgumentParser:
         metavar="FIELD=VALUE",
         help="ModelConfig override, e.g. --set num_layers=2 (repeatable)",
     )
-    p.add_argument("--reference", choices=("torch",), default=None, help="also time PyTorch")
-    p.add_argument(
-        "--rounds",
-        type=int,
-        default=1,
-        help="with --reference: alternate --steps of ours and of PyTorch this many times",
-    )
+    _comparison_args(p)
     p.add_argument(
         "--decode",
         action="store_true",
@@ -79,8 +106,15 @@ def _parser() -> ArgumentParser:
 @one_line_errors
 def main(argv=None) -> int:
     """Runs `python -m train.benchmark` with `argv` (sys.argv[1:] by default); the exit code."""
+    import sys
+
+    from configs import cli  # --config CONFIG [--config.KEY=VALUE ...], as `python -m train`
+
+    spec, overrides, rest = cli.split_argv(list(sys.argv[1:] if argv is None else argv))
     p = _parser()
-    args = p.parse_args(argv)
+    args = p.parse_args(rest)
+    if args.data == "real" or spec:
+        return _run_real(p, args, spec, overrides)
     if args.steps < 1 or args.rounds < 1:
         p.error(f"--steps and --rounds must be at least 1 (got {args.steps} and {args.rounds})")
     if args.suite or args.reference:
@@ -91,11 +125,30 @@ def main(argv=None) -> int:
         # and no more than half of it: a suite runs PyTorch after ours from the second row on,
         # and JAX's allocator keeps what an earlier row took
         os.environ.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.5")
-        run_suite(args.suite, args.out, reference=args.reference or "torch")
+        run_suite(args.suite, args.out, reference=args.reference or "torch,torch-compile")
         return 0
     if args.model is None or args.batch is None or args.seq is None:
         p.error("--model, --batch and --seq are required without --suite")
     _run_one(args)
+    return 0
+
+
+def _run_real(p: ArgumentParser, args: argparse.Namespace, spec, overrides) -> int:
+    """`--data real --config CONFIG`: the config's step on its pipeline and on synthetic tokens."""
+    from configs import cli
+    from train.benchmark.real import real_data_benchmark, real_data_line
+
+    if args.data != "real" or not spec:
+        p.error("--config goes with --data real, and --data real needs --config CONFIG")
+    if args.suite or args.model or args.reference:
+        p.error("--data real times a run config; leave out --suite, --model and --reference")
+    config = cli.load_config(spec)
+    cli.apply_overrides(config, overrides)
+    result = real_data_benchmark(config, steps=args.steps, warmup=args.warmup, rounds=args.rounds)
+    print(real_data_line(result), flush=True)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=2, default=_jsonable)
     return 0
 
 

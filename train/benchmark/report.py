@@ -77,9 +77,10 @@ def _introduction(results: dict) -> list[str]:
         "over the timed steps (see docs/carbon.md)."
         + (f" Analysis: [{notes}]({notes})." if notes else ""),
         "",
-        "| model | batch x seq | dtype | ours tokens/s | PyTorch tokens/s | ours / PyTorch | MFU "
+        "| model | batch x seq | dtype | ours tokens/s | PyTorch tokens/s | ours / PyTorch "
+        "| PyTorch compiled tokens/s | ours / compiled | MFU "
         "| compile s | peak memory GiB | energy Wh | g CO2eq |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
 
 
@@ -90,18 +91,26 @@ def _train_row(r: dict) -> str:
     spread = r["step_time_spread_s"]
     no_ref = "not timed" if r.get("reference_skipped") else "-"
     lo, hi = r["tokens_per_step"] / spread[1], r["tokens_per_step"] / spread[0]
-    ratio = _fmt(r.get("speedup_vs_reference"), ".2f")
-    if r.get("speedup_per_round"):
-        per = r["speedup_per_round"]
-        ratio += f" [{min(per):.2f}-{max(per):.2f}]"
+    compiled = r.get("reference_compiled") or {}
+    ratio = _ratio(r.get("speedup_vs_reference"), r.get("speedup_per_round"))
+    ratio_compiled = _ratio(r.get("speedup_vs_compiled"), r.get("speedup_per_round_compiled"))
     return (
         f"| {r['model']} | {shape} | {r['dtype']} | {r['tokens_per_s']:,.0f} "
         f"[{lo:,.0f}-{hi:,.0f}] | {_fmt(ref.get('tokens_per_s'), ',.0f', no_ref)} | "
-        f"{ratio} | {r['mfu']:.1%} | {r['compile_s']:.1f} | "
+        f"{ratio} | {_fmt(compiled.get('tokens_per_s'), ',.0f', no_ref)} | {ratio_compiled} | "
+        f"{r['mfu']:.1%} | {r['compile_s']:.1f} | "
         f"{_fmt(_gib(r['peak_memory_bytes']), '.2f')} | "
         f"{_fmt(_scale(r['energy_kwh'], 1e3), '.3f')} | "
         f"{_fmt(_scale(r['emissions_kg_co2eq'], 1e3), '.3f')} |"
     )
+
+
+def _ratio(value, per_round) -> str:
+    """A ratio, with its rounds' range when they alternated."""
+    text = _fmt(value, ".2f")
+    if per_round:
+        text += f" [{min(per_round):.2f}-{max(per_round):.2f}]"
+    return text
 
 
 def _decode_table(rows: list[dict]) -> list[str]:
@@ -146,9 +155,14 @@ def _plot(results: dict, out_dir: Path) -> None:
         x = np.arange(len(rows))
         ours = [r["tokens_per_s"] for r in rows]
         theirs = [(r.get("reference") or {}).get("tokens_per_s", 0.0) for r in rows]
-        ax.bar(x - 0.2, ours, 0.4, label="Triptych (JAX)")
+        compiled = [(r.get("reference_compiled") or {}).get("tokens_per_s", 0.0) for r in rows]
+        width = 0.27 if any(compiled) else 0.4
+        ax.bar(x - width / 2 * (2 if any(compiled) else 1), ours, width, label="Triptych (JAX)")
         if any(theirs):
-            ax.bar(x + 0.2, theirs, 0.4, label="Hugging Face PyTorch")
+            at = x if any(compiled) else x + width / 2
+            ax.bar(at, theirs, width, label="Hugging Face PyTorch")
+        if any(compiled):
+            ax.bar(x + width, compiled, width, label="Hugging Face PyTorch, torch.compile")
         ax.set_xticks(x, labels, rotation=20, ha="right", fontsize=8)
         ax.set_ylabel(ylabel)
         ax.set_title(title, fontsize=10)
@@ -209,6 +223,11 @@ def _train_line(r: dict) -> str:
         )
         if r.get("speedup_per_round"):
             line += " (rounds: " + ", ".join(f"{x:.2f}" for x in r["speedup_per_round"]) + ")"
+    if "reference_compiled" in r:
+        line += (
+            f"; PyTorch compiled {r['reference_compiled']['tokens_per_s']:,.0f} tokens/s "
+            f"-> ours/compiled {r['speedup_vs_compiled']:.2f}x"
+        )
     return line
 
 

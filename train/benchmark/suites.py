@@ -60,7 +60,9 @@ def suite_dir(name: str) -> Path:
     return DOCS if name == "cpu" else DOCS / name
 
 
-def run_suite(name: str, out_dir: Path | None = None, *, reference: str | None = "torch") -> dict:
+def run_suite(
+    name: str, out_dir: Path | None = None, *, reference: str | None = "torch,torch-compile"
+) -> dict:
     """Runs a standard suite and writes results.json, README.md and PNG plots to `out_dir`
     (`suite_dir(name)` by default), rewriting them after every row so that an interrupted run
     keeps what it measured."""
@@ -122,7 +124,7 @@ def run_suite(name: str, out_dir: Path | None = None, *, reference: str | None =
 
 def _reference_skipped(reference: str | None, dtype: str, backend: str) -> str | None:
     """Why a suite row leaves out the PyTorch reference, or None when it times it."""
-    if reference == "torch" and dtype == "bf16" and backend == "cpu":
+    if reference and dtype == "bf16" and backend == "cpu":
         if not cpu_has_bf16_instructions():
             return (
                 "PyTorch bf16 not timed: this CPU has no bf16 instructions (avx512_bf16, "

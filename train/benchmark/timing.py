@@ -122,7 +122,10 @@ def benchmark(
     Args:
       model: a named architecture (models.list_architectures()).
       overrides: further ModelConfig fields (e.g. num_layers=2 for a quick run).
-      reference: "torch" also times the Hugging Face PyTorch model on the same batch.
+      reference: "torch" also times the Hugging Face PyTorch model on the same batch, eager;
+        "torch-compile" under `torch.compile`, as nanoGPT-style users run it; "torch,torch-compile"
+        both. The first named is `reference` and `speedup_vs_reference` in the result; with both,
+        the compiled one is `reference_compiled` and `speedup_vs_compiled`.
       rounds: with a reference, 1 times PyTorch first, frees it, then times ours; >1
         alternates the two: `steps` of ours, `steps` of PyTorch, and again, so that a machine
         whose speed drifts (shared CPUs) slows both sides alike. Both models are then in memory
@@ -133,8 +136,7 @@ def benchmark(
       profile: a directory: one more step runs under `jax.profiler.trace` (a Perfetto trace
         there) and the result's "profile" lists the ops that took longest (see profile_ops).
     """
-    if reference not in (None, "torch"):
-        raise ValueError(f"reference={reference!r}; the only reference runner is 'torch'")
+    reference_names(reference)  # raises for an unknown runner
     if rounds < 1 or steps < 1:
         raise ValueError(f"steps={steps} and rounds={rounds} must be at least 1")
     spec = _Spec(
@@ -217,10 +219,11 @@ def _train(spec: _Spec) -> dict:
     host = pretraining.synthetic_batch(
         cfg.vocab_size, batch=spec.batch, seq=spec.seq, target=spec.target
     )
-    runner = _reference_runner(spec, cfg, host)
-    alternating = runner if runner is not None and spec.rounds > 1 else None
-    if runner is not None and alternating is None:
-        _reference_first(runner, spec, phase)
+    runners = [_reference_runner(spec, cfg, host, name) for name in reference_names(spec.reference)]
+    alternating = _Together(runners) if runners and spec.rounds > 1 else None
+    if alternating is None:
+        for runner in runners:
+            _reference_first(runner, spec, phase)
     ours = _Ours(net, cfg, pretraining.loss, host, phase)
     with partitioning.activate(ours.mesh, ours.rules):
         ours.compile()
@@ -240,19 +243,54 @@ def _train(spec: _Spec) -> dict:
     phase("report")
     ours.free()
     if alternating is not None:
-        runner.close()
-    if runner is not None:
-        _compare_with_reference(result, runner, ours.per_round, alternated=alternating is not None)
+        alternating.close()
+    for i, runner in enumerate(runners):
+        suffix = "_compiled" if i and runner.compiled else ""
+        _compare_with_reference(
+            result, runner, ours.per_round, alternated=alternating is not None, suffix=suffix
+        )
     return result
 
 
-def _reference_runner(spec: _Spec, cfg: models.ModelConfig, host: dict):
-    """PyTorch's TrainRunner on the same batch for reference="torch" (else None)."""
-    if spec.reference != "torch":
-        return None
+REFERENCES = ("torch", "torch-compile")
+
+
+def reference_names(reference: str | None) -> list[str]:
+    """The PyTorch runners a `reference` names ("torch", "torch-compile", or both, by commas)."""
+    names = [n.strip() for n in (reference or "").split(",") if n.strip()]
+    for name in names:
+        if name not in REFERENCES:
+            raise ValueError(
+                f"reference={reference!r}; the reference runners are {', '.join(REFERENCES)}"
+            )
+    return names
+
+
+def _reference_runner(spec: _Spec, cfg: models.ModelConfig, host: dict, name: str):
+    """PyTorch's TrainRunner on the same batch: eager ("torch") or `torch.compile`d."""
     from train.benchmark_torch import TrainRunner
 
-    return TrainRunner(cfg, host, dtype=spec.dtype, device=_torch_device())
+    compiled = name == "torch-compile"
+    return TrainRunner(cfg, host, dtype=spec.dtype, device=_torch_device(), compile=compiled)
+
+
+class _Together:
+    """Several reference runners alternating with ours as one: each runs in turn."""
+
+    def __init__(self, runners):
+        self.runners = runners
+
+    def warm_up(self, steps: int) -> None:
+        for runner in self.runners:
+            runner.warm_up(steps)
+
+    def run(self, steps: int) -> None:
+        for runner in self.runners:
+            runner.run(steps)
+
+    def close(self) -> None:
+        for runner in self.runners:
+            runner.close()
 
 
 def _reference_first(runner, spec: _Spec, phase: _Phases) -> None:
@@ -413,15 +451,20 @@ def _result(spec: _Spec, cfg: models.ModelConfig, ours: _Ours, tracker, phases: 
     }
 
 
-def _compare_with_reference(result: dict, runner, per_round: list, *, alternated: bool) -> None:
-    """Adds PyTorch's result and ours/PyTorch: the median of the rounds' ratios if alternated."""
-    result["reference"] = ref = runner.result()
+def _compare_with_reference(
+    result: dict, runner, per_round: list, *, alternated: bool, suffix: str = ""
+) -> None:
+    """Adds PyTorch's result and ours/PyTorch: the median of the rounds' ratios if alternated.
+    `suffix` "_compiled" files a second, compiled reference as `reference_compiled`,
+    `speedup_per_round_compiled` and `speedup_vs_compiled`."""
+    result["reference" + suffix] = ref = runner.result()
+    speedup = "speedup_vs_compiled" if suffix else "speedup_vs_reference"
     if alternated:
         ref_rounds = [statistics.median(r) for r in runner.rounds]
-        result["speedup_per_round"] = [p / o for o, p in zip(per_round, ref_rounds)]
-        result["speedup_vs_reference"] = statistics.median(result["speedup_per_round"])
+        per = result["speedup_per_round" + suffix] = [p / o for o, p in zip(per_round, ref_rounds)]
+        result[speedup] = statistics.median(per)
     else:
-        result["speedup_vs_reference"] = result["tokens_per_s"] / ref["tokens_per_s"]
+        result[speedup] = result["tokens_per_s"] / ref["tokens_per_s"]
 
 
 def _torch_device() -> str:
@@ -487,7 +530,7 @@ def decode_benchmark(
         "emissions_kg_co2eq": footprint["emissions_kg_co2eq"],
         "carbon": footprint,
     }
-    if reference == "torch":
+    if reference_names(reference):  # transformers' eager `generate`, for either reference
         ref = _decode_reference(cfg, params, prompt, new_tokens, tokens, repeats)
         result["reference"] = ref
         result["speedup_vs_reference"] = result["tokens_per_s"] / ref["tokens_per_s"]
