@@ -1,7 +1,7 @@
 """Input pipeline benchmark: how fast a config's training batches are built on this host.
 
     python -m data.benchmark --config configs/gpt_lm.py [--config.KEY=VALUE ...] \\
-        [--workers N] [--seconds S] [--json F]
+        [--workers N] [--seconds S] [--profile K] [--json F]
 
 Builds the train split's batches of the config (its objective, batch size and sequence length)
 as fast as it can for S seconds, after a warm-up that starts the workers and fills their
@@ -12,15 +12,19 @@ accelerator consumes), batches/s, and with `--workers 0` the share of the time i
   tokenize  the row builder's batched tokenization (`Rows.elements`)
   build     packing, masking and corruption, batch assembly (the rest)
 
-With workers the stages run in the worker processes and only the totals are measured. The
+With workers the stages run in the worker processes and only the totals are measured.
+`--profile K` (with `--workers 0`) runs the timed batches under cProfile and prints the K
+functions that took longest themselves (the profile in docs/benchmarks/input.md). The
 tokenizer is the run's: `tokenizer.path`, or one trained on the split as `python -m train` does.
 """
 
 from __future__ import annotations
 
+import cProfile
 import json
 import os
 import platform
+import pstats
 import sys
 import time
 
@@ -58,7 +62,7 @@ class _Stages:
         self._restore()
 
 
-def measure(config, *, workers: int, seconds: float, warmup: int = 2) -> dict:
+def measure(config, *, workers: int, seconds: float, warmup: int = 2, profile: int = 0) -> dict:
     """Builds `config`'s train batches for `seconds` and returns the rates (module docstring)."""
     tokenizer = run_tokenizer(config)
     it = make_pipeline(
@@ -74,7 +78,10 @@ def measure(config, *, workers: int, seconds: float, warmup: int = 2) -> dict:
         for _ in range(warmup):
             next(it)
         stages = _Stages(it) if workers == 0 else None
+        profiler = cProfile.Profile() if profile and workers == 0 else None
         batches = tokens = 0
+        if profiler:
+            profiler.enable()
         start = time.perf_counter()
         while time.perf_counter() - start < seconds:
             batch = next(it)
@@ -82,6 +89,8 @@ def measure(config, *, workers: int, seconds: float, warmup: int = 2) -> dict:
             decoder = batch.get("decoder_input_ids")
             tokens += batch["input_ids"].size + (0 if decoder is None else decoder.size)
         elapsed = time.perf_counter() - start
+        if profiler:
+            profiler.disable()
     finally:
         it.close()
     result = {
@@ -104,7 +113,24 @@ def measure(config, *, workers: int, seconds: float, warmup: int = 2) -> dict:
             "tokenize": stages.tokenize / elapsed,
             "build": build / elapsed,
         }
+    if profiler:
+        result["profile"] = _top(profiler, profile, elapsed)
     return result
+
+
+def _top(profiler, count: int, elapsed: float) -> list[dict]:
+    """The `count` functions with the most time of their own, and their share of `elapsed`."""
+    stats = pstats.Stats(profiler).stats
+    rows = sorted(stats.items(), key=lambda item: item[1][2], reverse=True)[:count]
+    return [
+        {
+            "function": f"{os.path.basename(file)}:{line}({name})" if line else name,
+            "calls": calls,
+            "own_s": own,
+            "share": own / elapsed,
+        }
+        for (file, line, name), (_, calls, own, _, _) in rows
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -119,6 +145,9 @@ def main(argv: list[str] | None = None) -> int:
         )
         parser.add_argument("--workers", type=int, default=0, help="processes (0: in this one)")
         parser.add_argument("--seconds", type=float, default=10.0, help="how long to build batches")
+        parser.add_argument(
+            "--profile", type=int, default=0, metavar="K", help="print cProfile's top K"
+        )
         parser.add_argument("--json", help="also write the result to this file")
         args = parser.parse_args(rest)
         if not spec:
@@ -127,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
             raise UserError("--workers must be >= 0 and --seconds > 0")
         config = cli.load_config(spec)
         cli.apply_overrides(config, overrides)
-        result = measure(config, workers=args.workers, seconds=args.seconds)
+        result = measure(config, workers=args.workers, seconds=args.seconds, profile=args.profile)
         shares = result.get("stage_share")
         line = (
             f"{result['objective']} {result['batch']} x {result['seq_len']}, "
@@ -137,6 +166,9 @@ def main(argv: list[str] | None = None) -> int:
         if shares:
             line += " (" + ", ".join(f"{k} {v:.0%}" for k, v in shares.items()) + ")"
         print(line)
+        for row in result.get("profile", []):
+            own = f"{row['own_s']:7.2f} s {row['calls']:8d}"
+            print(f"  {row['share']:6.1%} {own}  {row['function']}")
         if args.json:
             with open(args.json, "w") as f:
                 json.dump(result, f, indent=2)

@@ -55,3 +55,20 @@ def test_the_cli_with_workers_writes_json(tmp_path):
     assert report["workers"] == 2 and report["tokens_per_s"] > 0 and "stage_share" not in report
     bad = subprocess.run([*cmd, "--workers", "-1"], cwd=ROOT, capture_output=True, text=True)
     assert bad.returncode == 2 and bad.stderr.strip().splitlines()[-1].startswith("error:")
+
+
+def test_profile_lists_the_functions_that_took_longest():
+    """`--profile K`: cProfile's K functions with the most time of their own, the largest first;
+    building CLM batches spends time in the tokenizer and in packing, and they are named."""
+    import importlib
+
+    from data.benchmark import measure
+
+    config = importlib.import_module("configs.gpt_lm").get_config("smoke")
+    result = measure(config, workers=0, seconds=0.5, profile=40)
+    rows = result["profile"]
+    assert len(rows) == 40 and all(r["calls"] > 0 for r in rows)
+    assert [r["own_s"] for r in rows] == sorted((r["own_s"] for r in rows), reverse=True)
+    assert sum(r["share"] for r in rows) < 1.05
+    names = " ".join(r["function"] for r in rows)
+    assert "encode_batch_fast" in names and "pack_causal" in names
