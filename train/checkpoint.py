@@ -18,6 +18,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
+from models import paths
 from models.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -63,7 +64,7 @@ class Checkpointer:
         best_mode: str | None = None,
         async_save: bool = True,
     ):
-        self.directory = Path(directory).absolute()
+        self.directory = paths.resolve(directory)  # a local path or gs:// (models/paths.py)
         self.best_metric = best_metric
         self.best_mode = best_mode or metric_mode(best_metric or "loss")
         keep_policies = [policies.LatestN(n=keep)]

@@ -26,6 +26,7 @@ from data import objectives
 from data.pipeline import make_pipeline, run_tokenizer
 from data.sources import load_source
 from data.tokenizers import load_tokenizer
+from models import paths
 from models.errors import UserError, one_of
 from train import distributed, goodput, partitioning
 from train.carbon import CarbonTracker
@@ -55,10 +56,12 @@ def get_tokenizer(config, workdir: Path):
     `init_from`, or one trained on the data."""
     saved = workdir / "tokenizer"
     if (saved / "tokenizer.json").exists():
-        return load_tokenizer(str(saved))
+        with paths.local_copy(saved) as local:
+            return load_tokenizer(local)
     tok = run_tokenizer(config)
     if jax.process_index() == 0:
-        tok.save(str(saved))
+        with paths.local_dir(saved) as local:
+            tok.save(local)
     return tok
 
 
@@ -438,6 +441,7 @@ def _train_steps(run: Run, progress: _Progress, writer, preemption, clock: Clock
             if due_ckpt:
                 with clock.timing("checkpoint"):
                     _save(run, progress, state, step)
+                    writer.flush()  # a bucket's metrics.jsonl reaches every checkpoint
                 last_good = step
             if stop:
                 log.warning("SIGTERM: saved step %d, exiting", step)
@@ -492,7 +496,7 @@ def _summary(run: Run, progress: _Progress, clock: Clock, footprint: dict, preem
         "eval": progress.eval_metrics,
         "tokens": progress.tokens_seen,
         "model": run.model_config.name,
-        "workdir": str(run.workdir.absolute()),
+        "workdir": str(run.workdir),  # absolute already (models.paths.resolve)
         "preempted": preempted,
         "energy_kwh": footprint.get("energy_kwh"),
         "emissions_kg_co2eq": footprint.get("emissions_kg_co2eq"),
@@ -516,8 +520,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     Returns:
       The summary dict (also written to workdir/summary.json).
     """
-    workdir = Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
+    workdir = paths.resolve(workdir)
+    if jax.process_index() == 0:
+        paths.check_writable(workdir)  # one line for a missing bucket or credentials
     clock = Clock()
     run = setup(config, workdir)
     logged = _logged(workdir)

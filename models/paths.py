@@ -1,0 +1,168 @@
+"""One path layer for every directory a command takes: local paths and `gs://`.
+
+    path = paths.resolve("gs://bucket/run")      # an `etils.epath.Path` (gcsfs underneath)
+    path = paths.resolve("runs/x")               # the absolute local path, as an epath.Path
+
+A name is resolved in one order everywhere: a URL scheme (`gs://`) first, then a local path.
+`etils.epath` is the layer (Orbax writes checkpoints through it too); for `gs://` it uses
+`gcsfs`, installed with google-cloud-storage (TensorBoard's writer) by the `gcs` extra
+(`pip install 'triptych[gcs]'`).
+Credentials follow Google's application-default rules (`GOOGLE_APPLICATION_CREDENTIALS`,
+`gcloud auth application-default login`, or the VM's service account); `STORAGE_EMULATOR_HOST`
+points every client at an emulator such as fake-gcs-server.
+
+Object stores have no append: `Appender` keeps an append-only file (metrics.jsonl) by rewriting
+the whole object, at most every `every_s` seconds and whenever it is flushed. Tools that need
+local files (a tokenizer's `save`) write into `local_dir(path)`, which copies them up on exit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from etils import epath
+
+from models.errors import UserError
+
+SCHEMES = {"gs://": "gcsfs"}  # scheme -> the package epath reads it with
+
+
+def is_remote(name: str | os.PathLike) -> bool:
+    """Whether `name` is an object-store URL (gs://)."""
+    return str(name).startswith(tuple(SCHEMES))
+
+
+def resolve(name: str | os.PathLike) -> epath.Path:
+    """The path `name` names: an object-store URL as is, else the absolute local path.
+
+    Raises:
+      UserError: a `gs://` name without the package that reads it, or without a bucket.
+    """
+    text = os.fspath(name)
+    for scheme, package in SCHEMES.items():
+        if text.startswith(scheme):
+            try:
+                __import__(package)
+            except ImportError:
+                raise UserError(
+                    f"{text}: {scheme} paths need {package}; pip install 'triptych[gcs]'"
+                ) from None
+            if not text[len(scheme) :].split("/")[0]:
+                raise UserError(f"{text}: no bucket name after {scheme}")
+            return epath.Path(text.rstrip("/"))
+    return epath.Path(Path(text).expanduser().absolute())
+
+
+def check_writable(path: epath.Path) -> None:
+    """Creates `path` (and parents), turning a missing bucket, missing credentials or a refused
+    permission into one UserError that names the path and the fix."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".write-check"
+        probe.write_text("")
+        probe.unlink()
+    except UserError:
+        raise
+    except Exception as error:  # gcsfs, s3fs and OSError spell these differently
+        raise UserError(f"{path}: {_storage_reason(error, path)}") from None
+
+
+def _storage_reason(error: Exception, path: epath.Path) -> str:
+    text = f"{type(error).__name__}: {error}".lower()
+    bucket = str(path).split("://", 1)[-1].split("/")[0]
+    if "default credentials" in text or "refresh" in text or "credential" in text:
+        return (
+            "no credentials for the bucket; run `gcloud auth application-default login` or set "
+            "GOOGLE_APPLICATION_CREDENTIALS"
+        )
+    if "403" in text or "forbidden" in text or "permission" in text or "access denied" in text:
+        return f"permission denied on bucket {bucket!r}; grant this account write access"
+    missing = ("404", "not found", "nosuchbucket", "no such", "does not exist")
+    if any(word in text for word in missing):
+        return f"bucket {bucket!r} does not exist; create it or fix the name"
+    first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return f"cannot write there ({first})"
+
+
+@contextlib.contextmanager
+def local_dir(path: epath.Path) -> Iterator[str]:
+    """A local directory for tools that write local files: `path` itself when it is local, else a
+    temporary directory whose files are copied to `path` on a clean exit."""
+    if not is_remote(path):
+        path.mkdir(parents=True, exist_ok=True)
+        yield os.fspath(path)
+        return
+    with tempfile.TemporaryDirectory() as scratch:
+        yield scratch
+        copy_tree(epath.Path(scratch), path)
+
+
+@contextlib.contextmanager
+def local_copy(path: epath.Path) -> Iterator[str]:
+    """A local directory holding `path`'s files (`path` itself when local), for tools that read
+    local files (a tokenizer, Hugging Face weights)."""
+    if not is_remote(path):
+        yield os.fspath(path)
+        return
+    with tempfile.TemporaryDirectory() as scratch:
+        copy_tree(path, epath.Path(scratch))
+        yield scratch
+
+
+def copy_tree(source: epath.Path, target: epath.Path) -> None:
+    """Copies the files under `source` to `target` (any mix of local and object storage)."""
+    target.mkdir(parents=True, exist_ok=True)
+    for item in source.iterdir():
+        if item.is_dir():
+            copy_tree(item, target / item.name)
+        elif not is_remote(item) and not is_remote(target):
+            shutil.copyfile(item, target / item.name)
+        else:
+            (target / item.name).write_bytes(item.read_bytes())
+
+
+class Appender:
+    """An append-only text file that also works on object storage.
+
+    Locally, lines are appended and flushed at once. On a bucket, where objects cannot be
+    appended to, the whole object (the lines it held when opened, then this writer's) is
+    rewritten at most every `every_s` seconds and at every `flush()` and `close()`; the loop
+    flushes before each checkpoint, so a killed run's log reaches at least its last checkpoint.
+    """
+
+    def __init__(self, path: epath.Path, every_s: float = 30.0):
+        self.path, self.every_s = path, every_s
+        self._remote = is_remote(path)
+        if self._remote:
+            self._text = path.read_text() if path.exists() else ""
+            self._written = time.monotonic()
+            self._dirty = False
+        else:
+            self._file = open(path, "a")  # noqa: SIM115
+
+    def write(self, text: str) -> None:
+        if not self._remote:
+            self._file.write(text)
+            self._file.flush()
+            return
+        self._text += text
+        self._dirty = True
+        if time.monotonic() - self._written >= self.every_s:
+            self.flush()
+
+    def flush(self) -> None:
+        if self._remote and self._dirty:
+            self.path.write_text(self._text)
+            self._written, self._dirty = time.monotonic(), False
+
+    def close(self) -> None:
+        if self._remote:
+            self.flush()
+        else:
+            self._file.close()
