@@ -59,8 +59,8 @@ class MetricWriter:
 
     def close(self) -> None:
         if self.enabled:
+            self.flush()
             self._jsonl.close()
             self._tb.close()
             if self._remote:
-                self._upload()
                 self._scratch.cleanup()
