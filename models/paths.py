@@ -6,7 +6,7 @@
 A name is resolved in one order everywhere: a URL scheme (`gs://`) first, then a local path.
 `etils.epath` is the layer (Orbax writes checkpoints through it too); for `gs://` it uses
 `gcsfs`, installed with google-cloud-storage (TensorBoard's writer) by the `gcs` extra
-(`pip install 'triptych[gcs]'`).
+(`pip install -e '.[gcs]'`).
 Credentials follow Google's application-default rules (`GOOGLE_APPLICATION_CREDENTIALS`,
 `gcloud auth application-default login`, or the VM's service account); `STORAGE_EMULATOR_HOST`
 points every client at an emulator such as fake-gcs-server.
@@ -51,7 +51,7 @@ def resolve(name: str | os.PathLike) -> epath.Path:
                 __import__(package)
             except ImportError:
                 raise UserError(
-                    f"{text}: {scheme} paths need {package}; pip install 'triptych[gcs]'"
+                    f"{text}: {scheme} paths need {package}: pip install -e '.[gcs]'"
                 ) from None
             if not text[len(scheme) :].split("/")[0]:
                 raise UserError(f"{text}: no bucket name after {scheme}")
