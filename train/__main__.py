@@ -69,7 +69,8 @@ def main(argv, spec: str, overrides) -> int:
 
     name = cli.split_spec(spec)[0].stem
     workdir = _WORKDIR.value or f"runs/{name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    summary = train_and_evaluate(config, workdir)
+    with distributed.peer_failures_end_the_process():
+        summary = train_and_evaluate(config, workdir)
     if jax.process_index() != 0:
         return 0
     if "sample" in summary:

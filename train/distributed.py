@@ -201,6 +201,47 @@ def _die(message: str) -> None:
     os._exit(report(message))
 
 
+# What a collective or the coordination service reports when another process has gone away.
+_PEER_FAILURE = (
+    "gloo",
+    "nccl",
+    "connection reset",
+    "connection refused",
+    "heartbeat",
+    "unavailable",
+    "coordination service",
+    "barrier",
+)
+
+
+@contextlib.contextmanager
+def peer_failures_end_the_process():
+    """Turns "another process died" into one line and exit status 1 on the survivors.
+
+    With several processes, a host that is killed (preempted before the agreement, OOM-killed,
+    crashed) makes the others' next collective fail (Gloo on CPUs: at once) or hang until JAX's
+    heartbeat timeout (100 s) ends them. The checkpoint on disk is untouched: a save that did
+    not finalize is never restored. The process exits at once with `os._exit`; a normal exit
+    would wait in `jax.distributed.shutdown`'s barrier for the dead host, then abort.
+    """
+    import jax
+
+    try:
+        yield
+    except jax.errors.JaxRuntimeError as e:
+        text = str(e).strip()
+        if jax.process_count() == 1 or not any(k in text.lower() for k in _PEER_FAILURE):
+            raise
+        first = text.splitlines()[0][:300]
+        who = f"process {jax.process_index()} of {jax.process_count()}"
+        report(
+            f"{who}: another process of this run stopped ({first}); the last complete "
+            "checkpoint is kept: restart every process to resume from it"
+        )
+        logging.shutdown()
+        os._exit(1)
+
+
 def config_hash(config) -> str:
     """A stable hex digest of a config (ConfigDict or dict)."""
     data = config.to_dict() if hasattr(config, "to_dict") else config
@@ -348,18 +389,39 @@ def next_in_step(iterator, local_rows: int):
 
 
 class Preemption:
-    """Turns SIGTERM into a flag that the training loop checks at step boundaries."""
+    """SIGTERM, on any host, becomes a step at which every host saves and stops.
+
+    One process: a SIGTERM handler sets a flag that the loop reads at the next step boundary.
+    Several processes: the notice must reach every host, or the host that got it would enter
+    the (collective) save alone and the job would hang. `jax.distributed.initialize` installs
+    JAX's preemption notifier, which owns SIGTERM; the loop asks `due(step)` after every step,
+    and JAX's preemption sync manager answers True on every host at the same step (the largest
+    step any host had reached when the notice came, plus one).
+    """
 
     def __init__(self):
+        import jax
+
         self.requested = False
         self._previous = None
+        self._agreed = jax.process_count() > 1 and _sync_manager_running()
 
     def __enter__(self):
+        if self._agreed:
+            return self  # JAX's notifier handles SIGTERM; replacing it would lose the notice
         try:
             self._previous = signal.signal(signal.SIGTERM, self._handle)
         except ValueError:  # not the main thread
             self._previous = None
         return self
+
+    def due(self, step: int) -> bool:
+        """Whether to save at `step` and stop; call it after every step, on every host."""
+        if self._agreed and not self.requested:
+            from jax.experimental import multihost_utils
+
+            self.requested = multihost_utils.reached_preemption_sync_point(step)
+        return self.requested
 
     def _handle(self, signum, frame):
         self.requested = True
@@ -367,3 +429,11 @@ class Preemption:
     def __exit__(self, *exc):
         if self._previous is not None:
             signal.signal(signal.SIGTERM, self._previous)
+
+
+def _sync_manager_running() -> bool:
+    """Whether JAX's preemption sync manager runs (`jax_enable_preemption_service`, on by
+    default, when `jax.distributed` is initialized)."""
+    from jax._src import distributed as jax_distributed
+
+    return jax_distributed.global_state.preemption_sync_manager is not None

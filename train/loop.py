@@ -2,7 +2,9 @@
 
 Restarting with the same workdir resumes from its latest complete checkpoint (weights, optimizer,
 step and the data iterator's position), so a crashed or preempted run continues exactly where it
-stopped. SIGTERM saves a checkpoint at the next step boundary and exits cleanly.
+stopped. SIGTERM saves a checkpoint at the next step boundary and exits cleanly; with several
+processes, a SIGTERM on any one host makes every host save the same step (train/distributed.py's
+`Preemption`, through JAX's preemption sync manager).
 """
 
 from __future__ import annotations
@@ -425,7 +427,7 @@ def _train_steps(run: Run, progress: _Progress, writer, preemption, clock: Clock
             state, step_metrics, key = _step(run, feed, clock, progress, state, rng)
             step, is_last = progress.step, progress.step == config.steps
             due_log = step % config.log_every_steps == 0 or is_last
-            stop = preemption.requested  # read once: SIGTERM may land anywhere in this body
+            stop = preemption.due(step)  # read once: SIGTERM may land anywhere in this body
             due_ckpt = step % config.checkpoint_every_steps == 0 or is_last or stop
             due_eval = config.eval_every_steps and (step % config.eval_every_steps == 0 or is_last)
             if due_log or due_ckpt:
@@ -444,7 +446,7 @@ def _train_steps(run: Run, progress: _Progress, writer, preemption, clock: Clock
                     writer.flush()  # a bucket's metrics.jsonl reaches every checkpoint
                 last_good = step
             if stop:
-                log.warning("SIGTERM: saved step %d, exiting", step)
+                log.warning("preempted (SIGTERM): saved step %d, exiting", step)
                 break
     finally:
         feed.close()
