@@ -21,13 +21,13 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterable, Sequence
-from pathlib import Path
 
 import numpy as np
 import tokenizers
 from tokenizers import decoders, models, normalizers, pre_tokenizers, trainers
 
 from data.errors import DataError
+from models import paths
 
 ROLES = ("pad", "unk", "bos", "eos", "cls", "sep", "mask")
 KINDS = ("bpe", "wordpiece", "unigram")
@@ -280,7 +280,8 @@ def find_tokenizer(directory: str | None) -> str | None:
     its `tokenizer/` subfolder (a workdir or converted checkpoint); None if there is none."""
     if not directory:
         return None
-    for folder in (Path(directory), Path(directory) / "tokenizer"):
+    root = paths.resolve(directory)
+    for folder in (root, root / "tokenizer"):
         if any((folder / f).exists() for f in TOKENIZER_FILES):
             return str(folder)
     return None
@@ -301,6 +302,11 @@ def load_tokenizer(path: str, family: str | None = None) -> Tokenizer:
     Raises:
       DataError: nothing loadable is there.
     """
+    if paths.is_remote(path):  # read from a local copy of the folder's files
+        remote = paths.resolve(path)
+        folder, name = (remote, None) if remote.is_dir() else (remote.parent, remote.name)
+        with paths.local_copy(folder, files_only=True) as local:
+            return load_tokenizer(os.path.join(local, name) if name else local, family)
     path = os.path.expanduser(path)
     directory = path if os.path.isdir(path) else os.path.dirname(path)
     config = _read_json(os.path.join(directory, CONFIG_FILE))

@@ -104,23 +104,27 @@ def local_dir(path: epath.Path) -> Iterator[str]:
 
 
 @contextlib.contextmanager
-def local_copy(path: epath.Path) -> Iterator[str]:
+def local_copy(path: epath.Path | str, files_only: bool = False) -> Iterator[str]:
     """A local directory holding `path`'s files (`path` itself when local), for tools that read
-    local files (a tokenizer, Hugging Face weights)."""
+    local files (a tokenizer, Hugging Face weights). `files_only` copies the top-level files
+    and no folders (a Hugging Face directory's weights and config, not a workdir's checkpoints)."""
+    path = resolve(path)
     if not is_remote(path):
         yield os.fspath(path)
         return
     with tempfile.TemporaryDirectory() as scratch:
-        copy_tree(path, epath.Path(scratch))
+        copy_tree(path, epath.Path(scratch), files_only=files_only)
         yield scratch
 
 
-def copy_tree(source: epath.Path, target: epath.Path) -> None:
-    """Copies the files under `source` to `target` (any mix of local and object storage)."""
+def copy_tree(source: epath.Path, target: epath.Path, files_only: bool = False) -> None:
+    """Copies the files under `source` to `target` (any mix of local and object storage);
+    `files_only`: the top-level files only."""
     target.mkdir(parents=True, exist_ok=True)
     for item in source.iterdir():
         if item.is_dir():
-            copy_tree(item, target / item.name)
+            if not files_only:
+                copy_tree(item, target / item.name)
         elif not is_remote(item) and not is_remote(target):
             shutil.copyfile(item, target / item.name)
         else:

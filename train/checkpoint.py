@@ -16,6 +16,7 @@ from typing import Any
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
 from orbax.checkpoint import checkpoint_managers as policies
 
 from models import paths
@@ -193,9 +194,9 @@ def check_same_architecture(saved_model: dict, model: dict, workdir: str | Path)
 MODEL_CONFIG_FILE = "model_config.json"
 
 
-def save_params(directory: str | Path, config_dict: dict, params) -> Path:
+def save_params(directory: str | Path, config_dict: dict, params) -> epath.Path:
     """Writes `directory/model_config.json` and `directory/params/` (refuses to overwrite)."""
-    directory = Path(directory).absolute()
+    directory = paths.resolve(directory)
     if (directory / "params").exists():
         raise CheckpointError(f"{directory / 'params'} already exists; choose a new directory")
     directory.mkdir(parents=True, exist_ok=True)
@@ -206,7 +207,7 @@ def save_params(directory: str | Path, config_dict: dict, params) -> Path:
     return directory
 
 
-def _restore_numpy(path: Path, subtree: str | None = None):
+def _restore_numpy(path: epath.Path, subtree: str | None = None):
     """Restores an Orbax PyTree at `path` as numpy arrays (only `subtree` when given)."""
     ckptr = ocp.PyTreeCheckpointer()
     tree = ckptr.metadata(path).item_metadata.tree
@@ -233,7 +234,7 @@ def directory_kind(directory: str | Path) -> str:
     Raises:
       CheckpointError: the directory does not exist or holds none of the three.
     """
-    directory = Path(directory)
+    directory = paths.resolve(directory)
     if not directory.is_dir():
         raise CheckpointError(f"{directory}: no such directory")
     if (directory / "checkpoints").is_dir():
@@ -250,13 +251,13 @@ def directory_kind(directory: str | Path) -> str:
 
 def workdir_params(workdir: str | Path, step: int):
     """The parameters of a workdir's checkpoint `step`, as numpy arrays on the host."""
-    return _restore_numpy(Path(workdir).absolute() / "checkpoints" / str(step) / "state", "params")
+    return _restore_numpy(paths.resolve(workdir) / "checkpoints" / str(step) / "state", "params")
 
 
 def load_params(directory: str | Path) -> tuple[dict, Any]:
     """(model config dict, params as numpy) from a `save_params` directory or a training workdir
     (its latest checkpoint)."""
-    directory = Path(directory).absolute()
+    directory = paths.resolve(directory)
     kind = directory_kind(directory)
     if kind == CONVERTED:
         config = json.loads((directory / MODEL_CONFIG_FILE).read_text())

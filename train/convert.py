@@ -7,17 +7,15 @@
 
 A Triptych checkpoint directory holds `model_config.json` and `params/` (Orbax); `--from` also
 takes a training workdir (its latest checkpoint). Tokenizer files found beside the weights are
-copied along.
+copied along. Every directory may be local or on a bucket (`gs://BUCKET/...`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import shutil
 import sys
-from pathlib import Path
 
-from models import hf
+from models import hf, paths
 from models.config import ConfigError, ModelConfig
 from models.errors import ArgumentParser, one_line_errors
 from train.checkpoint import load_params, save_params
@@ -34,10 +32,11 @@ _TOKENIZER_FILES = (
 
 
 def _copy_tokenizer(source, dest) -> None:
-    for folder in (Path(source), Path(source) / "tokenizer"):
+    source, dest = paths.resolve(source), paths.resolve(dest)
+    for folder in (source, source / "tokenizer"):
         for name in _TOKENIZER_FILES:
             if (folder / name).is_file():
-                shutil.copy(folder / name, Path(dest) / name)
+                (dest / name).write_bytes((folder / name).read_bytes())
 
 
 def convert(args) -> int:
@@ -47,7 +46,8 @@ def convert(args) -> int:
     if args.from_hf:
         if not args.to:
             raise ConfigError("--from-hf needs --to DIR (where the Triptych checkpoint goes)")
-        config, params = hf.load_pretrained(args.from_hf)
+        with paths.local_copy(args.from_hf, files_only=True) as local:
+            config, params = hf.load_pretrained(local)
         out = save_params(args.to, dataclasses.asdict(config), params)
         _copy_tokenizer(args.from_hf, out)
         print(f"{config.name} ({config.family}) -> {out}")
@@ -56,9 +56,11 @@ def convert(args) -> int:
         raise ConfigError("--from needs --to-hf DIR (where the Hugging Face checkpoint goes)")
     config_dict, params = load_params(args.source)
     config = ModelConfig.from_dict(config_dict)
-    hf.save_pretrained(config, params, args.to_hf)
-    _copy_tokenizer(args.source, args.to_hf)
-    print(f"{config.name} ({config.family}) -> {args.to_hf}")
+    target = paths.resolve(args.to_hf)
+    with paths.local_dir(target) as local:  # copied to a bucket at the end
+        hf.save_pretrained(config, params, local)
+        _copy_tokenizer(args.source, local)
+    print(f"{config.name} ({config.family}) -> {target}")
     return 0
 
 

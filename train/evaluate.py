@@ -20,6 +20,7 @@ import time
 
 import ml_collections
 
+from models import paths
 from models.errors import ArgumentParser, one_line_errors
 
 
@@ -113,7 +114,7 @@ def quiet_libraries() -> None:
 @one_line_errors
 def main(argv=None) -> int:
     parser = ArgumentParser(prog="python -m train.evaluate", description=__doc__.split("\n")[0])
-    parser.add_argument("--workdir", required=True, help="a training workdir")
+    parser.add_argument("--workdir", required=True, help="a training workdir (or gs://...)")
     parser.add_argument("--split", default="validation", help="split name (default validation)")
     parser.add_argument("--step", help="checkpoint: latest (default), best or a step number")
     parser.add_argument("--file", help="read the split from this local file (SOURCE,TARGET)")
@@ -143,9 +144,8 @@ def main(argv=None) -> int:
     )
     for key, value in results.items():
         print(f"{key:>20}: {value:.4f}" if isinstance(value, float) else f"{key:>20}: {value}")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=2)
+    if args.json:  # a local file or an object on a bucket
+        paths.resolve(args.json).write_text(json.dumps(results, indent=2))
     return 0
 
 

@@ -1,7 +1,8 @@
 """Starting a run from pretrained weights (`config.init_from`): ours or Hugging Face's.
 
 `init_from` names a Triptych checkpoint directory (`python -m models convert --to`), a training
-workdir (its latest checkpoint) or a local Hugging Face model directory. The run's model is the
+workdir (its latest checkpoint) or a Hugging Face model directory, local or on a bucket
+(`gs://`, through models/paths.py). The run's model is the
 checkpoint's architecture with the run's `model` fields applied on top (typically a new `head`
 and `num_labels`); parameters present in both with the same shape are copied, and the rest (a new
 task head) keep their fresh initialisation.
@@ -15,6 +16,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
+from models import paths
 from models.config import ModelConfig
 from train.checkpoint import HUGGING_FACE, CheckpointError, directory_kind, load_params
 
@@ -23,13 +25,14 @@ log = logging.getLogger(__name__)
 
 def load_pretrained(path: str | Path) -> tuple[ModelConfig, dict]:
     """(config, params as numpy) from any of the three kinds of directory."""
-    path = Path(path)
+    path = paths.resolve(path)
     if not path.is_dir():
         raise CheckpointError(f"init_from={str(path)!r}: no such directory")
     if directory_kind(path) == HUGGING_FACE:
         from models import hf
 
-        return hf.load_pretrained(path)
+        with paths.local_copy(path, files_only=True) as local:  # safetensors reads local files
+            return hf.load_pretrained(local)
     config, params = load_params(path)
     return ModelConfig.from_dict(config), params
 

@@ -11,6 +11,7 @@ import ml_collections
 
 import models
 from data.tokenizers import Tokenizer, find_tokenizer, load_tokenizer
+from models import paths
 from train.checkpoint import (
     WORKDIR,
     Checkpointer,
@@ -45,7 +46,7 @@ def load(directory: str | Path, step: int | str | None = None) -> LoadedModel:
     Raises:
       CheckpointError: the directory holds none of these, or the step does not exist.
     """
-    directory = Path(directory)
+    directory = paths.resolve(directory)
     run_config = labels = tags = None
     if directory_kind(directory) == WORKDIR:
         saved = json.loads((directory / "config.json").read_text())
