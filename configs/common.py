@@ -29,6 +29,8 @@ Sections:
   decode     generation for task metrics and `python -m train.predict`: beams (1 = greedy or
              sampling), length_penalty, max_new_tokens, temperature, top_k, top_p, batch_size.
   carbon     enabled, country_iso_code, pue, chip_tdp_w, utilization (see docs/carbon.md).
+  compilation_cache  dir ('' = WORKDIR/compilation_cache, a path or gs:// URL, or 'off') and
+             min_compile_secs: compiled programs kept across restarts (train/compilation.py).
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ from ml_collections.config_dict import placeholder
 from data.pipeline import default_config as data_defaults
 from models.config import ModelConfig
 from models.errors import UserError
-from train import optim
+from train import compilation, optim
 from train.tasks import decode_config
 
 _TYPES = {"int": int, "float": float, "bool": bool, "str": str}
@@ -112,6 +114,8 @@ def base_config() -> ml_collections.ConfigDict:
             measure_power_secs=15.0,
         )
     )
+    # JAX's persistent compilation cache (train/compilation.py): '' = WORKDIR/compilation_cache.
+    c.compilation_cache = ml_collections.ConfigDict(compilation.DEFAULTS)
     return c
 
 

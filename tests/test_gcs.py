@@ -5,6 +5,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -123,10 +124,12 @@ def test_a_missing_bucket_is_one_line(gcs):
 def _kill_mid_save(proc, checkpoints) -> int:
     """SIGKILLs `proc` while Orbax writes a checkpoint (its step directory exists on the bucket,
     its commit_success.txt does not yet); returns that step."""
+    output = []  # drained: a full stderr pipe would block the run
+    threading.Thread(target=lambda: output.extend(proc.stderr), daemon=True).start()
     deadline = time.time() + 240
     step = 16
     while time.time() < deadline:
-        assert proc.poll() is None, proc.stderr.read()[-2000:]
+        assert proc.poll() is None, "".join(output)[-2000:]
         if (checkpoints / str(step)).exists():
             if not (checkpoints / str(step) / "commit_success.txt").exists():
                 proc.send_signal(signal.SIGKILL)
@@ -140,7 +143,8 @@ def _kill_mid_save(proc, checkpoints) -> int:
 @pytest.mark.slow
 def test_sigkill_mid_save_on_a_bucket_then_resume_is_bit_exact(gcs, tmp_path):
     """A save killed on the bucket is not restored (Orbax's commit file decides), the previous
-    complete checkpoint is, and the resumed run's losses are the uninterrupted run's."""
+    complete checkpoint is, the resumed run loads its programs from the compilation cache on the
+    bucket, and its losses are the uninterrupted run's."""
     from etils import epath
 
     from train.checkpoint import Checkpointer
@@ -148,15 +152,18 @@ def test_sigkill_mid_save_on_a_bucket_then_resume_is_bit_exact(gcs, tmp_path):
     run = gcs.bucket("resume") + "/run"
     reference = _train(tmp_path / "a", *RESUME_FLAGS)
     assert reference.returncode == 0, reference.stderr[-2000:]
-    proc = _train(run, *RESUME_FLAGS, wait=False)
+    cached = "--config.compilation_cache.min_compile_secs=0"  # the cache sits on the bucket
+    proc = _train(run, *RESUME_FLAGS, cached, wait=False)
     killed = _kill_mid_save(proc, epath.Path(run, "checkpoints"))
     assert not epath.Path(run, "summary.json").exists(), "the run finished before the kill"
     ckpt = Checkpointer(epath.Path(run, "checkpoints"), async_save=False)
     assert killed not in ckpt.all_steps() and ckpt.latest_step() == killed - 8
     ckpt.close()
-    resumed = _train(run, *RESUME_FLAGS)
+    resumed = _train(run, *RESUME_FLAGS, cached)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert f"resuming from step {killed - 8}" in resumed.stderr
+    cache = json.loads(epath.Path(run, "summary.json").read_text())["compilation_cache"]
+    assert cache["dir"] == f"{run}/compilation_cache" and cache["loaded"] > 0
 
     a, b = _losses(tmp_path / "a"), _remote_losses(run)
     assert sorted(b) == sorted(a) == list(range(1, 121))

@@ -30,7 +30,7 @@ from data.sources import load_source
 from data.tokenizers import load_tokenizer
 from models import paths
 from models.errors import UserError, one_of
-from train import distributed, goodput, partitioning
+from train import compilation, distributed, goodput, partitioning
 from train.carbon import CarbonTracker
 from train.checkpoint import Checkpointer, CheckpointError, check_same_architecture
 from train.decode import sample_text
@@ -101,6 +101,7 @@ def evaluate(
         process_index=jax.process_index(),
         process_count=jax.process_count(),
         objective=objective,
+        agree=distributed.width_agreement(config.data),
     )
     total = None
     for _ in range(config.eval_batches):
@@ -141,14 +142,13 @@ class Run:
     _inference: LoadedModel | None = None
 
     def task_metrics(self, params) -> dict:
-        """`config.task`'s metric on the validation split (one host; {} without a task)."""
+        """`config.task`'s metric on the validation split ({} without a task); with several
+        hosts each runs its share and all score the gathered predictions (train/tasks)."""
         config = self.config
         if config.get("task", "") not in TASK_METRICS:
             return {}
-        if jax.process_count() > 1:
-            log.warning("task metrics run on one host only; skipped (use python -m train.evaluate)")
-            return {}
         if self._inference is None:
+            several = jax.process_count() > 1
             self._inference = LoadedModel(
                 self.model_config,
                 self.model,
@@ -158,6 +158,11 @@ class Run:
                 label_names=self.saved_config.get("label_names"),
                 tag_names=self.saved_config.get("tag_names"),
                 source=str(self.workdir),
+                place=(
+                    functools.partial(_device_batch, mesh=self.mesh, rules=self.rules)
+                    if several
+                    else None
+                ),
             )
         self._inference.params = params
         scores = task_metrics(
@@ -266,6 +271,7 @@ def _build(config, workdir: Path, ckpt, mesh, rules, objective) -> dict:
         process_index=jax.process_index(),
         process_count=jax.process_count(),
         objective=config.data.objective,
+        agree=distributed.width_agreement(config.data),
     )
     if latest is not None:
         state = _restore(ckpt, latest, abstract, train_iter)
@@ -526,6 +532,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     if jax.process_index() == 0:
         paths.check_writable(workdir)  # one line for a missing bucket or credentials
     clock = Clock()
+    cache = compilation.enable(config.get("compilation_cache"), workdir)
+    try:
+        return _train_and_evaluate(config, workdir, clock, cache)
+    finally:
+        compilation.disable(cache)
+
+
+def _train_and_evaluate(config, workdir, clock: Clock, cache) -> dict:
     run = setup(config, workdir)
     logged = _logged(workdir)
     run.lost_until = max((r.get("step", 0) for r in logged), default=0)
@@ -562,6 +576,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         )
     summary = _summary(run, progress, clock, footprint, preemption.requested)
     summary["params"] = num_params
+    if cache is not None:
+        summary["compilation_cache"] = cache.summary()
+        log.info(
+            "compilation cache %(dir)s: %(loaded)d of %(programs)d programs loaded", cache.summary()
+        )
     if jax.process_index() == 0:
         (workdir / "summary.json").write_text(json.dumps(summary, indent=2))
     writer.close()
