@@ -31,10 +31,11 @@ table_format, token_column, tag_column, data_dir, download) it reads:
   num_epochs     None: "train" repeats forever, other splits run once; N >= 1: N epochs;
                  0: forever
   trim_padding   0 (off) or N: per-example objectives (classify, tag, seq2seq, clm with
-                 pack=False) on one host pad each batch only to the smallest multiple of N
-                 that holds its longest row (at most seq_len), on the input and the target
-                 side separately. Short-sentence tasks then spend little compute on padding,
-                 at the price of one compilation per length bucket (seq_len / N per side).
+                 pack=False) pad each batch only to the smallest multiple of N that holds its
+                 longest row (at most seq_len), on the input and the target side separately.
+                 Short-sentence tasks then spend little compute on padding, at the price of
+                 one compilation per length bucket (seq_len / N per side). With several hosts
+                 the hosts agree on each global batch's widths (`make_pipeline(agree=...)`).
   workers        N > 0: the train split's rows are read, tokenized and built in N grain worker
                  processes (data/workers.py), with the same batches and iterator state as
                  0 (in the process); -1 (the default): a quarter of the cores, at most 16
@@ -175,9 +176,11 @@ class BatchIterator(Iterator[dict[str, np.ndarray]]):
         length: int | None,
         trim_padding: int = 0,
         workers: int = 0,
+        agree=None,
     ):
         self.rows, self.source = rows, source
         self._trim = int(trim_padding) if rows.per_example else 0
+        self._agree = agree if self._trim and process_count > 1 else None
         self._seed, self._length, self.elements = seed, length, elements
         self._global = global_batch_size
         self._layout = (process_index, process_count)
@@ -205,10 +208,23 @@ class BatchIterator(Iterator[dict[str, np.ndarray]]):
         ):
             raise StopIteration
         batch, ended = self._rows.build(self.step)
+        if self._agree is not None:
+            return self._agreed(batch, bool(ended.all()))
         if ended.all():
             raise StopIteration
         self.step += 1
         return trim_padding(batch, self._trim) if self._trim else batch
+
+    def _agreed(self, batch: dict[str, np.ndarray], ended: bool) -> dict[str, np.ndarray]:
+        """Several hosts trimming: each batch is cut to the widest host's widths, so every host
+        puts the same shapes into the global batch; a host whose rows have ended sends rows of
+        padding until every host's have."""
+        mine = tuple(-1 for _ in _sides(batch)) if ended else trim_widths(batch, self._trim)
+        widths = self._agree(mine)
+        if widths[0] < 0:  # every host's rows have ended
+            raise StopIteration
+        self.step += 1
+        return cut_to(batch, widths)
 
     def close(self) -> None:
         """Stops the worker processes, if any (also at exit)."""
@@ -254,23 +270,42 @@ def bucket_length(used: int, multiple: int, limit: int) -> int:
     return min(limit, multiple * max(1, -(-int(used) // multiple)))
 
 
-def trim_padding(batch: dict[str, np.ndarray], multiple: int) -> dict[str, np.ndarray]:
-    """Cuts the trailing all-padding columns of a batch of left-aligned rows down to a
-    multiple of `multiple` (`bucket_length`), the inputs and the targets side separately."""
+def _sides(batch: dict[str, np.ndarray]) -> list[tuple[tuple[str, ...], np.ndarray]]:
+    """(the keys cut together, the mask that decides their width): the inputs side, and for
+    encoder-decoders the targets side."""
     decoder = "decoder_attention_mask" in batch
     inputs, targets = objectives.ENCODER_INPUTS, objectives.LOSS_KEYS
     sides = [(inputs if decoder else (*inputs, *targets), batch["attention_mask"])]
     if decoder:
         sides.append(((*objectives.DECODER_INPUTS, *targets), batch["decoder_attention_mask"]))
-    out = dict(batch)
-    for keys, mask in sides:
+    return sides
+
+
+def trim_widths(batch: dict[str, np.ndarray], multiple: int) -> tuple[int, ...]:
+    """Each side's width after cutting its trailing all-padding columns, rounded up to a
+    multiple of `multiple` (`bucket_length`)."""
+    widths = []
+    for _, mask in _sides(batch):
         used = mask.shape[1] - np.argmax(mask[:, ::-1] != 0, axis=1)
         used = int(np.max(np.where(mask.any(axis=1), used, 0)))
-        width = bucket_length(used, multiple, mask.shape[1])
+        widths.append(bucket_length(used, multiple, mask.shape[1]))
+    return tuple(widths)
+
+
+def cut_to(batch: dict[str, np.ndarray], widths: Sequence[int]) -> dict[str, np.ndarray]:
+    """`batch` with each side's columns cut to its width in `widths`."""
+    out = dict(batch)
+    for (keys, mask), width in zip(_sides(batch), widths):
         for key in keys:
             if key in out and out[key].ndim == 2 and out[key].shape[1] == mask.shape[1]:
                 out[key] = out[key][:, :width]
     return out
+
+
+def trim_padding(batch: dict[str, np.ndarray], multiple: int) -> dict[str, np.ndarray]:
+    """Cuts the trailing all-padding columns of a batch of left-aligned rows down to a
+    multiple of `multiple` (`bucket_length`), the inputs and the targets side separately."""
+    return cut_to(batch, trim_widths(batch, multiple))
 
 
 def make_pipeline(
@@ -285,6 +320,7 @@ def make_pipeline(
     process_count: int = 1,
     objective: str | None = None,
     workers: int | None = None,
+    agree=None,
 ) -> BatchIterator:
     """Builds the batch iterator of one split for this host.
 
@@ -299,6 +335,9 @@ def make_pipeline(
       process_count: number of hosts (`jax.process_count()`).
       objective: overrides `cfg.objective`.
       workers: overrides `cfg.workers` (0: rows are built in this process; see data/workers.py).
+      agree: with `trim_padding` and several hosts, the hosts' agreement on each batch's widths:
+        a callable from this host's widths (a tuple, -1 when its rows have ended) to every
+        host's elementwise maximum, the same on every host (`train.distributed.AgreedWidths`).
 
     Returns:
       A `BatchIterator` yielding dicts of numpy arrays with leading dimension
@@ -314,10 +353,11 @@ def make_pipeline(
             f"global batch {global_batch_size} does not split over {process_count} "
             f"hosts (process {process_index})"
         )
-    if cfg.get("trim_padding") and process_count > 1:
+    if cfg.get("trim_padding") and process_count > 1 and agree is None:
         raise DataError(
-            "data.trim_padding needs one host (hosts would build batches of different "
-            "lengths); set data.trim_padding=0 for multi-host runs"
+            "data.trim_padding with several hosts needs the hosts to agree on each batch's "
+            "length (make_pipeline(agree=train.distributed.AgreedWidths()), as the training "
+            "loop does); or set data.trim_padding=0"
         )
     source = sources.load_source(cfg, split, objective)
     if len(source) == 0:
@@ -342,6 +382,7 @@ def make_pipeline(
         length=length,
         trim_padding=int(cfg.get("trim_padding") or 0),
         workers=_workers(cfg, split, workers),
+        agree=agree,
     )
 
 

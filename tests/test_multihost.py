@@ -245,3 +245,65 @@ def test_data_state_round_trip_over_host_counts():
         local_data_state(state, 0, 3)
     with pytest.raises(DistributedError):
         local_data_state(halves[1], 0, 1)
+
+
+@pytest.mark.slow
+def test_two_processes_trim_padding_like_one(tmp_path):
+    """data.trim_padding with 2 processes: the hosts agree on each global batch's width (through
+    JAX's coordination service) and train exactly like one process with the same devices."""
+    rng = np.random.default_rng(0)
+    words = ["the", "cat", "sat", "on", "a", "mat", "while", "dogs", "ran", "far", "away"]
+    lines = [" ".join(rng.choice(words, size=rng.integers(1, 12))) for _ in range(400)]
+    corpus = tmp_path / "lines.txt"
+    corpus.write_text("\n".join(lines) + "\n")
+    flags = [
+        f"--config.data.files={corpus}",
+        "--config.data.pack=False",
+        "--config.data.trim_padding=8",
+        "--config.log_every_steps=1",
+    ]
+    one = _single(tmp_path / "one", *flags, devices=2)
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = _multi(2, 1, *_train_cmd(tmp_path / "two", *flags))
+    assert two.returncode == 0, two.stdout[-3000:]
+    ref_train, ref_eval = _records(tmp_path / "one")
+    two_train, two_eval = _records(tmp_path / "two")
+    assert sorted(two_train) == sorted(ref_train) == list(range(1, 9))
+    _assert_close(ref_train, two_train, ["loss", "grad_norm", "accuracy"], range(1, 9))
+    _assert_close(ref_eval, two_eval, ["eval_loss", "eval_accuracy"], [4, 8])
+
+
+def _eval_line(output: str) -> dict:
+    lines = [line for line in output.splitlines() if "EVAL {" in line]
+    assert len(lines) == 1, output[-3000:]  # printed by process 0 only
+    return json.loads(lines[0].split("EVAL ", 1)[1])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "task, metrics",
+    [
+        ("translation", ["eval_bleu"]),  # each host decodes its rows, in step
+        ("classification", ["eval_accuracy", "eval_f1"]),
+        ("ner", ["eval_entity_precision", "eval_entity_recall", "eval_entity_f1"]),
+    ],
+)
+def test_task_metrics_on_two_processes_equal_one(tmp_path, task, metrics):
+    script = [sys.executable, str(ROOT / "tests" / "multihost_tasks.py"), task, str(tmp_path)]
+    one = subprocess.run(
+        [*script, str(tmp_path / "one")],
+        env=_env(2),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+    )
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = _multi(2, 1, *script, str(tmp_path / "two"))
+    assert two.returncode == 0, two.stdout[-3000:]
+    single, double = _eval_line(one.stdout), _eval_line(two.stdout)
+    assert set(metrics) <= set(double)
+    assert all(0 < single[m] < 100 for m in metrics), single  # not a degenerate score
+    for key in ["eval_loss", *metrics]:
+        assert double[key] == pytest.approx(single[key], rel=1e-6, abs=1e-9), key
+    assert "skipped" not in two.stdout

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import jax
+import ml_collections
 import numpy as np
 import pytest
 
@@ -197,26 +198,35 @@ def test_text_generation_continues_the_prompt_as_generate_does(tmp_path):
 
 
 @pytest.mark.slow
+def _short_lines(tmp_path, count: int, seed: int):
+    """A tokenizer and a clm data config (one line a row, in file order, one epoch) over
+    `count` lines of 1-24 words."""
+    rng = np.random.default_rng(seed)
+    lines = [" ".join(rng.choice(WORDS, size=rng.integers(1, 25))) for _ in range(count)]
+    (tmp_path / "lines.txt").write_text("\n".join(lines) + "\n")
+    tok = train_tokenizer(lines, kind="bpe", vocab_size=200, family="gpt")
+    cfg = pydoc_config(
+        files={"train": str(tmp_path / "lines.txt")},
+        objective="clm",
+        pack=False,
+        num_epochs=1,
+        shuffle=False,
+        data_dir=str(tmp_path / "tfds"),
+    )
+    return tok, cfg
+
+
 def test_trimmed_batches_hold_the_same_rows_and_give_the_same_loss(tmp_path):
     import models
     from train.losses import loss_sums
 
-    rng = np.random.default_rng(0)
-    lines = [" ".join(rng.choice(WORDS, size=rng.integers(1, 25))) for _ in range(64)]
-    (tmp_path / "lines.txt").write_text("\n".join(lines) + "\n")
-    tok = train_tokenizer(lines, kind="bpe", vocab_size=200, family="gpt")
+    tok, cfg = _short_lines(tmp_path, 64, seed=0)
 
     def batches(trim):
-        cfg = pydoc_config(
-            files={"train": str(tmp_path / "lines.txt")},
-            objective="clm",
-            pack=False,
-            num_epochs=1,
-            shuffle=False,
-            trim_padding=trim,
-            data_dir=str(tmp_path / "tfds"),
+        trimmed = ml_collections.ConfigDict({**cfg.to_dict(), "trim_padding": trim})
+        return make_pipeline(
+            trimmed, split="train", tokenizer=tok, global_batch_size=4, seq_len=128
         )
-        return make_pipeline(cfg, split="train", tokenizer=tok, global_batch_size=4, seq_len=128)
 
     model = models.build(models.get_config("gpt2-tiny", vocab_size=256, max_positions=128))
     params = model.init(jax.random.key(0), np.zeros((1, 8), np.int32))["params"]
@@ -234,6 +244,54 @@ def test_trimmed_batches_hold_the_same_rows_and_give_the_same_loss(tmp_path):
             rtol=1e-5,
         )
     assert len(widths) > 1  # several buckets were used
+
+
+def test_hosts_that_trim_agree_on_every_global_batch(tmp_path):
+    """Two hosts trimming with an agreement give, row for row and column for column, the
+    batches one host gives, down to the last one, where one host's rows have all ended."""
+    import threading
+
+    tok, cfg = _short_lines(tmp_path, 60, seed=1)
+    cfg.trim_padding = 8
+    common = dict(split="train", tokenizer=tok, global_batch_size=8, seq_len=128)
+    one = list(make_pipeline(cfg, **common))
+
+    barrier, offered = threading.Barrier(2), {}
+
+    def agree_for(index):  # what AgreedWidths does across processes, across threads here
+        def agree(widths):
+            offered[index] = widths
+            barrier.wait()
+            agreed = tuple(max(column) for column in zip(*offered.values()))
+            barrier.wait()
+            return agreed
+
+        return agree
+
+    hosts = [[], []]
+
+    def run(index):
+        it = make_pipeline(
+            cfg, **common, process_index=index, process_count=2, agree=agree_for(index)
+        )
+        hosts[index].extend(it)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert len(hosts[0]) == len(hosts[1]) == len(one) == 8  # 60 lines, 8 a batch
+    assert one[-1]["weights"][4:].sum() == 0  # host 1's rows of the last batch have ended
+    widths = set()
+    for whole, first, second in zip(one, *hosts):
+        widths.add(whole["input_ids"].shape[1])
+        for key in whole:
+            np.testing.assert_array_equal(np.concatenate([first[key], second[key]]), whole[key])
+    assert len(widths) > 1 and min(widths) < 128  # trimmed, to several widths
+
+    with pytest.raises(ValueError, match="agree on each batch"):
+        make_pipeline(cfg, **common, process_index=0, process_count=2)
 
 
 @pytest.mark.parametrize("metric,best", [("eval_accuracy", 2), ("eval_loss", 3)])

@@ -160,6 +160,16 @@ def left_pad(sequences: list[np.ndarray], pad_id: int = 0) -> tuple[np.ndarray, 
     return ids, mask
 
 
+def to_host(x) -> np.ndarray:
+    """`x` as numpy on this host, all rows of it: an array spread over several hosts (the
+    global batch of a multi-host evaluation) is gathered from all of them."""
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+        from jax.experimental import multihost_utils
+
+        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return np.asarray(x)
+
+
 def generate(
     model,
     params,
@@ -203,7 +213,7 @@ def generate(
         )
     else:
         out = _generate_decoder(model, params, inputs, mask, rng, **kw)
-    return np.asarray(out)
+    return to_host(out)
 
 
 # Beam search ---------------------------------------------------------------------------------
@@ -381,7 +391,7 @@ def beam_search(
         early_stopping=bool(early_stopping),
         start_id=int(decoder_start_id),
     )
-    return np.asarray(out)
+    return to_host(out)
 
 
 def sample_text(model, params, tokenizer, config) -> str:

@@ -388,6 +388,57 @@ def next_in_step(iterator, local_rows: int):
     return batch
 
 
+class AgreedWidths:
+    """The hosts' agreement on each batch's widths with `data.trim_padding`: every host gives
+    its own widths (a tuple), and gets the elementwise maximum over all hosts, one round per
+    call (`data.pipeline.make_pipeline(agree=...)`).
+
+    The values go through the key-value store of JAX's coordination service, which
+    `jax.distributed.initialize` started. Those are host-side RPCs, not a device collective, so
+    they are safe from the feed thread, which builds batches while the loop's thread runs the
+    step's collectives. Every host creates its agreements in the same order (the pipelines are
+    built in the same order), and that order names them.
+    """
+
+    _created = 0
+
+    def __init__(self, timeout_s: float = 600.0):
+        import jax
+        from jax._src import distributed as jax_distributed
+
+        self._client = jax_distributed.global_state.client
+        if self._client is None:
+            raise DistributedError("AgreedWidths needs jax.distributed (several processes)")
+        self._me, self._count = jax.process_index(), jax.process_count()
+        self._name = f"triptych/widths/{AgreedWidths._created}"
+        AgreedWidths._created += 1
+        self._round, self._timeout_ms = 0, int(timeout_s * 1000)
+
+    def __call__(self, widths: tuple[int, ...]) -> tuple[int, ...]:
+        key = f"{self._name}/{self._round}"
+        self._client.key_value_set(f"{key}/{self._me}", ",".join(map(str, widths)))
+        every = [
+            tuple(
+                map(
+                    int,
+                    self._client.blocking_key_value_get(f"{key}/{i}", self._timeout_ms).split(","),
+                )
+            )
+            for i in range(self._count)
+        ]
+        if self._round >= 2:  # every host has read round - 2: it has written this round
+            self._client.key_value_delete(f"{self._name}/{self._round - 2}/{self._me}")
+        self._round += 1
+        return tuple(max(column) for column in zip(*every))
+
+
+def width_agreement(data) -> AgreedWidths | None:
+    """An `AgreedWidths` when the hosts must agree (`data.trim_padding` with several), else None."""
+    import jax
+
+    return AgreedWidths() if data.get("trim_padding") and jax.process_count() > 1 else None
+
+
 class Preemption:
     """SIGTERM, on any host, becomes a step at which every host saves and stops.
 

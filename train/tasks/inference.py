@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -17,7 +18,7 @@ from data.rows import special_frame
 from data.tokenizers import Tokenizer
 from models.errors import UserError
 from train import metrics as task_scores
-from train.decode import beam_search, generate, left_pad
+from train.decode import beam_search, generate, left_pad, to_host
 from train.losses import model_inputs
 
 log = logging.getLogger(__name__)
@@ -70,6 +71,10 @@ class LoadedModel:
       label_names: class names of a classification head; tag_names: of a token-classification
         head (IOB2 tags); None when unknown (then class indices are printed).
       source: where it was loaded from (directory and step).
+      place: with several hosts, turns this host's rows (numpy) into the global batch on the
+        devices of all hosts (the training loop's batch placement). Then `logits` and
+        `seq2seq` run one program over every host's rows, in step, and return all rows on
+        every host. None: one host.
     """
 
     model_config: models.ModelConfig
@@ -80,6 +85,7 @@ class LoadedModel:
     label_names: list[str] | None = None
     tag_names: list[str] | None = None
     source: str = ""
+    place: Callable[[dict], dict] | None = None
 
     def __post_init__(self):
         model = self.model
@@ -118,7 +124,10 @@ class LoadedModel:
 
     def logits(self, batch: dict) -> np.ndarray:
         """The model's float32 logits on a numpy batch (fields as the data pipeline makes)."""
-        return np.asarray(self._forward(self.params, model_inputs(self.model, batch)))
+        inputs = model_inputs(self.model, batch)
+        if self.place is not None:  # this host's rows of the global batch
+            inputs = self.place(inputs)
+        return to_host(self._forward(self.params, inputs))
 
     def _framed(self, texts: list[str], multiple: int = 16) -> dict[str, np.ndarray]:
         """[CLS] text [SEP] (or text EOS) rows, right-padded to a multiple of `multiple`."""
@@ -244,6 +253,8 @@ class LoadedModel:
         out = [""] * len(texts)
         for chunk in _chunks(list(order), cfg.batch_size):
             batch = _pad_rows([encoded[i] for i in chunk], tok.pad_id or 0, 16, self.seq_len)
+            if self.place is not None:
+                batch = self.place(_my_rows(batch))
             tokens = self._decode(batch["input_ids"], batch["attention_mask"], cfg, eos)
             for i, row in zip(chunk, tokens):
                 out[i] = tok.decode(_until(row, eos)).strip()
@@ -293,6 +304,18 @@ class LoadedModel:
 
 def _a(noun: str) -> str:
     return ("an " if noun[:1] in "aeiou" else "a ") + noun
+
+
+def _my_rows(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """This host's share of a batch every host holds whole: the rows are first repeated (the
+    last one) up to a multiple of the device count, so that each host gets as many rows as
+    its devices can split; the repeats are decoded and dropped (`zip` with the chunk)."""
+    rows = len(batch["input_ids"])
+    total = -(-rows // jax.device_count()) * jax.device_count()
+    per_host = total // jax.process_count()
+    first = jax.process_index() * per_host
+    take = np.minimum(np.arange(first, first + per_host), rows - 1)
+    return {key: value[take] for key, value in batch.items()}
 
 
 def _chunks(items: list, size: int):
