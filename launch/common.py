@@ -21,7 +21,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--workdir",
         required=True,
-        help="run directory on storage every host sees (shared file system or mounted bucket)",
+        help="run directory every host sees: gs://BUCKET/run, or a shared file system",
     )
     group.add_argument(
         "--set",

@@ -1,7 +1,8 @@
 """Run training on every worker of a Cloud TPU VM pod slice with `gcloud`.
 
     python -m launch.tpu --tpu my-v5p-32 --zone us-east5-a --config configs/gpt_lm.py:gpt2 \\
-        --workdir /mnt/runs/gpt2 --set mesh.fsdp=16 --copy --setup "pip install -e . 'jax[tpu]'" \\
+        --workdir gs://my-bucket/gpt2 --set mesh.fsdp=16 --copy \\
+        --setup "pip install -e '.[gcs]' 'jax[tpu]'" \\
         --dry-run
 
 prints the gcloud commands, one per line, in order: optionally create the slice
@@ -10,8 +11,8 @@ worker (--setup), then start `python -m train` on all workers at once
 (`gcloud compute tpus tpu-vm ssh ... --worker=all --command=...`). Without --dry-run they are
 run in that order. On the workers `TRIPTYCH_DISTRIBUTED=auto` makes the training CLI call
 `jax.distributed.initialize()` with JAX's TPU pod detection (coordinator, process count and
-index come from the TPU metadata). The workdir must be storage every worker sees: a mounted
-bucket (gcsfuse) or a shared file system.
+index come from the TPU metadata). The workdir must be storage every worker sees: a bucket
+(`--workdir gs://BUCKET/run`, installed with `pip install -e '.[gcs]'`) or a shared file system.
 """
 
 from __future__ import annotations

@@ -263,7 +263,7 @@ def test_tpu_pod_commands():
             "--config",
             "c.py",
             "--workdir",
-            "/w",
+            "gs://bkt/run",  # a bucket workdir passes through as written
             "--dry-run",
         ],
         env=dict(os.environ, PYTHONPATH=str(ROOT)),
@@ -275,7 +275,7 @@ def test_tpu_pod_commands():
     assert result.stdout.splitlines() == [
         "gcloud compute tpus tpu-vm ssh pod-1 --zone=z --worker=all '--command=cd ~/triptych && "
         "TRIPTYCH_DISTRIBUTED=auto TRIPTYCH_INIT_TIMEOUT=600 python -m train --config c.py "
-        "--workdir /w'"
+        "--workdir gs://bkt/run'"
     ]
 
 
