@@ -38,6 +38,7 @@ import dataclasses
 import difflib
 import logging
 import os
+import tempfile
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -46,6 +47,7 @@ import tensorflow_datasets as tfds
 
 from data import builders, objectives
 from data.errors import DataError
+from models import paths
 
 DEFAULT_NAME = "pydoc_topics"
 
@@ -203,9 +205,31 @@ def as_dict(cfg) -> dict[str, Any]:
 
 
 def data_dir(cfg) -> str:
-    """Returns the directory where prepared datasets live (created on use)."""
+    """Returns the directory where prepared datasets live (created on use): local or gs://."""
     chosen = cfg.get("data_dir") or os.environ.get("TFDS_DATA_DIR") or "~/tensorflow_datasets"
-    return os.path.expanduser(chosen)
+    return chosen if paths.is_remote(chosen) else os.path.expanduser(chosen)
+
+
+def _prepared(make, directory: str, download: bool = True):
+    """`make(directory)`'s builder, prepared to ArrayRecord once.
+
+    On a bucket the prepared files are read in place, but array_record's writer opens local
+    files only: a dataset not yet on the bucket is prepared in a local scratch directory and
+    its files are copied up (models.paths.copy_tree), then read from the bucket.
+    """
+    builder = make(directory)
+    if not paths.is_remote(directory):
+        return builders.prepare(builder) if download else builder
+    target = paths.resolve(builder.data_dir)
+    if not (target / "dataset_info.json").exists():
+        if not download:
+            raise DataError(f"{target}: the dataset is not prepared there and data.download=False")
+        with tempfile.TemporaryDirectory() as scratch:
+            staged = builders.prepare(make(scratch))
+            logging.info("data: copying the prepared dataset to %s", target)
+            paths.copy_tree(paths.resolve(staged.data_dir), target)
+        builder = make(directory)  # reads the info that is there now
+    return builder
 
 
 def objective_roles(objective: str) -> tuple[str, ...]:
@@ -257,6 +281,13 @@ def _tfds_data_source(name: str, split: str, cfg):
         builder_kwargs={"file_format": "array_record"},
     )
     try:
+        if paths.is_remote(kwargs["data_dir"]):
+            builder = _prepared(
+                lambda d: tfds.builder(name, data_dir=d, file_format="array_record"),
+                kwargs["data_dir"],
+                kwargs["download"],
+            )
+            return builder.as_data_source(split=split)
         return tfds.data_source(name, **kwargs)
     except tfds.core.registered.DatasetNotFoundError:
         _import_legacy_builders()
@@ -347,8 +378,9 @@ def _local_source(cfg, split, objective, roles) -> Source:
         raise DataError(f"data.files: no files for split {tfds_split!r} (have {', '.join(files)})")
     chosen = {**LOCAL_FIELDS[fmt], **dict(cfg.get("fields") or {})}
     options = _local_options(cfg, fmt, roles, chosen)
-    builder = builders.BUILDERS[fmt](files=files, data_dir=data_dir(cfg), **options)
-    builders.prepare(builder)
+    builder = _prepared(
+        lambda d: builders.BUILDERS[fmt](files=files, data_dir=d, **options), data_dir(cfg)
+    )
     records = builder.as_data_source(split=tfds_split)
     features = builder.info.features
     available = list(features.keys())

@@ -19,6 +19,7 @@ local files (a tokenizer's `save`) write into `local_dir(path)`, which copies th
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import shutil
 import tempfile
@@ -31,6 +32,10 @@ from etils import epath
 from models.errors import UserError
 
 SCHEMES = {"gs://": "gcsfs"}  # scheme -> the package epath reads it with
+# gcsfs warns at every access to a bucket whose type it cannot look up (an emulator, or
+# credentials without storage.buckets.get) and then goes on: here, in every process that reads
+# buckets (the data workers too), that is noise.
+logging.getLogger("gcsfs").setLevel(logging.ERROR)
 
 
 def is_remote(name: str | os.PathLike) -> bool:

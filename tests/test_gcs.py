@@ -114,6 +114,23 @@ def test_evaluate_predict_and_convert_read_and_write_a_bucket(runs, tmp_path):
     assert "from gs://runs/hf" in tuned.stderr
 
 
+def test_data_dir_on_a_bucket_prepares_there_once_and_reads_from_it(gcs, runs, tmp_path):
+    """data.data_dir=gs://...: the default corpus is prepared once (locally, then copied up)
+    and read from the bucket, and the run's losses are the local run's."""
+    from etils import epath
+
+    data = gcs.bucket("datasets") + "/tfds"
+    first = _train(tmp_path / "a", f"--config.data.data_dir={data}")
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert "copying the prepared dataset to gs://datasets/tfds/" in first.stderr
+    infos = [p for p in epath.Path(data).glob("*/*/*/dataset_info.json")]
+    assert len(infos) == 1, list(epath.Path(data).iterdir())
+    again = _train(tmp_path / "b", f"--config.data.data_dir={data}")
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "copying the prepared dataset" not in again.stderr  # read where it is
+    assert _losses(tmp_path / "a") == _losses(tmp_path / "b") == _losses(runs[1])
+
+
 def test_a_missing_bucket_is_one_line(gcs):
     result = _train("gs://no-such-bucket/run")
     assert result.returncode == 2

@@ -50,9 +50,6 @@ def main(argv, spec: str, overrides) -> int:
     )
     for noisy in ("absl", "jax._src", "orbax", "tensorflow_datasets"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    # gcsfs warns on every access to a bucket whose type it cannot look up (an emulator, or
-    # credentials without storage.buckets.get), and then goes on
-    logging.getLogger("gcsfs").setLevel(logging.ERROR)
     config = cli.apply_overrides(cli.load_config(spec), overrides)
 
     from train import distributed

@@ -107,7 +107,7 @@ def evaluate_dir(
 def quiet_libraries() -> None:
     """Keeps absl/orbax/TFDS chatter off the terminal (our own warnings still show)."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    for noisy in ("absl", "orbax", "jax._src", "tensorflow_datasets", "gcsfs"):
+    for noisy in ("absl", "orbax", "jax._src", "tensorflow_datasets"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
 
 
