@@ -1,7 +1,7 @@
 """Ahead-of-time memory and speed plan for a training config on a mesh of N devices.
 
     python -m launch.plan --config configs/gpt_lm.py:gpt2 --config.model.name=gpt2-xl \\
-        --devices 8 --mesh data=1,fsdp=8,tensor=1 --chip h100 [--json]
+        --devices 8 --mesh data=1,fsdp=8,tensor=1 --chip h100 [--json] [--out FILE_OR_GS_URL]
 
 The train step of `train/step.py` is compiled ahead of time for N simulated CPU devices
 (`jax.jit(step).lower(abstract state, ShapeDtypeStruct batch, rng).compile()`), nothing is
@@ -34,6 +34,7 @@ from dataclasses import asdict
 
 from absl import flags
 
+from models import paths
 from models.errors import UserError
 from train.flops import six_n_flops, train_flops_per_step
 from train.hardware import CHIPS
@@ -50,6 +51,9 @@ _DEVICES = flags.DEFINE_integer("devices", None, "Number of devices to plan for.
 _MESH = flags.DEFINE_string("mesh", None, "data=..,fsdp=..,tensor=.. (default: config.mesh)")
 _CHIP = flags.DEFINE_enum("chip", "h100", list(CHIPS), "Accelerator for memory and speed.")
 _JSON = flags.DEFINE_bool("json", False, "Print the report as JSON.")
+_OUT = flags.DEFINE_string(
+    "out", None, "Also write the JSON report to this file, local or gs:// (e.g. beside the run)."
+)
 
 
 class PlanError(UserError):
@@ -412,6 +416,10 @@ def main(argv, spec: str, overrides) -> int:
     sizes = parse_mesh(_MESH.value) if _MESH.value else None
     report = plan(config, _DEVICES.value, sizes, _CHIP.value, name=spec)
     print(json.dumps(report, indent=2) if _JSON.value else format_report(report))
+    if _OUT.value:
+        out = paths.resolve(_OUT.value)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(report, indent=2))
     return 0
 
 

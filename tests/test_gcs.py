@@ -131,6 +131,17 @@ def test_data_dir_on_a_bucket_prepares_there_once_and_reads_from_it(gcs, runs, t
     assert _losses(tmp_path / "a") == _losses(tmp_path / "b") == _losses(runs[1])
 
 
+def test_the_plan_is_written_to_a_bucket(gcs):
+    out = gcs.bucket("plans") + "/smoke.json"
+    config = ["--config", str(ROOT / "configs" / "gpt_lm.py") + ":smoke", "--devices", "2"]
+    result = _cli("launch.plan", *config, "--json", "--out", out)
+    assert result.returncode == 0, result.stderr[-2000:]
+    from etils import epath
+
+    written = json.loads(epath.Path(out).read_text())
+    assert written == json.loads(result.stdout) and written["devices"] == 2
+
+
 def test_a_missing_bucket_is_one_line(gcs):
     result = _train("gs://no-such-bucket/run")
     assert result.returncode == 2
