@@ -374,8 +374,9 @@ def test_cli_rejects_an_unknown_reference(capsys):
 
 def test_real_data_times_the_pipeline_next_to_synthetic_tokens(tmp_path, monkeypatch, capsys):
     """`--data real`: the config's own pipeline feeds the step. A pipeline slowed on purpose
-    (0.3 s a batch, the step a few ms) shows as a data stall near 1 and a large slowdown; the
-    same run unslowed does not."""
+    (0.6 s a batch, the step a few ms) shows as a data stall near 1 and a large slowdown; the
+    same run unslowed does not. The bounds leave room for a loaded machine (CI), where a step
+    can take ten times as long."""
     from data import pipeline
 
     def run(delay: float) -> dict:
@@ -392,15 +393,15 @@ def test_real_data_times_the_pipeline_next_to_synthetic_tokens(tmp_path, monkeyp
     built = pipeline.BatchIterator.__next__
 
     def slow(self):
-        time.sleep(0.3)
+        time.sleep(0.6)
         return built(self)
 
     monkeypatch.setattr(pipeline.BatchIterator, "__next__", slow)
-    slowed = run(0.3)
+    slowed = run(0.6)
     assert "real data" in capsys.readouterr().out
     for r in (fast, slowed):
         assert r["objective"] == "clm" and r["tokens_per_step"] == r["batch"] * r["seq_len"]
         assert r["real_tokens_per_s"] > 0 and r["synthetic_tokens_per_s"] > 0
-    assert slowed["data_stall_share"] > 0.8 and slowed["input_slowdown"] > 5
+    assert slowed["data_stall_share"] > 0.6 and slowed["input_slowdown"] > 2.5
     assert fast["data_stall_share"] < slowed["data_stall_share"] / 2
-    assert slowed["synthetic_tokens_per_s"] > 5 * slowed["real_tokens_per_s"]
+    assert slowed["synthetic_tokens_per_s"] > 2.5 * slowed["real_tokens_per_s"]
