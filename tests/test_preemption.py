@@ -1,6 +1,7 @@
 """Preemption agreed across hosts: SIGTERM to any one process of a 2-process run makes both
 save the same step and exit 0, and the restarted run continues exactly like one that was never
-interrupted. A process killed outright ends the other with one line, keeping the checkpoint."""
+interrupted. A process killed outright, or hung, ends the other with one line, keeping the
+checkpoint."""
 
 import json
 import os
@@ -33,12 +34,12 @@ def _env() -> dict:
     return env
 
 
-def _launch(workdir: Path, *flags: str, grace: int = 5) -> subprocess.Popen:
+def _launch(workdir: Path, *flags: str, grace: int = 5, **env: str) -> subprocess.Popen:
     command = [sys.executable, "-m", "train", *FLAGS, *flags, "--workdir", str(workdir)]
     launcher = [sys.executable, "-m", "launch.local", "-n", "2", "--devices-per-process", "1"]
     return subprocess.Popen(
         [*launcher, "--grace", str(grace), "--", *command],
-        env=_env(),
+        env={**_env(), **env},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -132,4 +133,34 @@ def test_a_killed_process_ends_the_other_with_one_line(tmp_path, uninterrupted):
     assert "Traceback" not in out and "Check failure" not in out
     saved = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
     assert saved and saved[-1] >= 40
+    _assert_continues(workdir, saved[-1], uninterrupted)
+
+
+@pytest.mark.slow
+def test_a_hung_process_ends_the_other_with_one_line(tmp_path, uninterrupted):
+    """A process that stops answering (SIGSTOP: a hung host, its collectives blocked rather than
+    failed) ends the other within TRIPTYCH_PEER_TIMEOUT, not JAX's 100 s heartbeat abort."""
+    workdir = tmp_path / "run"
+    flag = "--config.checkpoint_every_steps=20"
+    proc = _launch(workdir, flag, grace=300, TRIPTYCH_PEER_TIMEOUT="10")
+    deadline = time.time() + 300
+    while not (workdir / "checkpoints" / "40").exists():
+        assert proc.poll() is None and time.time() < deadline, proc.stdout.read()[-3000:]
+        time.sleep(0.05)
+    hung, other = _process(proc.pid, 1), _process(proc.pid, 0)
+    os.kill(hung, signal.SIGSTOP)
+    stopped = time.time()
+    try:
+        while Path(f"/proc/{other}").exists() and time.time() - stopped < 90:
+            time.sleep(0.2)  # the launcher reaps process 0 when it exits
+        waited = time.time() - stopped
+    finally:
+        os.kill(hung, signal.SIGKILL)  # SIGTERM cannot reach a stopped process
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 1 and waited < 60, out[-3000:]
+    errors = [line for line in out.splitlines() if line.startswith("[0] error:")]
+    assert len(errors) == 1, out[-3000:]
+    assert "process 1 has not answered for 10s" in errors[0]
+    assert "Traceback" not in out and "Check failure" not in out
+    saved = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
     _assert_continues(workdir, saved[-1], uninterrupted)

@@ -234,12 +234,17 @@ def peer_failures_end_the_process():
             raise
         first = text.splitlines()[0][:300]
         who = f"process {jax.process_index()} of {jax.process_count()}"
-        report(
-            f"{who}: another process of this run stopped ({first}); the last complete "
-            "checkpoint is kept: restart every process to resume from it"
-        )
-        logging.shutdown()
-        os._exit(1)
+        _lost(f"{who}: another process of this run stopped ({first})")
+
+
+def _lost(message: str) -> None:
+    """One line, exit status 1, at once: the process may be blocked in a collective, and a
+    normal exit would wait in `jax.distributed.shutdown`'s barrier for the lost process."""
+    report(
+        f"{message}; the last complete checkpoint is kept: restart every process to resume from it"
+    )
+    logging.shutdown()
+    os._exit(1)
 
 
 def config_hash(config) -> str:
@@ -430,6 +435,75 @@ class AgreedWidths:
             self._client.key_value_delete(f"{self._name}/{self._round - 2}/{self._me}")
         self._round += 1
         return tuple(max(column) for column in zip(*every))
+
+
+class PeerWatch:
+    """Ends this process with one line when another process of the run stops answering.
+
+    A host that hangs (a stuck collective on NCCL, a stopped or lost machine) would otherwise
+    leave the others blocked until JAX's coordination service misses its heartbeats (100 s)
+    and aborts them with a C++ stack trace. While the loop trains, every process bumps a
+    counter in the coordination service's key-value store every `every_s` seconds and watches
+    the others'; one that has not moved for `timeout_s` (`TRIPTYCH_PEER_TIMEOUT`, default 60;
+    0 turns the watch off) ends this process: one error line, exit status 1, the checkpoint
+    directory untouched. A process that holds the GIL keeps answering: compilation releases it.
+    """
+
+    def __init__(self, timeout_s: float | None = None, every_s: float = 2.0):
+        import jax
+
+        if timeout_s is None:
+            timeout_s = float(os.environ.get("TRIPTYCH_PEER_TIMEOUT", 60))
+        self.timeout_s, self.every_s = timeout_s, every_s
+        self._me, self._count = jax.process_index(), jax.process_count()
+        self._stop = threading.Event()
+        self._thread = None
+
+    def __enter__(self):
+        if self._count > 1 and self.timeout_s > 0:
+            from jax._src import distributed as jax_distributed
+
+            client = jax_distributed.global_state.client
+            self._thread = threading.Thread(
+                target=self._watch, args=(client,), daemon=True, name="peer-watch"
+            )
+            self._thread.start()
+        return self
+
+    def _watch(self, client) -> None:
+        who = f"process {self._me} of {self._count}"
+        seen = {i: (None, time.monotonic()) for i in range(self._count) if i != self._me}
+        beat = 0
+        while not self._stop.wait(self.every_s if beat else 0):
+            try:
+                client.key_value_set(f"triptych/alive/{self._me}", str(beat), allow_overwrite=True)
+                values = {i: _try_get(client, f"triptych/alive/{i}") for i in seen}
+            except Exception:  # the coordinator (process 0) is gone
+                _lost(f"{who}: lost the coordinator (process 0)")
+            beat += 1
+            now = time.monotonic()
+            for i, value in values.items():
+                if value != seen[i][0]:
+                    seen[i] = (value, now)
+                elif now - seen[i][1] > self.timeout_s:
+                    _lost(
+                        f"{who}: process {i} has not answered for {self.timeout_s:.0f}s (hung, "
+                        "or its host is lost)"
+                    )
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+
+def _try_get(client, key: str) -> str | None:
+    try:
+        return client.key_value_try_get(key)
+    except Exception as error:  # not written yet
+        if "not found" in str(error).lower():
+            return None
+        raise
 
 
 def width_agreement(data) -> AgreedWidths | None:

@@ -556,7 +556,11 @@ def _train_and_evaluate(config, workdir, clock: Clock, cache) -> dict:
     writer = MetricWriter(workdir, enabled=jax.process_index() == 0)
     carbon = CarbonTracker(config.get("carbon"))
     carbon.start()
-    with distributed.Preemption() as preemption, partitioning.activate(run.mesh, run.rules):
+    with (
+        distributed.Preemption() as preemption,
+        distributed.PeerWatch(),
+        partitioning.activate(run.mesh, run.rules),
+    ):
         progress = _Progress(run, int(run.state.step))
         try:
             _train_steps(run, progress, writer, preemption, clock)
