@@ -29,6 +29,7 @@ import logging
 import os
 import signal
 import socket
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -240,6 +241,7 @@ def peer_failures_end_the_process():
 def _lost(message: str) -> None:
     """One line, exit status 1, at once: the process may be blocked in a collective, and a
     normal exit would wait in `jax.distributed.shutdown`'s barrier for the lost process."""
+    sys.stderr.write("\n")  # the progress bar may be mid-line (the watch thread ends it)
     report(
         f"{message}; the last complete checkpoint is kept: restart every process to resume from it"
     )
