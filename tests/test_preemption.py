@@ -129,7 +129,12 @@ def test_a_killed_process_ends_the_other_with_one_line(tmp_path, uninterrupted):
     assert proc.returncode != 0 and time.time() - killed < 120, out[-3000:]
     errors = [line for line in out.splitlines() if line.startswith("[0] error:")]
     assert len(errors) == 1, out[-3000:]
-    assert "another process of this run stopped" in errors[0]
+    # the survivor's next collective fails, or, where that collective blocks instead (under load
+    # Gloo may wait on the lost peer), the peer watch ends it: either way one line, well in time
+    assert (
+        "another process of this run stopped" in errors[0]
+        or "process 1 has not answered for 60s" in errors[0]
+    ), errors[0]
     assert "Traceback" not in out and "Check failure" not in out
     saved = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
     assert saved and saved[-1] >= 40
