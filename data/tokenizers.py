@@ -27,7 +27,7 @@ import tokenizers
 from tokenizers import decoders, models, normalizers, pre_tokenizers, trainers
 
 from data.errors import DataError
-from models import paths
+from models import hub, paths
 
 ROLES = ("pad", "unk", "bos", "eos", "cls", "sep", "mask")
 KINDS = ("bpe", "wordpiece", "unigram")
@@ -280,7 +280,7 @@ def find_tokenizer(directory: str | None) -> str | None:
     its `tokenizer/` subfolder (a workdir or converted checkpoint); None if there is none."""
     if not directory:
         return None
-    root = paths.resolve(directory)
+    root = paths.resolve(hub.resolve(directory, "init_from"))
     for folder in (root, root / "tokenizer"):
         if any((folder / f).exists() for f in TOKENIZER_FILES):
             return str(folder)
@@ -291,8 +291,8 @@ def load_tokenizer(path: str, family: str | None = None) -> Tokenizer:
     """Loads a tokenizer saved by `Tokenizer.save` or a Hugging Face model directory.
 
     Args:
-      path: a directory (with tokenizer.json, vocab.txt, vocab.json + merges.txt or spiece.model)
-        or one of those files.
+      path: a directory (with tokenizer.json, vocab.txt, vocab.json + merges.txt or spiece.model),
+        one of those files, or a Hugging Face Hub id (`org/name[@revision]`).
       family: override the family; by default it is read from tokenizer_config.json
         (`family`), config.json (`model_type`) or guessed from the special tokens.
 
@@ -302,6 +302,7 @@ def load_tokenizer(path: str, family: str | None = None) -> Tokenizer:
     Raises:
       DataError: nothing loadable is there.
     """
+    path = hub.resolve(path, "tokenizer.path", model=False)  # a Hub id: its cached snapshot
     if paths.is_remote(path):  # read from a local copy of the folder's files
         remote = paths.resolve(path)
         folder, name = (remote, None) if remote.is_dir() else (remote.parent, remote.name)

@@ -171,6 +171,7 @@ class CarbonTracker:
             "duration_s": seconds,
             "platform": self._platform,
             "device_kind": self._kind,
+            "devices": self._chips,
         }
         if not s["enabled"]:
             self._result = dict(base, energy_kwh=None, emissions_kg_co2eq=None, method="disabled")
@@ -217,6 +218,7 @@ class CarbonTracker:
             "ram_energy_kwh": _finite(data.ram_energy),
             "cpu_power_w": _finite(data.cpu_power),
             "cpu_tdp_w": tdp,
+            "cpu_model": data.cpu_model,
             "grid_intensity_kg_per_kwh": _intensity(data),
             "codecarbon": data.codecarbon_version,
         }
@@ -271,3 +273,78 @@ def _finite(x) -> float:
     if not math.isfinite(x) or x < 0:
         raise ValueError(f"codecarbon returned {x}")
     return x
+
+
+def calculator_estimate(facts: dict[str, Any]) -> dict[str, Any]:
+    """The ML CO2 Impact calculator's figure for a run (Lacoste et al. 2019,
+    https://mlco2.github.io/impact): devices x the hardware's published power x hours x PUE x
+    the region's grid intensity. The power is the chip's TDP from train.hardware.CHIPS (or
+    `carbon.chip_tdp_w`), or for a CPU run the CPU TDP codecarbon looked up; None where no
+    power is known."""
+    run, carbon = facts.get("run") or {}, facts.get("carbon") or {}
+    settings = _settings(run.get("carbon"))
+    hours = float((facts.get("totals") or {}).get("wall_time_s") or 0.0) / 3600.0
+    count = int(carbon.get("devices") or 1)
+    if carbon.get("platform") == "cpu":
+        watts, what, count = carbon.get("cpu_tdp_w"), "CPU TDP (codecarbon's table)", 1
+    else:
+        chip = hardware.chip_of(carbon.get("device_kind") or "")
+        watts = settings["chip_tdp_w"] or (chip.tdp_w if chip else None)
+        what = f"{carbon.get('device_kind')} TDP"
+    if watts is None:
+        return {"energy_kwh": None, "emissions_kg_co2eq": None, "how": "no published power"}
+    intensity = grid_intensity_kg_per_kwh(settings["country_iso_code"])
+    energy = count * float(watts) * hours * float(settings["pue"]) / 1000.0
+    return {
+        "energy_kwh": energy,
+        "emissions_kg_co2eq": energy * intensity,
+        "how": (
+            f"{count} x {float(watts):g} W ({what}) x {hours:.3g} h x PUE "
+            f"{float(settings['pue']):g} x {intensity:.3g} kg/kWh ({settings['country_iso_code']})"
+        ),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m train.carbon --workdir DIR`: the run's measured footprint beside the ML CO2
+    Impact calculator's estimate."""
+    from models.errors import ArgumentParser, one_line_errors
+    from train import card
+
+    @one_line_errors
+    def run(argv):
+        parser = ArgumentParser(
+            prog="python -m train.carbon", description=main.__doc__.split(":")[0]
+        )
+        parser.add_argument("--workdir", required=True, help="a training workdir (local or gs://)")
+        args = parser.parse_args(argv)
+        facts = card.workdir_facts(args.workdir)
+        totals, carbon = facts.get("totals") or {}, facts.get("carbon") or {}
+        estimate = calculator_estimate(facts)
+
+        def cell(x, scale=1.0):
+            return f"{x * scale:>12.4g}" if x is not None else f"{'-':>12}"
+
+        print(
+            f"{args.workdir}: step {facts['step']}, {totals.get('segments', 1)} segment(s), "
+            f"{float(totals.get('wall_time_s') or 0) / 3600:.3g} h"
+        )
+        print(f"{'':34}{'energy kWh':>12}{'g CO2eq':>12}  how")
+        measured = f"measured ({carbon.get('method', 'not measured')})"
+        print(
+            f"{measured:34}{cell(totals.get('energy_kwh'))}"
+            f"{cell(totals.get('emissions_kg_co2eq'), 1000.0)}  {carbon.get('notes', '')}"
+        )
+        print(
+            f"{'ML CO2 Impact estimate':34}{cell(estimate['energy_kwh'])}"
+            f"{cell(estimate['emissions_kg_co2eq'], 1000.0)}  {estimate['how']}"
+        )
+        return 0
+
+    return run(argv)
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main())

@@ -4,20 +4,26 @@
 
     python -m train.convert --from-hf HF_DIR --to OUR_DIR          # Hugging Face -> Triptych
     python -m train.convert --from WORKDIR_OR_DIR --to-hf HF_DIR   # Triptych -> Hugging Face
+    python -m train.convert --from WORKDIR --to-hf HF_DIR --push-to-hub ORG/NAME [--private]
 
 A Triptych checkpoint directory holds `model_config.json` and `params/` (Orbax); `--from` also
 takes a training workdir (its latest checkpoint). Tokenizer files found beside the weights are
-copied along. Every directory may be local or on a bucket (`gs://BUCKET/...`).
+copied along, and every `--to-hf` export gets a model card (README.md: architecture, base model,
+data, eval metrics, config and `co2_eq_emissions`; train/card.py). `--from-hf` also takes a Hub
+id (`org/name[@revision]`, through the Hugging Face cache). Every directory may be local or on a
+bucket (`gs://BUCKET/...`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 import sys
 
-from models import hf, paths
+from models import hf, hub, paths
 from models.config import ConfigError, ModelConfig
 from models.errors import ArgumentParser, one_line_errors
+from train import card
 from train.checkpoint import load_params, save_params
 
 _TOKENIZER_FILES = (
@@ -46,22 +52,74 @@ def convert(args) -> int:
     if args.from_hf:
         if not args.to:
             raise ConfigError("--from-hf needs --to DIR (where the Triptych checkpoint goes)")
-        with paths.local_copy(args.from_hf, files_only=True) as local:
-            config, params = hf.load_pretrained(local)
+        hid = hub.hub_id(args.from_hf)
+        source = hub.resolve(args.from_hf, "--from-hf")  # a Hub id: its cached snapshot
+        with paths.local_copy(source, files_only=True) as local:
+            config, params = hf.load_pretrained(local, **({"name": hid.name} if hid else {}))
         out = save_params(args.to, dataclasses.asdict(config), params)
-        _copy_tokenizer(args.from_hf, out)
+        _copy_tokenizer(source, out)
+        card.write_conversion_card(out, args.from_hf, source)
         print(f"{config.name} ({config.family}) -> {out}")
         return 0
     if not args.to_hf:
         raise ConfigError("--from needs --to-hf DIR (where the Hugging Face checkpoint goes)")
-    config_dict, params = load_params(args.source)
+    config, target = save_pretrained(
+        args.source, args.to_hf, push_to_hub=args.push_to_hub, private=args.private
+    )
+    print(f"{config.name} ({config.family}) -> {target}")
+    if args.push_to_hub:
+        print(f"uploaded to https://huggingface.co/{args.push_to_hub}")
+    return 0
+
+
+def save_pretrained(source, target, *, push_to_hub: str | None = None, private: bool = False):
+    """Exports `source` (a training workdir's latest checkpoint, or a converted directory) as a
+    Hugging Face directory `target` (local or `gs://`): config.json, model.safetensors, the
+    tokenizer files and a model card (README.md, train/card.py). `push_to_hub` also uploads
+    it to that Hub repo (created if missing; `private` makes a new one private).
+
+    Returns:
+      (the ModelConfig, the target path).
+    """
+    if push_to_hub:
+        _check_push(push_to_hub)
+    config_dict, params = load_params(source)
     config = ModelConfig.from_dict(config_dict)
-    target = paths.resolve(args.to_hf)
+    target = paths.resolve(target)
     with paths.local_dir(target) as local:  # copied to a bucket at the end
         hf.save_pretrained(config, params, local)
-        _copy_tokenizer(args.source, local)
-    print(f"{config.name} ({config.family}) -> {target}")
-    return 0
+        _copy_tokenizer(source, local)
+        card.model_card(config, params, source).save(os.path.join(local, "README.md"))
+        if push_to_hub:
+            _push(local, push_to_hub, private)
+    return config, target
+
+
+def _check_push(repo: str) -> None:
+    """One line for an upload that cannot work, before anything is written."""
+    from huggingface_hub import constants, get_token
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(repo)
+    except HFValidationError:
+        raise ConfigError(
+            f"--push-to-hub {repo!r} is not a Hub repo id; write NAME or ORG/NAME"
+        ) from None
+    if constants.HF_HUB_OFFLINE:
+        raise ConfigError("--push-to-hub needs the network, and HF_HUB_OFFLINE is set")
+    if get_token() is None:
+        raise ConfigError(
+            "--push-to-hub needs a Hugging Face token: run `hf auth login` or set HF_TOKEN"
+        )
+
+
+def _push(folder: str, repo: str, private: bool) -> None:
+    from huggingface_hub import HfApi
+
+    api = HfApi()
+    api.create_repo(repo, private=private, exist_ok=True)
+    api.upload_folder(folder_path=folder, repo_id=repo, commit_message="Upload from Triptych")
 
 
 @one_line_errors
@@ -71,7 +129,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--to", help="the Triptych checkpoint directory to write")
     parser.add_argument("--from", dest="source", help="a Triptych checkpoint dir or workdir")
     parser.add_argument("--to-hf", help="the Hugging Face directory to write")
-    return convert(parser.parse_args(argv))
+    parser.add_argument(
+        "--push-to-hub", metavar="REPO", help="with --to-hf: also upload it to this Hub repo"
+    )
+    parser.add_argument(
+        "--private", action="store_true", help="with --push-to-hub: a new repo is private"
+    )
+    args = parser.parse_args(argv)
+    if args.private and not args.push_to_hub:
+        raise ConfigError("--private goes with --push-to-hub REPO")
+    if args.push_to_hub and not args.to_hf:
+        raise ConfigError("--push-to-hub goes with --from DIR --to-hf DIR")
+    return convert(args)
 
 
 if __name__ == "__main__":

@@ -96,7 +96,9 @@ class Ledger:
     A segment that was killed is known up to its last checkpoint; the log windows it wrote
     after that (metrics.jsonl's `segment_wall_s`) extend its wall time, and that tail counts as
     `lost`: its steps are done again. A killed segment's energy is unknown (None), since the
-    carbon tracker reports only when it stops.
+    carbon tracker reports only when it stops; a segment that ended (its steps done, or
+    preempted) logged its energy and emissions as its last metrics.jsonl record, and those
+    enter the ledger when the next segment starts.
     """
 
     def __init__(self, segments: list[dict] | None = None):
@@ -110,13 +112,18 @@ class Ledger:
         if ledger.segments:
             last = ledger.segments[-1]
             index = len(ledger.segments) - 1
-            walls = [r["segment_wall_s"] for r in logged if r.get("segment") == index]
+            mine = [r for r in logged if r.get("segment") == index]
+            walls = [r["segment_wall_s"] for r in mine if "segment_wall_s" in r]
             tail = max(walls, default=0.0) - last["wall_time_s"]
+            ended = [r for r in mine if "carbon/energy_kwh" in r]
             if tail > 0:
                 last["wall_time_s"] += tail
                 last["time_breakdown_s"] = {**last["time_breakdown_s"]}
                 last["time_breakdown_s"]["lost"] += tail
                 last["energy_kwh"] = last["emissions_kg_co2eq"] = None
+            elif ended:  # it ended at this checkpoint and measured itself
+                last["energy_kwh"] = ended[-1]["carbon/energy_kwh"]
+                last["emissions_kg_co2eq"] = ended[-1]["carbon/emissions_kg_co2eq"]
         return ledger
 
     @property

@@ -30,8 +30,9 @@ class Chip:
       hbm_bytes: memory per chip.
       hbm_bandwidth: bytes/s.
       link_bandwidth: bytes/s per chip, one direction (NVLink / ICI).
-      tdp_w: thermal design power in watts, where the vendor publishes one for the chip alone
-        (NVIDIA's GPUs are measured by codecarbon instead, so theirs is not needed).
+      tdp_w: thermal design power in watts, where the vendor publishes one for the chip alone:
+        the power of the ML CO2 Impact estimate (`python -m train.carbon`), and of TPU runs,
+        whose power codecarbon cannot read (NVIDIA GPUs are measured through NVML).
     """
 
     name: str
@@ -52,14 +53,18 @@ class Chip:
 CHIPS = {
     # NVIDIA H100 SXM5 datasheet: 989.4 TFLOP/s BF16 and 494.7 TFLOP/s TF32 dense (half the
     # "with sparsity" numbers), 80 GB HBM3 at 3.35 TB/s, NVLink 4 900 GB/s bidirectional.
-    # https://www.nvidia.com/en-us/data-center/h100/
-    "h100": Chip("NVIDIA H100 SXM 80GB", ("H100",), 989.4e12, 494.7e12, 80e9, 3.35e12, 450e9),
-    # NVIDIA H200 SXM datasheet: same compute as H100, 141 GB HBM3e at 4.8 TB/s, NVLink 900 GB/s.
-    # https://www.nvidia.com/en-us/data-center/h200/
-    "h200": Chip("NVIDIA H200 SXM 141GB", ("H200",), 989.4e12, 494.7e12, 141e9, 4.8e12, 450e9),
+    # https://www.nvidia.com/en-us/data-center/h100/ (max TDP "up to 700 W" for the SXM part)
+    "h100": Chip(
+        "NVIDIA H100 SXM 80GB", ("H100",), 989.4e12, 494.7e12, 80e9, 3.35e12, 450e9, 700.0
+    ),
+    # NVIDIA H200 SXM datasheet: same compute as H100, 141 GB HBM3e at 4.8 TB/s, NVLink 900 GB/s,
+    # max TDP up to 700 W. https://www.nvidia.com/en-us/data-center/h200/
+    "h200": Chip(
+        "NVIDIA H200 SXM 141GB", ("H200",), 989.4e12, 494.7e12, 141e9, 4.8e12, 450e9, 700.0
+    ),
     # NVIDIA A100 SXM 80GB datasheet: 312 TFLOP/s BF16, 156 TFLOP/s TF32, 2,039 GB/s HBM2e,
-    # NVLink 3 600 GB/s bidirectional. https://www.nvidia.com/en-us/data-center/a100/
-    "a100": Chip("NVIDIA A100 SXM 80GB", ("A100",), 312e12, 156e12, 80e9, 2.039e12, 300e9),
+    # NVLink 3 600 GB/s bidirectional, max TDP 400 W. https://www.nvidia.com/en-us/data-center/a100/
+    "a100": Chip("NVIDIA A100 SXM 80GB", ("A100",), 312e12, 156e12, 80e9, 2.039e12, 300e9, 400.0),
     # Cloud TPU v4: 275 TFLOP/s bf16, 32 GiB HBM2 at 1,200 GB/s; ICI ~2,400 Gbps per chip.
     # https://cloud.google.com/tpu/docs/v4. Power 192 W maximum (mean 170 W): Jouppi et al.,
     # "TPU v4: An Optically Reconfigurable Supercomputer" (ISCA 2023); Google publishes none for

@@ -576,6 +576,7 @@ def _train_and_evaluate(config, workdir, clock: Clock, cache) -> dict:
             {
                 "carbon/energy_kwh": footprint["energy_kwh"],
                 "carbon/emissions_kg_co2eq": footprint["emissions_kg_co2eq"],
+                "segment": run.ledger.index,  # Ledger.resume reads it back after a restart
             },
         )
     summary = _summary(run, progress, clock, footprint, preemption.requested)

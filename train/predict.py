@@ -24,6 +24,7 @@ import json
 import sys
 
 from models.errors import ArgumentParser, one_line_errors
+from train.checkpoint import CheckpointError
 from train.tasks import TASKS, LoadedModel, load
 
 
@@ -38,6 +39,11 @@ def default_task(m: LoadedModel) -> str:
         return "fill-mask"
     if cfg.family == "decoder":
         return "text-generation"
+    if cfg.family == "encoder":  # a bare encoder (head 'none') predicts nothing by itself
+        raise CheckpointError(
+            f"{m.source} is an encoder without a task head (head='none'): fine-tune it "
+            "(init_from, with a classification or NER config) and predict with that workdir"
+        )
     task = m.run_config.get("task", "") if m.run_config is not None else ""
     return task if task in ("translation", "summarization") else "translation"
 

@@ -11,7 +11,7 @@ import ml_collections
 
 import models
 from data.tokenizers import Tokenizer, find_tokenizer, load_tokenizer
-from models import paths
+from models import hub, paths
 from train.checkpoint import (
     WORKDIR,
     Checkpointer,
@@ -46,7 +46,8 @@ def load(directory: str | Path, step: int | str | None = None) -> LoadedModel:
     Raises:
       CheckpointError: the directory holds none of these, or the step does not exist.
     """
-    directory = paths.resolve(directory)
+    source = directory  # a Hub id stays the model's name
+    directory = paths.resolve(hub.resolve(directory, "--workdir"))
     run_config = labels = tags = None
     if directory_kind(directory) == WORKDIR:
         saved = json.loads((directory / "config.json").read_text())
@@ -69,12 +70,12 @@ def load(directory: str | Path, step: int | str | None = None) -> LoadedModel:
 
         if step is not None:
             raise CheckpointError(f"{directory} is not a training workdir; it has no steps")
-        model_config, params = load_pretrained(directory)
+        model_config, params = load_pretrained(source)
         if (directory / "config.json").exists():
             names = _hf_label_names(directory)
             labels = names if model_config.head == "classification" else None
             tags = names if model_config.head == "token_classification" else None
-        where = str(directory)
+        where = str(source) if hub.hub_id(source) else str(directory)
     return LoadedModel(
         model_config=model_config,
         model=models.build(model_config),
