@@ -298,3 +298,34 @@ def test_the_card_of_a_resumed_run_sums_both_segments(tmp_path):
     assert card.data.co2_eq_emissions["emissions"] == pytest.approx(both * 1000.0, rel=1e-12)
     assert card.data.co2_eq_emissions["training_type"] == "pre-training"
     assert card.data.base_model is None and "over 2 segment(s)" in card.text
+
+
+@needs
+def test_tokenizer_path_takes_a_hub_id(home, monkeypatch):
+    from huggingface_hub import constants
+
+    from data.tokenizers import load_tokenizer
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(home / "hub"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    by_id, by_dir = load_tokenizer(REPO), load_tokenizer(MINILM)
+    assert by_id.vocab_size == by_dir.vocab_size == 30522 and by_id.family == "bert"
+    np.testing.assert_array_equal(by_id.encode("Hub names work."), by_dir.encode("Hub names work."))
+
+
+@pytest.mark.parametrize(
+    "flags, env, needle",
+    [
+        (["--push-to-hub", "not a repo!"], {}, "is not a Hub repo id"),
+        (["--push-to-hub", "org/name"], {"HF_HUB_OFFLINE": "1"}, "HF_HUB_OFFLINE is set"),
+        (["--push-to-hub", "org/name"], {"HF_HUB_OFFLINE": "0", "HF_TOKEN": ""}, "needs a token"),
+        (["--private"], {}, "--private goes with --push-to-hub"),
+    ],
+)  # fmt: skip
+def test_push_arguments_are_checked_before_anything_is_written(tmp_path, flags, env, needle):
+    env = dict(_env(tmp_path / "home"), **env)
+    if env.get("HF_TOKEN") == "":  # no token anywhere: none set, none saved under HF_HOME
+        del env["HF_TOKEN"]
+    args = ["-m", "models", "convert", "--from", str(tmp_path), "--to-hf", str(tmp_path / "hf")]
+    _one_line(_run(env, *args, *flags, timeout=120), needle)
+    assert not (tmp_path / "hf").exists()

@@ -109,9 +109,7 @@ def _check_push(repo: str) -> None:
     if constants.HF_HUB_OFFLINE:
         raise ConfigError("--push-to-hub needs the network, and HF_HUB_OFFLINE is set")
     if get_token() is None:
-        raise ConfigError(
-            "--push-to-hub needs a Hugging Face token: run `hf auth login` or set HF_TOKEN"
-        )
+        raise ConfigError("--push-to-hub needs a token: run `hf auth login` or set HF_TOKEN")
 
 
 def _push(folder: str, repo: str, private: bool) -> None:
