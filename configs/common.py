@@ -8,8 +8,9 @@ Top-level keys:
   log_every_steps, eval_every_steps, eval_batches, checkpoint_every_steps, keep_checkpoints,
   best_metric (an eval metric whose best checkpoint is kept too, '' = off), async_checkpoints,
   label_smoothing, z_loss, dropout, sample_tokens (tokens generated at the end; 0 = none),
-  init_from (start from pretrained weights: a `python -m models convert` directory, a training
-  workdir or a Hugging Face directory; the run's `model` fields, e.g. a new head, apply on top),
+  init_from (start from pretrained weights: a Hugging Face Hub id or directory, a `python -m
+  models convert` directory or a training workdir; the run's `model` fields, e.g. a new head,
+  apply on top),
   task (classification | ner | translation | summarization: the task metric added to every eval,
   e.g. eval_accuracy, eval_entity_f1, eval_bleu, eval_rouge2; '' = losses only),
   eval_task_examples (validation examples the task metric scores at each eval; 0 = all)
@@ -26,6 +27,8 @@ Sections:
   mesh       data, fsdp, tensor sizes; -1 = the remaining devices.
   partitioning_rules  logical axis -> mesh axes, e.g. [["batch", ["data", "fsdp"]],
              ["embed", "fsdp"], ["mlp", "tensor"], ...]; () = train.partitioning.DEFAULT_RULES.
+  lora       low-rank adapters (train/lora.py): rank (0 = off), alpha, dropout, targets (regexes
+             over layer paths; () = the family default), train_head.
   decode     generation for task metrics and `python -m train.predict`: beams (1 = greedy or
              sampling), length_penalty, max_new_tokens, temperature, top_k, top_p, batch_size.
   carbon     enabled, country_iso_code, pue, chip_tdp_w, utilization (see docs/carbon.md).
@@ -44,7 +47,7 @@ from ml_collections.config_dict import placeholder
 from data.pipeline import default_config as data_defaults
 from models.config import ModelConfig
 from models.errors import UserError
-from train import compilation, optim
+from train import compilation, lora, optim
 from train.tasks import decode_config
 
 _TYPES = {"int": int, "float": float, "bool": bool, "str": str}
@@ -56,7 +59,7 @@ def model_section(name: str, **fields) -> ml_collections.ConfigDict:
     section = ml_collections.ConfigDict()
     section.name = name
     for f in dataclasses.fields(ModelConfig):
-        if f.name == "name":
+        if f.name == "name" or f.name.startswith("lora_"):  # the `lora` section sets those
             continue
         kind = _TYPES[str(f.type).split("|")[0].strip()]
         section[f.name] = fields.pop(f.name) if f.name in fields else placeholder(kind)
@@ -116,6 +119,7 @@ def base_config() -> ml_collections.ConfigDict:
     )
     # JAX's persistent compilation cache (train/compilation.py): '' = WORKDIR/compilation_cache.
     c.compilation_cache = ml_collections.ConfigDict(compilation.DEFAULTS)
+    c.lora = ml_collections.ConfigDict(lora.DEFAULTS)  # train/lora.py; rank 0 = off
     return c
 
 

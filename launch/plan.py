@@ -118,11 +118,16 @@ def _model_config(config):
     class _Vocab:  # the tokenizer the run would train (or load) has this many entries
         vocab_size = config.tokenizer.vocab_size
 
+    from train import lora
+
     if config.tokenizer.path:
         from data.tokenizers import load_tokenizer
 
-        return resolve_model_config(config.model, load_tokenizer(config.tokenizer.path))
-    return resolve_model_config(config.model, _Vocab)
+        model_config = resolve_model_config(config.model, load_tokenizer(config.tokenizer.path))
+    else:
+        model_config = resolve_model_config(config.model, _Vocab)
+    # LoRA: the planned run starts from init_from (whose weights the plan does not read)
+    return lora.configure(config.get("lora"), model_config, config.get("init_from") or "planned")
 
 
 def _bytes_per_device(tree) -> int:
@@ -187,9 +192,13 @@ def plan(
     the report (see the module docstring); `name` is the config's `path[:variant]`."""
     import jax
 
+    from train.state import full_params
+
     compiled, abstract, batch, model_config, mesh = compile_step(config, devices, mesh_sizes)
     cost = compiled.cost_analysis()
     cost = (cost[0] if isinstance(cost, list | tuple) else cost) or {}
+    trained = sum(x.size for x in jax.tree.leaves(abstract.params))
+    abstract = abstract.replace(params=full_params(abstract), frozen=None)  # every weight
     num_params = sum(x.size for x in jax.tree.leaves(abstract.params))
     shape = batch["input_ids"].shape
     target = batch["decoder_input_ids"].shape[1] if "decoder_input_ids" in batch else None
@@ -205,6 +214,8 @@ def plan(
         "config": name,
         "model": model_config.name,
         "params": int(num_params),
+        "trained_params": int(trained),  # fewer with LoRA: adapters (and the head) only
+        "lora_rank": int(model_config.lora_rank),
         "compute_dtype": model_config.dtype,
         "param_dtype": model_config.param_dtype,
         "optimizer": config.optimizer.name,

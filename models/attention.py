@@ -305,6 +305,7 @@ class Attention(nn.Module):
         n, k_heads, h = cfg.num_heads, cfg.kv_heads, cfg.dim_per_head
         proj = functools.partial(
             DenseGeneral,
+            lora=cfg.lora,
             use_bias=cfg.use_bias,
             dtype=dtype,
             param_dtype=param_dtype,

@@ -96,6 +96,16 @@ class ModelConfig:
     scan_layers: bool = False
     remat_policy: str = "none"
 
+    # Low-rank adapters (LoRA, Hu et al. 2021); rank 0 = off. Every dense kernel whose module
+    # path ('encoder/layers_0/self_attention/query') one of `lora_targets` (regexes) finds gets
+    # y += (lora_alpha / lora_rank) * dropout(x) A B, with B = 0 at initialisation (train/lora.py
+    # fills these from the run's `lora` section and freezes everything else).
+    lora_rank: int = 0
+    lora_alpha: float = 16.0
+    lora_dropout: float = 0.0
+    lora_targets: tuple[str, ...] = ()
+    lora_train_head: bool = True  # the task head trains with the adapters
+
     def __post_init__(self):
         _choice("family", self.family, FAMILIES)
         _choice("position", self.position, POSITIONS)
@@ -137,11 +147,20 @@ class ModelConfig:
             raise ConfigError("head='mlm' is for encoder-only models; use head='lm' for decoders")
         if self.type_vocab_size < 0 or self.num_labels <= 0:
             raise ConfigError("type_vocab_size must be >= 0 and num_labels > 0")
-        for field in ("dropout_rate", "attention_dropout_rate"):
+        for field in ("dropout_rate", "attention_dropout_rate", "lora_dropout"):
             if not 0.0 <= getattr(self, field) < 1.0:
                 raise ConfigError(f"{field}={getattr(self, field)} must be in [0, 1)")
+        if self.lora_rank < 0:
+            raise ConfigError(f"lora.rank={self.lora_rank} must be >= 0 (0 turns LoRA off)")
 
     # Derived sizes -------------------------------------------------------------------------------
+
+    @property
+    def lora(self) -> tuple[int, float, float, tuple[str, ...]] | None:
+        """(rank, alpha, dropout, targets) for the dense layers, or None without LoRA."""
+        if not self.lora_rank:
+            return None
+        return (self.lora_rank, self.lora_alpha, self.lora_dropout, tuple(self.lora_targets))
 
     @property
     def kv_heads(self) -> int:
@@ -182,7 +201,10 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
-        return cls().replace(**dict(d))
+        d = dict(d)
+        if "lora_targets" in d:  # a JSON list
+            d["lora_targets"] = tuple(d["lora_targets"])
+        return cls().replace(**d)
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)

@@ -478,6 +478,11 @@ _NOT_FUNCTIONAL = (
     "attention_kernel",
     "scan_layers",
     "remat_policy",
+    "lora_rank",  # adapters are merged into the kernels before an export
+    "lora_alpha",
+    "lora_dropout",
+    "lora_targets",
+    "lora_train_head",
 )
 
 

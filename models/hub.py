@@ -67,7 +67,9 @@ def hub_id(name: str | os.PathLike | None) -> HubId | None:
     return HubId(match["repo"], match["rev"]) if match else None
 
 
-def resolve(name: str | os.PathLike, what: str = "model", model: bool = True) -> str:
+def resolve(
+    name: str | os.PathLike, what: str = "model", model: bool = True, files: list | None = None
+) -> str:
     """`name` as a directory a loader can open: the local snapshot of a Hub id (downloaded when
     it is not cached and the Hub is reachable), else `name` itself (a URL or a local path).
 
@@ -75,7 +77,7 @@ def resolve(name: str | os.PathLike, what: str = "model", model: bool = True) ->
       name: a path, a `gs://` URL or a Hub id.
       what: what the name is for, to start the error line (`init_from`, `--workdir`, ...).
       model: the name is a model (its config.json and weights are needed, and its type is
-        checked); False for a tokenizer alone.
+        checked); False for a tokenizer alone, or for the `files` patterns (a PEFT adapter).
 
     Raises:
       UserError: the id cannot be had (see the module docstring), or it is a model type that
@@ -85,7 +87,7 @@ def resolve(name: str | os.PathLike, what: str = "model", model: bool = True) ->
     if hid is None:
         return os.fspath(name)
     if not model:
-        return _snapshot(hid, what, _TOKENIZER)
+        return _snapshot(hid, what, list(files or _TOKENIZER))
     folder = _snapshot(hid, what, NEEDED)
     if not _has_weights(folder) and _has_config(folder):
         folder = _snapshot(hid, what, ["config.json", *_TORCH])  # a repo without safetensors

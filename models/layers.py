@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import math
+import re
 from collections.abc import Callable, Sequence
 
 import flax.linen as nn
@@ -122,6 +123,9 @@ class DenseGeneral(nn.Module):
     dtype: jnp.dtype = jnp.float32
     param_dtype: jnp.dtype = jnp.float32
     kernel_init: Initializer = nn.initializers.normal(0.02)
+    # ModelConfig.lora: (rank, alpha, dropout, target regexes); the layer adapts itself when a
+    # target matches its module path
+    lora: tuple | None = None
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -144,6 +148,8 @@ class DenseGeneral(nn.Module):
             x.astype(self.dtype).reshape(*lead, math.prod(in_shape)),
             kernel.astype(self.dtype).reshape(math.prod(in_shape), math.prod(features)),
         ).reshape(*lead, *features)
+        if self.lora is not None and lora_targeted(self.path, self.lora[3]):
+            y = y + self._lora(x, in_shape, features)
         if self.use_bias:
             bias = param(
                 self,
@@ -155,6 +161,42 @@ class DenseGeneral(nn.Module):
             )
             y = y + bias.astype(jnp.float32)
         return y.astype(self.dtype)
+
+    def _lora(self, x: jax.Array, in_shape: tuple, features: tuple) -> jax.Array:
+        """(alpha / r) * dropout(x) A B in float32: A (in..., r) takes the kernel's input axes
+        and B (r, features...) its output axes, so both shard like the kernel. A starts as
+        PEFT's (uniform, bound 1/sqrt(fan_in)), B at zero."""
+        rank, alpha, dropout, _ = self.lora
+        fan_in = math.prod(in_shape)
+
+        def a_init(key, shape, dtype):
+            return jax.random.uniform(key, shape, dtype, -1.0, 1.0) / math.sqrt(fan_in)
+
+        a = param(
+            self, "lora_a", a_init, in_shape + (rank,), self.kernel_axes[: self.contract] + (None,),
+            self.param_dtype,
+        )  # fmt: skip
+        b = param(
+            self, "lora_b", nn.initializers.zeros, (rank, *features),
+            (None, *self.kernel_axes[self.contract :]), self.param_dtype,
+        )  # fmt: skip
+        if dropout and self.has_rng("dropout"):  # training: the step passes a dropout key
+            x = nn.Dropout(dropout, deterministic=False)(x)
+        lead = x.shape[: x.ndim - self.contract]
+        h = dot_last_first(
+            x.astype(self.dtype).reshape(*lead, fan_in), a.astype(self.dtype).reshape(fan_in, rank)
+        )
+        d = dot_last_first(
+            h.astype(self.dtype), b.astype(self.dtype).reshape(rank, math.prod(features))
+        )
+        return d.reshape(*lead, *features) * (alpha / rank)
+
+
+def lora_targeted(path: Sequence[str], targets: Sequence[str]) -> bool:
+    """Whether a dense layer at module `path` is adapted: a target regex finds its path
+    ('decoder/layers_0/self_attention/query'; with scanned layers 'decoder/layers/...')."""
+    name = "/".join(path)
+    return any(re.search(t, name) for t in targets)
 
 
 _MATRIX_TILE = 128  # vocabulary padding for 16-bit matrix products (Embed.attend)
@@ -286,6 +328,7 @@ class MLP(nn.Module):
         dense = lambda features, kernel_axes, name: DenseGeneral(  # noqa: E731
             features,
             kernel_axes,
+            lora=cfg.lora,
             use_bias=cfg.use_bias,
             dtype=dtype,
             param_dtype=param_dtype,

@@ -28,7 +28,7 @@ import numpy as np
 
 from models import hub, paths
 from models.config import ModelConfig
-from train.checkpoint import WORKDIR, Checkpointer, CheckpointError, directory_kind
+from train.checkpoint import WORKDIR, directory_kind, latest_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -96,17 +96,7 @@ def workdir_facts(workdir) -> dict[str, Any]:
     """What a training workdir says of its latest checkpoint: the run config, the step, eval
     metrics, and the whole run's totals (summary.json where it describes this checkpoint,
     else the checkpoint's own ledger)."""
-    workdir = paths.resolve(workdir)
-    if directory_kind(workdir) != WORKDIR:
-        raise CheckpointError(f"{workdir} is not a training workdir (it has no checkpoints/)")
-    ckpt = Checkpointer(workdir / "checkpoints", async_save=False)
-    try:
-        step = ckpt.latest_step()
-        saved = ckpt.saved_config(step) or {}
-    finally:
-        ckpt.close()
-    if step is None:
-        raise CheckpointError(f"{workdir / 'checkpoints'} holds no complete checkpoint")
+    workdir, step, saved = latest_checkpoint(workdir)
     summary_file = workdir / "summary.json"
     summary = json.loads(summary_file.read_text()) if summary_file.exists() else {}
     if summary.get("steps") == step and "run" in summary:
@@ -118,7 +108,11 @@ def workdir_facts(workdir) -> dict[str, Any]:
         totals = Ledger(segments[:-1]).totals(segments[-1]) if segments else None
         carbon = summary.get("carbon") or {}
     metrics, eval_step = _metrics_at(workdir, step)
+    model = saved.get("resolved_model") or {}
     return {
+        "lora": {k: model[k] for k in model if k.startswith("lora_")}
+        if model.get("lora_rank")
+        else None,
         "run": saved.get("run") or {},
         "step": step,
         "metrics": metrics,
@@ -295,6 +289,7 @@ def _training_text(facts: dict[str, Any], co2: dict | None, base: dict | None) -
         f"Task `{task}` on {_data_text(run)}: {facts['step']} steps, "
         f"{int(totals.get('tokens', 0)):,} tokens seen, "
         f"{float(totals.get('wall_time_s', 0.0)) / 3600:.3g} h of wall time.",
+        *_lora_text(facts.get("lora"), run.get("init_from")),
         "",
         "## Evaluation",
         "",
@@ -309,6 +304,20 @@ def _training_text(facts: dict[str, Any], co2: dict | None, base: dict | None) -
         "```json",
         json.dumps(run, indent=1, sort_keys=True),
         "```",
+    ]
+
+
+def _lora_text(lora: dict | None, init_from: str | None) -> list[str]:
+    if not lora:
+        return []
+    head = " and the task head" if lora.get("lora_train_head") else ""
+    return [
+        "",
+        f"Fine-tuned with LoRA: rank {lora['lora_rank']}, alpha {lora['lora_alpha']:g}, "
+        f"adapters on the layers matching {', '.join(f'`{t}`' for t in lora['lora_targets'])}"
+        f"{head} trained, every other weight frozen. The training checkpoint stores only "
+        f"the adapters{head} and names its base, `{init_from}`; these weights have the "
+        "adapters merged in (`python -m models convert --to-peft` writes the adapter alone).",
     ]
 
 

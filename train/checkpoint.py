@@ -121,6 +121,10 @@ class Checkpointer:
         metrics: dict | None = None,
     ) -> None:
         """Starts saving `step` (asynchronously when enabled); `wait` blocks until done."""
+        from train.state import SavedState, TrainState
+
+        if isinstance(state, TrainState):  # its frozen base stays out (train/lora.py)
+            state = SavedState.of(state)
         self._manager.save(
             step,
             args=ocp.args.Composite(
@@ -134,7 +138,13 @@ class Checkpointer:
 
     def restore(self, step: int, abstract_state) -> tuple[Any, Any, dict]:
         """(state, data_state, config) of `step`. `abstract_state` holds ShapeDtypeStructs with
-        the target shardings, so a checkpoint restores onto any mesh or device count."""
+        the target shardings, so a checkpoint restores onto any mesh or device count; a
+        `TrainState` comes back with the abstract's `frozen` field (None: the caller fills it)."""
+        from train.state import SavedState, TrainState
+
+        train_state = isinstance(abstract_state, TrainState)
+        if train_state:
+            abstract_state = SavedState.of(abstract_state)
         restored = self._manager.restore(
             step,
             args=ocp.args.Composite(
@@ -143,7 +153,8 @@ class Checkpointer:
                 config=ocp.args.JsonRestore(),
             ),
         )
-        return restored["state"], restored["data"], restored["config"]
+        state = restored["state"].train_state() if train_state else restored["state"]
+        return state, restored["data"], restored["config"]
 
     def saved_config(self, step: int | None = None) -> dict | None:
         """The run config stored with `step` (default: the latest), read without the arrays."""
@@ -179,7 +190,9 @@ def check_same_architecture(saved_model: dict, model: dict, workdir: str | Path)
     diffs = [
         f"{k}: saved {saved_model.get(k)!r} vs now {v!r}"
         for k, v in model.items()
-        if k not in _EXECUTION_FIELDS and k in saved_model and saved_model[k] != v
+        if k not in _EXECUTION_FIELDS
+        and k in saved_model
+        and saved_model[k] != json.loads(json.dumps(v))  # tuples are JSON lists there
     ]
     if diffs:
         raise CheckpointError(
@@ -267,12 +280,34 @@ def load_params(directory: str | Path) -> tuple[dict, Any]:
         step = ckpt.latest_step()
         if step is None:
             raise CheckpointError(f"{directory / 'checkpoints'} holds no complete checkpoint")
-        config = (ckpt.saved_config(step) or {}).get("resolved_model")
+        saved = ckpt.saved_config(step) or {}
+        config = saved.get("resolved_model")
         ckpt.close()
         if not config:
             raise CheckpointError(f"{directory}: checkpoint {step} has no model config")
-        return config, workdir_params(directory, step)
+        from train import lora  # a LoRA checkpoint holds what trained; its base is init_from
+
+        return lora.with_base(config, workdir_params(directory, step), saved.get("run"))
     raise CheckpointError(
         f"{directory} is neither a converted checkpoint (model_config.json + params/) nor a "
         "training workdir (checkpoints/); it is a Hugging Face directory (use --from-hf)"
     )
+
+
+def latest_checkpoint(workdir, what: str = "") -> tuple[epath.Path, int, dict]:
+    """(the workdir path, its latest complete step, the run config saved with it); one error
+    line for a directory that is not a workdir or holds no complete checkpoint. `what` names
+    the command that needs one."""
+    workdir = paths.resolve(workdir)
+    if directory_kind(workdir) != WORKDIR:
+        need = f"{what} needs a training workdir; " if what else ""
+        raise CheckpointError(f"{need}{workdir} is not a training workdir (no checkpoints/)")
+    ckpt = Checkpointer(workdir / "checkpoints", async_save=False)
+    try:
+        step = ckpt.latest_step()
+        saved = (ckpt.saved_config(step) or {}) if step is not None else {}
+    finally:
+        ckpt.close()
+    if step is None:
+        raise CheckpointError(f"{workdir / 'checkpoints'} holds no complete checkpoint")
+    return workdir, step, saved

@@ -23,7 +23,7 @@ import sys
 from models import hf, hub, paths
 from models.config import ConfigError, ModelConfig
 from models.errors import ArgumentParser, one_line_errors
-from train import card
+from train import card, lora
 from train.checkpoint import load_params, save_params
 
 _TOKENIZER_FILES = (
@@ -47,8 +47,16 @@ def _copy_tokenizer(source, dest) -> None:
 
 def convert(args) -> int:
     """Runs one conversion (`args` from `main`'s parser)."""
-    if bool(args.from_hf) == bool(args.source):
-        raise ConfigError("give exactly one of --from-hf DIR or --from DIR")
+    if sum(map(bool, (args.from_hf, args.source, args.from_peft))) != 1:
+        raise ConfigError("give exactly one of --from-hf DIR, --from DIR or --from-peft DIR")
+    if args.from_peft:
+        return _from_peft(args)
+    if args.to_peft:
+        from train import peft
+
+        written = peft.export_workdir(args.source, args.to_peft)
+        print(f"LoRA adapter ({len(written['target_modules'])} modules) -> {args.to_peft}")
+        return 0
     if args.from_hf:
         if not args.to:
             raise ConfigError("--from-hf needs --to DIR (where the Triptych checkpoint goes)")
@@ -62,13 +70,38 @@ def convert(args) -> int:
         print(f"{config.name} ({config.family}) -> {out}")
         return 0
     if not args.to_hf:
-        raise ConfigError("--from needs --to-hf DIR (where the Hugging Face checkpoint goes)")
+        raise ConfigError("--from needs --to-hf DIR or --to-peft DIR (what to write)")
     config, target = save_pretrained(
         args.source, args.to_hf, push_to_hub=args.push_to_hub, private=args.private
     )
     print(f"{config.name} ({config.family}) -> {target}")
     if args.push_to_hub:
         print(f"uploaded to https://huggingface.co/{args.push_to_hub}")
+    return 0
+
+
+def _from_peft(args) -> int:
+    """A PEFT LoRA adapter on its base (`--init-from`, default the adapter's
+    base_model_name_or_path), merged, written as a Triptych (`--to`) or HF (`--to-hf`) dir."""
+    from train import peft
+    from train.init_from import load_pretrained
+
+    if bool(args.to) == bool(args.to_hf):
+        raise ConfigError("--from-peft needs one of --to DIR or --to-hf DIR")
+    base = args.init_from or peft.read_adapter(args.from_peft)[0].get("base_model_name_or_path")
+    if not base:
+        raise ConfigError("the adapter names no base model; give --init-from BASE")
+    base_config, base_params = load_pretrained(base)
+    config, params = peft.import_adapter(args.from_peft, base_config, base_params)
+    config, params = lora.merged(config, params)
+    if args.to:
+        out = save_params(args.to, dataclasses.asdict(config), params)
+    else:
+        out = paths.resolve(args.to_hf)
+        with paths.local_dir(out) as local:
+            hf.save_pretrained(config, params, local)
+    _copy_tokenizer(hub.resolve(base, "--init-from"), out)
+    print(f"{config.name} + LoRA adapter {args.from_peft} (merged) -> {out}")
     return 0
 
 
@@ -126,7 +159,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--from-hf", help="a Hugging Face model directory")
     parser.add_argument("--to", help="the Triptych checkpoint directory to write")
     parser.add_argument("--from", dest="source", help="a Triptych checkpoint dir or workdir")
-    parser.add_argument("--to-hf", help="the Hugging Face directory to write")
+    parser.add_argument("--to-hf", help="the Hugging Face directory to write (LoRA merged)")
+    parser.add_argument("--to-peft", help="with --from WORKDIR: its LoRA adapter, PEFT's format")
+    parser.add_argument("--from-peft", help="a PEFT LoRA adapter directory (or Hub id)")
+    parser.add_argument("--init-from", help="with --from-peft: the base model (default: its own)")
     parser.add_argument(
         "--push-to-hub", metavar="REPO", help="with --to-hf: also upload it to this Hub repo"
     )

@@ -30,7 +30,7 @@ from data.sources import load_source
 from data.tokenizers import load_tokenizer
 from models import paths
 from models.errors import UserError, one_of
-from train import compilation, distributed, goodput, partitioning
+from train import compilation, distributed, goodput, lora, partitioning
 from train.carbon import CarbonTracker
 from train.checkpoint import Checkpointer, CheckpointError, check_same_architecture
 from train.decode import sample_text
@@ -41,7 +41,7 @@ from train.hardware import device_peak
 from train.init_from import load_pretrained, merge_params
 from train.losses import check_objective
 from train.optim import make_optimizer
-from train.state import abstract_state, create_train_state
+from train.state import abstract_state, create_train_state, full_params
 from train.step import jit_steps, step_options, summarize, waits_for_each_step
 from train.tasks import TASK_METRICS, LoadedModel, TaskError, task_metrics
 from train.writers import MetricWriter
@@ -234,10 +234,12 @@ def _restore(ckpt, step, abstract, train_iter):
 
 
 def _fresh_state(config, model, model_config, tx, mesh, rules, pretrained):
-    """A new train state, its parameters merged with `init_from`'s where the run has one."""
+    """A new train state, its parameters merged with `init_from`'s where the run has one (with
+    LoRA the merged base is the state's `frozen` half)."""
     state, _ = create_train_state(model, model_config, tx, mesh, rules, jax.random.key(config.seed))
     if pretrained:
-        state = state.replace(params=merge_params(state.params, pretrained[1], config.init_from))
+        params = merge_params(full_params(state), pretrained[1], config.init_from)
+        state = lora.with_params(state, params, model_config, pretrained[1])
     return state
 
 
@@ -254,6 +256,7 @@ def _build(config, workdir: Path, ckpt, mesh, rules, objective) -> dict:
     model_config = resolve_model_config(
         config.model, tokenizer, pretrained[0] if pretrained else None
     )
+    model_config = lora.configure(config.get("lora"), model_config, config.get("init_from"))
     if latest is not None:
         saved = ckpt.saved_config(latest) or {}
         check_same_architecture(saved.get("resolved_model", {}), model_config.to_dict(), workdir)
@@ -273,10 +276,12 @@ def _build(config, workdir: Path, ckpt, mesh, rules, objective) -> dict:
         objective=config.data.objective,
         agree=distributed.width_agreement(config.data),
     )
-    if latest is not None:
-        state = _restore(ckpt, latest, abstract, train_iter)
-    else:
+    lora.check_targets(full_params(abstract), model_config)
+    if latest is None or model_config.lora_rank:  # LoRA: the base is init_from's every time
         state = _fresh_state(config, model, model_config, tx, mesh, rules, pretrained)
+    if latest is not None:  # a checkpoint holds what trained (the frozen base stays out)
+        restored = _restore(ckpt, latest, abstract, train_iter)
+        state = restored.replace(frozen=state.frozen if model_config.lora_rank else None)
     saved_config = {
         "run": config.to_dict(),
         "resolved_model": model_config.to_dict(),
@@ -413,7 +418,7 @@ def _save(run: Run, progress: _Progress, state, step: int) -> None:
     current = segment_record(run.clock, progress.first_step, step, progress.tokens_seen)
     run.ckpt.save(
         step,
-        state,
+        state,  # with LoRA, the adapters and head only (Checkpointer leaves `frozen` out)
         data_state=distributed.global_data_state(run.data_state),
         config={**run.saved_config, "ledger": run.ledger.saved(current)},
         metrics=best or None,
@@ -445,7 +450,7 @@ def _train_steps(run: Run, progress: _Progress, writer, preemption, clock: Clock
                 _log(progress, writer, clock, step)
             if due_eval:
                 with clock.timing("eval"):
-                    _evaluate_and_log(run, progress, writer, state.params, step)
+                    _evaluate_and_log(run, progress, writer, full_params(state), step)
             if due_ckpt:
                 with clock.timing("checkpoint"):
                     _save(run, progress, state, step)
@@ -512,7 +517,7 @@ def _summary(run: Run, progress: _Progress, clock: Clock, footprint: dict, preem
     }
     if config.sample_tokens and objectives.get(run.objective).head == "lm" and not preempted:
         with clock.timing("eval"):
-            params = run.state.params
+            params = full_params(run.state)
             summary["sample"] = sample_text(run.model, params, run.tokenizer, config)
     summary.update(goodput.summary(clock))
     current = segment_record(
@@ -546,7 +551,7 @@ def _train_and_evaluate(config, workdir, clock: Clock, cache) -> dict:
     run.data_state, run.clock = run.train_iter.get_state(), clock
     saved = run.ckpt.saved_config() if run.ckpt.latest_step() is not None else None
     run.ledger = Ledger.resume((saved or {}).get("ledger"), logged)
-    num_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(run.state.params))
+    num_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(full_params(run.state)))
     log.info(
         "model %s: %s parameters; mesh %s",
         run.model_config.name,

@@ -22,18 +22,51 @@ from train import partitioning
 
 @struct.dataclass
 class TrainState:
+    """`params` are what trains. With LoRA (train/lora.py) they are the adapters and the head,
+    and `frozen` holds the base parameters, which the step closes over and checkpoints leave
+    out; otherwise `frozen` is None."""
+
     step: jax.Array
     params: Any
     opt_state: Any
+    frozen: Any = None
+
+
+@struct.dataclass
+class SavedState:
+    """What a checkpoint holds of a `TrainState`: all of it but the frozen base (the on-disk
+    layout of every checkpoint written before LoRA existed)."""
+
+    step: jax.Array
+    params: Any
+    opt_state: Any
+
+    @classmethod
+    def of(cls, state: TrainState) -> SavedState:
+        return cls(step=state.step, params=state.params, opt_state=state.opt_state)
+
+    def train_state(self, frozen=None) -> TrainState:
+        return TrainState(
+            step=self.step, params=self.params, opt_state=self.opt_state, frozen=frozen
+        )
+
+
+def _boxed(x) -> bool:
+    return isinstance(x, nn.LogicallyPartitioned)
 
 
 def _init_fn(model: nn.Module, model_config, tx: optax.GradientTransformation):
     def init(rng):
         params = model.init(rng, **dummy_inputs(model_config))["params"]
-        opt_state = jax.tree.map(
-            _fix_box, tx.init(params), is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned)
+        frozen = None
+        if model_config.lora_rank:
+            from train import lora
+
+            params, frozen = lora.split(params, model_config.lora_train_head, is_leaf=_boxed)
+        opt_state = jax.tree.map(_fix_box, tx.init(params), is_leaf=_boxed)
+        return TrainState(
+            step=jnp.zeros((), jnp.int32), params=params, opt_state=opt_state, frozen=frozen
         )
-        return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=opt_state)
 
     return init
 
@@ -49,6 +82,13 @@ def _fix_box(box):
     if len(box.names) != len(box.value.shape):
         return box.replace(names=(None,) * len(box.value.shape))
     return box
+
+
+def full_params(state: TrainState):
+    """The whole parameter tree of `state` (its trained and frozen leaves together)."""
+    from train import lora
+
+    return lora.join(state.params, state.frozen)
 
 
 def abstract_state(model, model_config, tx, mesh, rules):

@@ -3,11 +3,14 @@ is jitted by the loop with explicit in/out shardings and the state donated."""
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import optax
 
 from train import partitioning
+from train.lora import join
 from train.losses import loss_sums
 
 
@@ -71,11 +74,11 @@ def make_train_step(
     accumulating gradients over microbatches gives the full-batch gradient.
     """
 
-    def grads_and_sums(params, batch, rng):
-        def loss_fn(p):
+    def grads_and_sums(params, batch, rng, frozen=None):
+        def loss_fn(p):  # with LoRA, gradients of the trained leaves only: `frozen` is closed over
             sums = loss_sums(
                 model,
-                p,
+                p if frozen is None else join(p, frozen),
                 batch,
                 objective,
                 rng=rng,
@@ -89,10 +92,11 @@ def make_train_step(
 
     def train_step(state, batch, rng):
         rng = jax.random.fold_in(rng, state.step)
+        step_grads = functools.partial(grads_and_sums, frozen=state.frozen)
         if microbatches == 1:
-            grads, sums = grads_and_sums(state.params, batch, rng)
+            grads, sums = step_grads(state.params, batch, rng)
         else:
-            grads, sums = _accumulate(grads_and_sums, state.params, batch, rng, microbatches)
+            grads, sums = _accumulate(step_grads, state.params, batch, rng, microbatches)
         weight = jnp.maximum(sums["weight"], 1.0)
         grads = jax.tree.map(lambda g: g / weight, grads)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
@@ -161,7 +165,7 @@ def step_options(config) -> dict:
 def make_eval_step(model, objective: str):
     """eval_step(params, batch) -> dict of sums (combine over batches, then `summarize`)."""
 
-    def eval_step(params, batch):
+    def eval_step(params, batch):  # the whole tree (train.state.full_params)
         return loss_sums(model, params, batch, objective, deterministic=True)
 
     return eval_step

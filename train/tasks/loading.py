@@ -12,6 +12,7 @@ import ml_collections
 import models
 from data.tokenizers import Tokenizer, find_tokenizer, load_tokenizer
 from models import hub, paths
+from train import lora
 from train.checkpoint import (
     WORKDIR,
     Checkpointer,
@@ -60,8 +61,10 @@ def load(directory: str | Path, step: int | str | None = None) -> LoadedModel:
             saved = ckpt.saved_config(chosen) or saved
         finally:
             ckpt.close()
-        model_config = models.ModelConfig.from_dict(saved["resolved_model"])
-        params = workdir_params(directory, chosen)
+        resolved, params = lora.with_base(  # LoRA: the adapters folded into init_from's base
+            saved["resolved_model"], workdir_params(directory, chosen), saved["run"]
+        )
+        model_config = models.ModelConfig.from_dict(resolved)
         run_config = ml_collections.ConfigDict(saved["run"])
         labels, tags = saved.get("label_names"), saved.get("tag_names")
         where = f"{directory} (step {chosen})"
