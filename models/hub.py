@@ -101,6 +101,20 @@ def resolve(
 
 
 def _snapshot(hid: HubId, what: str, patterns: list[str]) -> str:
+    from huggingface_hub import constants
+
+    # a run names its init_from for the weights and again for the tokenizer: one lookup (an
+    # HTTP round trip online) per process and cache
+    key = (constants.HF_HUB_CACHE, constants.HF_HUB_OFFLINE, hid, tuple(patterns))
+    if key not in _RESOLVED:
+        _RESOLVED[key] = _download(hid, what, patterns)
+    return _RESOLVED[key]
+
+
+_RESOLVED: dict[tuple, str] = {}
+
+
+def _download(hid: HubId, what: str, patterns: list[str]) -> str:
     import huggingface_hub
     from huggingface_hub import constants, errors
 

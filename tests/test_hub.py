@@ -106,6 +106,7 @@ def test_the_cache_is_huggingface_hubs_own(home, monkeypatch):
     assert REPO in repos and {"main"} == set(next(iter(repos[REPO].revisions)).refs)
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(home / "hub"))
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(hub, "_RESOLVED", {})  # no lookup remembered from an earlier test
     theirs = huggingface_hub.snapshot_download(REPO, local_files_only=True)
     calls = []
     real = huggingface_hub.snapshot_download

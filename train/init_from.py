@@ -19,6 +19,7 @@ import numpy as np
 
 from models import hub, paths
 from models.config import ModelConfig
+from train import lora
 from train.checkpoint import HUGGING_FACE, CheckpointError, directory_kind, load_params
 
 log = logging.getLogger(__name__)
@@ -40,17 +41,10 @@ def load_pretrained(path: str | Path) -> tuple[ModelConfig, dict]:
     return ModelConfig.from_dict(config), params
 
 
-def _flat(tree) -> dict[str, object]:
-    return {
-        "/".join(str(k.key) for k in path): leaf
-        for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]
-    }
-
-
 def merge_params(fresh, pretrained, source: str):
     """`fresh` with every parameter that `pretrained` has (same path) copied in, placed with the
     fresh array's sharding. Raises on a shape mismatch; logs what stayed fresh."""
-    loaded = _flat(pretrained)
+    loaded = lora.flat(pretrained)
     copied, kept = [], []
 
     def pick(path, leaf):

@@ -18,6 +18,7 @@ Importing a `c_attn` adapter gives each of q, k and v the shared A and its rows 
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 from typing import Any
@@ -64,7 +65,7 @@ def _modules(config: ModelConfig, model_type: str) -> dict[str, list[tuple[str, 
         if rule.kind in _KERNELS and all(p.endswith("/kernel") for p in ours):
             n_in = 2 if rule.kind.endswith("2") else 1
             out[name.removesuffix(".weight")] = [
-                (p.removesuffix("/kernel"), math_prod(expected[p][n_in:]), n_in) for p in ours
+                (p.removesuffix("/kernel"), math.prod(expected[p][n_in:]), n_in) for p in ours
             ]
     return out
 
@@ -131,10 +132,6 @@ def export(config: ModelConfig, trained, base_name: str, out) -> dict[str, Any]:
             metadata={"format": "pt"},
         )
     return adapter
-
-
-def math_prod(shape) -> int:
-    return int(np.prod(shape, dtype=np.int64))
 
 
 def _head_tensors(config, model_type, leaves) -> dict[str, np.ndarray]:
