@@ -1,7 +1,7 @@
 """LoRA adapters against Hugging Face PEFT (the [hf] extra): ours exported with train.peft load
 in `peft.PeftModel` on the transformers base and give our logits; a random adapter made by peft
 (`init_lora_weights=False`) imports and gives peft's logits, unmerged and merged. GPT-2's fused
-`c_attn` is covered both ways."""
+`c_attn` is covered both ways, and adapters with per-module ranks and alphas import."""
 
 from __future__ import annotations
 
@@ -42,9 +42,8 @@ def _batch_for(config, seed=0):
     return _batch(rng, 80, config.family == "encoder_decoder", config.type_vocab_size)
 
 
-@pytest.mark.parametrize("model_type", list(CASES))
-def test_our_adapter_loads_in_peft_with_our_logits(tmp_path, model_type):
-    arch, _, task = CASES[model_type]
+def _our_adapter(tmp_path, arch):
+    """Our LoRA model on a random HF base, with a non-zero B and a changed head, exported."""
     _, base_config, base_params = _base(tmp_path, arch)
     config = lora.configure(dict(rank=3, alpha=6.0), base_config, init_from="base")
     ids = {k: v[:, :4] for k, v in _batch_for(config).items()}
@@ -62,6 +61,13 @@ def test_our_adapter_loads_in_peft_with_our_logits(tmp_path, model_type):
     params = lora._nested(whole)
     trained, _ = lora.split(params, train_head=True)
     written = ours_peft.export(config, trained, str(tmp_path / "base"), tmp_path / "adapter")
+    return config, params, written, base_config, base_params
+
+
+@pytest.mark.parametrize("model_type", list(CASES))
+def test_our_adapter_loads_in_peft_with_our_logits(tmp_path, model_type):
+    arch, _, task = CASES[model_type]
+    config, params, written, _, _ = _our_adapter(tmp_path, arch)
     assert written["task_type"] == task
     if model_type == "gpt2":  # one rank-2r c_attn adapter per layer, alpha / r kept
         assert written["target_modules"][0].endswith("attn.c_attn")
@@ -70,6 +76,20 @@ def test_our_adapter_loads_in_peft_with_our_logits(tmp_path, model_type):
     base = getattr(transformers, arch).from_pretrained(tmp_path / "base")
     loaded = peft.PeftModel.from_pretrained(base, tmp_path / "adapter").eval()
     assert _compare(config, params, loaded, _batch_for(config)) < TOL
+
+
+def test_our_gpt2_adapter_imports_back(tmp_path):
+    """The fused c_attn export (rank 2r, alpha 2 alpha) read back: q, k and v each get the
+    shared rank-6 A and their rows of B (k's are zero), and the model is unchanged."""
+    config, params, _, base_config, base_params = _our_adapter(tmp_path, CASES["gpt2"][0])
+    back_config, back = ours_peft.import_adapter(tmp_path / "adapter", base_config, base_params)
+    assert (back_config.lora_rank, back_config.lora_alpha) == (6, 12.0)
+    batch = _batch_for(config)
+    ours = models.build(config).apply({"params": params}, **batch)
+    again = models.build(back_config).apply({"params": back}, **batch)
+    np.testing.assert_allclose(np.asarray(again.logits), np.asarray(ours.logits), atol=1e-5)
+    assert np.abs(np.asarray(ours.logits) - np.asarray(models.build(base_config).apply(
+        {"params": base_params}, **batch).logits)).max() > 1e-2  # fmt: skip
 
 
 @pytest.mark.parametrize("model_type", list(CASES))
@@ -94,6 +114,30 @@ def test_a_random_peft_adapter_imports_with_peft_logits(tmp_path, model_type):
     assert _compare(config, params, made, batch) < TOL  # unmerged: our adapter layers
     plain, merged = lora.merged(config, params)
     assert _compare(plain, merged, made, batch) < TOL
+
+
+def test_per_module_ranks_and_alphas_import_with_peft_logits(tmp_path):
+    """rank_pattern and alpha_pattern: smaller adapters are zero-padded to the largest rank
+    and their alpha / r folded into B, so the imported model still gives peft's logits."""
+    arch, targets, task = CASES["bert"]
+    torch_model, base_config, base_params = _base(tmp_path, arch, seed=2)
+    torch.manual_seed(6)
+    made = peft.get_peft_model(
+        torch_model,
+        peft.LoraConfig(
+            r=4,
+            lora_alpha=8,
+            target_modules=targets,
+            task_type=task,
+            rank_pattern={"layer.0.attention.self.query": 2},
+            alpha_pattern={"value": 20},
+            init_lora_weights=False,
+        ),
+    ).eval()
+    made.save_pretrained(tmp_path / "adapter")
+    config, params = ours_peft.import_adapter(tmp_path / "adapter", base_config, base_params)
+    assert config.lora_rank == 4  # the largest
+    assert _compare(config, params, made, _batch_for(config)) < TOL
 
 
 def test_to_peft_on_a_run_without_lora_is_one_line(tmp_path):

@@ -169,19 +169,34 @@ def read_adapter(directory) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
 
 def import_adapter(adapter_dir, base_config: ModelConfig, base_params):
     """(config with LoRA, params with the adapters and any saved head) of a PEFT adapter on
-    its base model, as our unmerged adapted model."""
+    its base model, as our unmerged adapted model.
+
+    Per-module ranks and alphas (`rank_pattern`, `alpha_pattern`, as in a fused GPT-2 `c_attn`
+    adapter) are read exactly: our model has one rank and one alpha / r, so smaller adapters are
+    zero-padded to the largest rank and each module's alpha / r ratio is folded into its B."""
     adapter, tensors = read_adapter(adapter_dir)
     model_type = hf.infer_model_type(base_config)
     base_config = _with_task_head(base_config, model_type, adapter, tensors)
-    r, alpha = int(adapter["r"]), float(adapter["lora_alpha"])
-    if adapter.get("rank_pattern") or adapter.get("alpha_pattern"):
-        raise CheckpointError("a PEFT adapter with per-module ranks or alphas; one rank is read")
+    modules = {
+        m: layers
+        for m, layers in _modules(base_config, model_type).items()
+        if f"{m}.lora_A.weight" in tensors
+    }
+    if not modules:
+        targets = list(adapter.get("target_modules") or [])
+        raise CheckpointError(
+            f"{adapter_dir}: none of its target modules ({', '.join(targets[:3])}"
+            f"{', ...' if len(targets) > 3 else ''}) is a dense layer of this {model_type} model"
+        )
+    r, alpha, ranks, scales = _ranks(adapter, {m: tensors[f"{m}.lora_A.weight"] for m in modules})
     leaves = {k: np.asarray(v) for k, v in hf._unstack_layers(lora.flat(base_params)).items()}
     adapted = []
-    for module, layers in _modules(base_config, model_type).items():
-        if f"{module}.lora_A.weight" not in tensors:
-            continue
+    for module, layers in modules.items():
         a, b = tensors[f"{module}.lora_A.weight"], tensors[f"{module}.lora_B.weight"]
+        if scales[module] != alpha / r:
+            b = b * np.float32(scales[module] / (alpha / r))
+        a = np.pad(a, ((0, r - ranks[module]), (0, 0)))  # zero rows and columns: same product
+        b = np.pad(b, ((0, 0), (0, r - ranks[module])))
         start = 0
         for layer, size, n_in in layers:  # c_attn: q, k and v share A, each its rows of B
             shape = leaves[f"{layer}/kernel"].shape
@@ -189,12 +204,6 @@ def import_adapter(adapter_dir, base_config: ModelConfig, base_params):
             leaves[f"{layer}/lora_b"] = b[start : start + size].T.reshape(r, *shape[n_in:])
             start += size
             adapted.append(layer)
-    if not adapted:
-        targets = list(adapter.get("target_modules") or [])
-        raise CheckpointError(
-            f"{adapter_dir}: none of its target modules ({', '.join(targets[:3])}"
-            f"{', ...' if len(targets) > 3 else ''}) is a dense layer of this {model_type} model"
-        )
     leaves.update(_head_from_hf(base_config, model_type, tensors, leaves))
     config = base_config.replace(
         lora_rank=r,
@@ -205,6 +214,29 @@ def import_adapter(adapter_dir, base_config: ModelConfig, base_params):
     if base_config.scan_layers:
         leaves = hf._stack_layers(leaves)
     return config, lora._nested(leaves)
+
+
+def _pattern(patterns: dict, module: str, default):
+    """PEFT's rank_pattern / alpha_pattern lookup: the first key matching the module name's
+    end (peft.utils.other.get_pattern_key)."""
+    for key, value in (patterns or {}).items():
+        if re.match(rf"(.*\.)?({key})$", module):
+            return value
+    return default
+
+
+def _ranks(adapter, a_of: dict[str, np.ndarray]):
+    """(rank, alpha) of our one-rank model, and each module's rank and alpha / r."""
+    r, alpha = int(adapter["r"]), float(adapter["lora_alpha"])
+    ranks = {m: int(a.shape[0]) for m, a in a_of.items()}
+    alphas = {m: float(_pattern(adapter.get("alpha_pattern"), m, alpha)) for m in a_of}
+    scales = {m: alphas[m] / ranks[m] for m in a_of}
+    if len(set(ranks.values())) == 1 and len(set(alphas.values())) == 1:
+        return ranks[next(iter(a_of))], alphas[next(iter(a_of))], ranks, scales
+    plain = [m for m in a_of if (ranks[m], alphas[m]) == (r, alpha)]  # the adapter's default
+    ref = scales[plain[0] if plain else next(iter(a_of))]
+    top = max(ranks.values())
+    return top, ref * top, ranks, scales
 
 
 def _head_from_hf(config, model_type, tensors, leaves) -> dict[str, np.ndarray]:
