@@ -104,7 +104,7 @@ class ModelConfig:
     lora_alpha: float = 16.0
     lora_dropout: float = 0.0
     lora_targets: tuple[str, ...] = ()
-    lora_train_head: bool = True  # the task head trains with the adapters
+    lora_train_head: bool = True  # a task head trains with the adapters (not an LM head)
 
     def __post_init__(self):
         _choice("family", self.family, FAMILIES)

@@ -101,6 +101,21 @@ def test_default_targets_follow_the_family():
     assert layers == {"query", "key", "value", "out", "wi", "wi_linear", "wo"}
 
 
+def test_a_task_head_trains_and_a_language_model_head_stays_frozen():
+    """As PEFT: a SEQ_CLS / TOKEN_CLS adapter saves its head, a causal or seq2seq LM's is the
+    pretrained one and stays frozen (llama2-7b's lm_head alone is 131M parameters)."""
+    for head, trains in (("classification", True), ("token_classification", True), ("lm", False)):
+        config = models.get_config("bert-tiny" if head != "lm" else "llama-tiny")
+        config = config.replace(head=head, num_labels=3)
+        assert lora.configure({"rank": 2}, config, init_from="base").lora_train_head is trains
+    config = models.get_config("bert-tiny").replace(head="classification", num_labels=3)
+    assert not lora.configure({"rank": 2, "train_head": False}, config, "base").lora_train_head
+    llama = lora.configure({"rank": 2}, models.get_config("llama-tiny"), init_from="base")
+    trained, frozen = lora.split(_init(llama, _inputs(llama)), llama.lora_train_head)
+    assert all(k.endswith(lora.ADAPTERS) for k in lora.flat(trained))
+    assert any(k.startswith("head/") for k in lora.flat(frozen))
+
+
 def _train(config, mesh_sizes, steps=4, devices=None):
     """`steps` LoRA steps of `config` on a mesh; (the first state, the last, losses, mesh)."""
     model = models.build(config)

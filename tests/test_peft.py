@@ -56,10 +56,10 @@ def _our_adapter(tmp_path, arch):
             whole[name] = value
         elif name.endswith("lora_b"):
             whole[name] = rng.normal(0, 0.3, value.shape).astype(np.float32)
-        elif name.startswith("head/") and name in whole:
+        elif name.startswith("head/") and name in whole and config.lora_train_head:
             whole[name] = whole[name] + rng.normal(0, 0.1, value.shape).astype(np.float32)
     params = lora._nested(whole)
-    trained, _ = lora.split(params, train_head=True)
+    trained, _ = lora.split(params, config.lora_train_head)  # a task head; LM heads stay
     written = ours_peft.export(config, trained, str(tmp_path / "base"), tmp_path / "adapter")
     return config, params, written, base_config, base_params
 

@@ -7,7 +7,9 @@ trains and what stays frozen, and folding trained adapters back into the kernels
     lora.targets       regexes over module paths ('decoder/layers_0/self_attention/query');
                        () = the family default: attention q and v (BERT, GPT-2, T5, BART), or
                        q, k, v, o and the MLP for Llama-style decoders (gated MLP)
-    lora.train_head    the task head trains too (True); everything else is frozen
+    lora.train_head    a task head (classification, token classification) trains too (True);
+                       everything else is frozen, a language-model head included (as PEFT
+                       does for CAUSAL_LM and SEQ_2_SEQ_LM adapters)
 
 With `rank > 0` the train state's `params` hold only the adapters (and the head), its optimizer
 state covers only those, and its `frozen` field holds the base, which the loss closes over:
@@ -30,6 +32,7 @@ DEFAULTS = {"rank": 0, "alpha": 16.0, "dropout": 0.0, "targets": (), "train_head
 ADAPTERS = ("lora_a", "lora_b")
 _QV = (r"attention/(query|value)$",)
 _LLAMA = (r"attention/(query|key|value|out)$", r"mlp/(wi|wi_linear|wo)$")
+TASK_HEADS = ("classification", "token_classification")
 
 
 def settings(section) -> dict[str, Any]:
@@ -75,7 +78,7 @@ def configure(section, config: ModelConfig, init_from: str | None) -> ModelConfi
         lora_alpha=float(s["alpha"]),
         lora_dropout=float(s["dropout"]),
         lora_targets=targets,
-        lora_train_head=bool(s["train_head"]),
+        lora_train_head=bool(s["train_head"]) and config.head in TASK_HEADS,
     )
 
 
@@ -113,7 +116,8 @@ def with_params(state, params, config: ModelConfig, pretrained):
     loaded = flat(pretrained)
     fresh = [name for name in flat(frozen) if name not in loaded]
     if fresh:
-        hint = "; set lora.train_head=True" if any(n.startswith("head/") for n in fresh) else ""
+        head = any(n.startswith("head/") for n in fresh)
+        hint = "; set lora.train_head=True" if head and config.head in TASK_HEADS else ""
         raise UserError(
             f"LoRA freezes {', '.join(fresh[:3])}, which init_from does not have: they would "
             f"stay random{hint}"
