@@ -78,3 +78,32 @@ def test_lora_errors_are_one_line_and_write_nothing(tmp_path):
     result = _run("-m", "train", *SMOKE, "--config.lora.rank=-2", "--workdir", str(tmp_path / "s"))
     assert result.returncode != 0 and "lora.rank=-2 must be >= 0" in result.stderr.splitlines()[-1]
     assert not list((tmp_path / "r").glob("checkpoints/[0-9]*"))  # no checkpoint written
+
+
+@pytest.mark.slow
+def test_lora_on_an_encoder_decoder_from_a_hugging_face_directory(tmp_path):
+    """T5 from a `--to-hf` directory (what `init_from` reads for a Hub download): LoRA on q
+    and v trains, the merged export decodes like the adapted workdir, and the PEFT adapter
+    names T5's q and v modules."""
+    smoke = ["--config", f"{ROOT}/configs/t5_span.py:smoke"]
+    base, hf_dir, run = tmp_path / "base", tmp_path / "base-hf", tmp_path / "lora"
+    _ok(_run("-m", "train", *smoke, "--config.steps=2", "--workdir", str(base)))
+    _ok(_run("-m", "models", "convert", "--from", str(base), "--to-hf", str(hf_dir)))
+    flags = [*smoke, f"--config.init_from={hf_dir}", "--config.lora.rank=4", "--config.steps=4"]
+    _ok(_run("-m", "train", *flags, "--config.optimizer.learning_rate=1e-2", "--workdir", str(run)))
+    losses = _losses(run)
+    assert len(losses) >= 2 and all(v == v for v in losses.values())
+    prompt = ["--max_new_tokens", "6", "the history of"]
+    predicted = _ok(_run("-m", "train.predict", "--workdir", str(run), *prompt))
+    _ok(_run("-m", "models", "convert", "--from", str(run), "--to-hf", str(tmp_path / "merged")))
+    merged = _ok(_run("-m", "train.predict", "--workdir", str(tmp_path / "merged"), *prompt))
+    assert merged.stdout == predicted.stdout
+    _ok(_run("-m", "models", "convert", "--from", str(run), "--to-peft", str(tmp_path / "peft")))
+    adapter = json.loads((tmp_path / "peft" / "adapter_config.json").read_text())
+    assert adapter["task_type"] == "SEQ_2_SEQ_LM" and adapter["modules_to_save"] is None
+    assert {m.rsplit(".", 1)[-1] for m in adapter["target_modules"]} == {"q", "v"}
+    from safetensors.numpy import load_file
+
+    tensors = load_file(tmp_path / "peft" / "adapter_model.safetensors")
+    b = [v for k, v in tensors.items() if k.endswith("lora_B.weight")]
+    assert len(b) == len(adapter["target_modules"]) and all(abs(x).max() > 0 for x in b)
