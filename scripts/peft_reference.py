@@ -44,7 +44,7 @@ def _conll(folder: Path, split: str):
     return [w for w, _ in sentences], [t for _, t in sentences]
 
 
-def main(argv=None) -> int:
+def _args(argv):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--task", choices=("sst2", "conll"), required=True)
     parser.add_argument("--data", type=Path, required=True)
@@ -54,33 +54,13 @@ def main(argv=None) -> int:
     parser.add_argument("--eval-every", type=int, default=500)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
 
-    import numpy as np
-    import peft
+
+def _encoder(tok, ner: bool, index: dict):
+    """texts (or word lists) and labels -> (the tokenized batch, its targets): a label per
+    sentence, or each word's tag on its first sub-token (-100 elsewhere)."""
     import torch
-    import transformers
-
-    from configs.common import minilm_dir
-    from train.metrics import entity_f1
-
-    torch.manual_seed(args.seed)
-    torch.set_num_threads(args.threads)
-    base, ner = minilm_dir(), args.task == "conll"
-    tok = transformers.AutoTokenizer.from_pretrained(base)
-    read = _conll if ner else _sst2
-    (x_train, y_train), (x_dev, y_dev) = read(args.data, "train"), read(args.data, "dev")
-    labels = sorted({t for ts in y_train for t in ts}) if ner else [0, 1]
-    index = {t: i for i, t in enumerate(labels)}
-    kind = "TokenClassification" if ner else "SequenceClassification"
-    arch = getattr(transformers, f"BertFor{kind}")
-    model = arch.from_pretrained(base, num_labels=len(labels))
-    lora = peft.LoraConfig(
-        r=args.rank, lora_alpha=16, lora_dropout=0.0, target_modules=["query", "value"],
-        task_type="TOKEN_CLS" if ner else "SEQ_CLS",
-    )  # fmt: skip
-    model = peft.get_peft_model(model, lora)
-    trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
 
     def encode(xs, ys):
         if not ner:
@@ -97,27 +77,39 @@ def main(argv=None) -> int:
                     target[i, j] = index[tags[w]]
         return enc, target
 
-    def evaluate():
-        model.eval()
-        right, predicted = 0, []
-        with torch.no_grad():
-            for s in range(0, len(x_dev), 64):
-                enc, target = encode(x_dev[s : s + 64], y_dev[s : s + 64])
-                out = model(**enc).logits.argmax(-1)
-                if not ner:
-                    right += int((out == target).sum())
-                    continue
-                for i in range(len(out)):
-                    keep = target[i] != -100
-                    predicted.append([labels[k] for k in out[i][keep].tolist()])
-        model.train()
-        if not ner:
-            return {"eval_accuracy": right / len(x_dev)}
-        scores = entity_f1(predicted, [t[: len(p)] for t, p in zip(y_dev, predicted)])
-        return {f"eval_entity_{k}": v for k, v in scores.items()}
+    return encode
 
-    warmup = 150 if ner else 200
-    end = 0.0 if ner else 0.1
+
+def _evaluate(model, encode, dev, labels, ner: bool) -> dict:
+    """Dev accuracy (SST-2) or CoNLL entity precision / recall / F1."""
+    import torch
+
+    from train.metrics import entity_f1
+
+    (x_dev, y_dev), right, predicted = dev, 0, []
+    model.eval()
+    with torch.no_grad():
+        for s in range(0, len(x_dev), 64):
+            enc, target = encode(x_dev[s : s + 64], y_dev[s : s + 64])
+            out = model(**enc).logits.argmax(-1)
+            if not ner:
+                right += int((out == target).sum())
+                continue
+            for i in range(len(out)):
+                keep = target[i] != -100
+                predicted.append([labels[k] for k in out[i][keep].tolist()])
+    model.train()
+    if not ner:
+        return {"eval_accuracy": right / len(x_dev)}
+    scores = entity_f1(predicted, [t[: len(p)] for t, p in zip(y_dev, predicted)])
+    return {f"eval_entity_{k}": v for k, v in scores.items()}
+
+
+def _optimizer(model, args, ner: bool):
+    """AdamW over the trained parameters with the configs' warmup and linear decay."""
+    import torch
+
+    warmup, end = (150, 0.0) if ner else (200, 0.1)
     optimizer = torch.optim.AdamW(
         [p for p in model.parameters() if p.requires_grad], lr=args.lr, betas=(0.9, 0.98),
         eps=1e-8, weight_decay=0.01,
@@ -128,7 +120,35 @@ def main(argv=None) -> int:
             return (step + 1) / warmup
         return 1.0 - (1.0 - end) * (step - warmup) / max(1, args.steps - warmup)
 
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def main(argv=None) -> int:
+    import numpy as np
+    import peft
+    import torch
+    import transformers
+
+    from configs.common import minilm_dir
+
+    args = _args(argv)
+    torch.manual_seed(args.seed)
+    torch.set_num_threads(args.threads)
+    base, ner = minilm_dir(), args.task == "conll"
+    read = _conll if ner else _sst2
+    (x_train, y_train), dev = read(args.data, "train"), read(args.data, "dev")
+    labels = sorted({t for ts in y_train for t in ts}) if ner else [0, 1]
+    encode = _encoder(transformers.AutoTokenizer.from_pretrained(base), ner,
+                      {t: i for i, t in enumerate(labels)})  # fmt: skip
+    kind = "TokenClassification" if ner else "SequenceClassification"
+    model = getattr(transformers, f"BertFor{kind}").from_pretrained(base, num_labels=len(labels))
+    lora = peft.LoraConfig(
+        r=args.rank, lora_alpha=16, lora_dropout=0.0, target_modules=["query", "value"],
+        task_type="TOKEN_CLS" if ner else "SEQ_CLS",
+    )  # fmt: skip
+    model = peft.get_peft_model(model, lora)
+    trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    optimizer, schedule = _optimizer(model, args, ner)
     rng = np.random.default_rng(args.seed)
     order, cursor, start = rng.permutation(len(x_train)), 0, time.time()
     print(json.dumps({"trained_params": trained, "train_examples": len(x_train)}), flush=True)
@@ -147,7 +167,7 @@ def main(argv=None) -> int:
         optimizer.zero_grad()
         if step % args.eval_every == 0 or step == args.steps:
             row = {"step": step, "loss": loss.item(), "wall_s": round(time.time() - start, 1)}
-            print(json.dumps({**row, **evaluate()}), flush=True)
+            print(json.dumps({**row, **_evaluate(model, encode, dev, labels, ner)}), flush=True)
     return 0
 
 
