@@ -307,4 +307,7 @@ def test_a_data_worker_that_dies_ends_the_run_with_one_line_and_keeps_checkpoint
     assert proc.returncode == 2, stderr[-2000:]
     last = stderr.strip().splitlines()[-1]
     assert last.startswith("error: a data worker process (of 2) failed"), last
-    assert (tmp_path / "checkpoints" / "16").exists()
+    # the run may have checkpointed further before it noticed (workers read ahead), and keeps
+    # the latest two (keep_checkpoints=2): those must both be there, nothing else pruned
+    kept = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
+    assert kept and kept[-1] >= 16 and kept == [kept[-1] - 8, kept[-1]], kept
