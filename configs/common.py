@@ -28,7 +28,7 @@ Sections:
   partitioning_rules  logical axis -> mesh axes, e.g. [["batch", ["data", "fsdp"]],
              ["embed", "fsdp"], ["mlp", "tensor"], ...]; () = train.partitioning.DEFAULT_RULES.
   lora       low-rank adapters (train/lora.py): rank (0 = off), alpha, dropout, targets (regexes
-             over layer paths; () = the family default), train_head.
+             over layer paths; () = the family default), lr_ratio (LoRA+), train_head.
   decode     generation for task metrics and `python -m train.predict`: beams (1 = greedy or
              sampling), length_penalty, max_new_tokens, temperature, top_k, top_p, batch_size.
   carbon     enabled, country_iso_code, pue, chip_tdp_w, utilization (see docs/carbon.md).

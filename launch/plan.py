@@ -153,7 +153,7 @@ def compile_step(config, devices: int, mesh_sizes: dict | None = None):
     import jax
 
     import models
-    from train import partitioning
+    from train import lora, partitioning
     from train.optim import make_optimizer
     from train.state import abstract_state
     from train.step import jit_steps, step_options
@@ -167,7 +167,7 @@ def compile_step(config, devices: int, mesh_sizes: dict | None = None):
     objective = config.data.objective
     model_config = _model_config(config)
     model = models.build(model_config)
-    tx, schedule = make_optimizer(config.optimizer, config.steps)
+    tx, schedule = make_optimizer(config.optimizer, config.steps, lora.lr_ratio(config.get("lora")))
     abstract, shardings = abstract_state(model, model_config, tx, mesh, rules)
     batch = _batch_spec(config, mesh, objective, rules)
     jitted, _ = jit_steps(

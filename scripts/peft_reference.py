@@ -51,6 +51,7 @@ def _args(argv):
     parser.add_argument("--steps", type=int, default=2000)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--rank", type=int, default=8)
+    parser.add_argument("--lr-ratio", type=float, default=1.0, help="LoRA+ ratio (B's rate / A's)")
     parser.add_argument("--eval-every", type=int, default=500)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
@@ -106,14 +107,24 @@ def _evaluate(model, encode, dev, labels, ner: bool) -> dict:
 
 
 def _optimizer(model, args, ner: bool):
-    """AdamW over the trained parameters with the configs' warmup and linear decay."""
+    """AdamW over the trained parameters with the configs' warmup and linear decay; with
+    --lr-ratio, PEFT's LoRA+ optimizer (which also gives 1-D parameters, the head's bias, B's
+    rate)."""
     import torch
 
     warmup, end = (150, 0.0) if ner else (200, 0.1)
-    optimizer = torch.optim.AdamW(
-        [p for p in model.parameters() if p.requires_grad], lr=args.lr, betas=(0.9, 0.98),
-        eps=1e-8, weight_decay=0.01,
-    )  # fmt: skip
+    adam = dict(lr=args.lr, betas=(0.9, 0.98), eps=1e-8)
+    if args.lr_ratio != 1.0:
+        from peft.optimizers import create_loraplus_optimizer
+
+        optimizer = create_loraplus_optimizer(
+            model, torch.optim.AdamW, loraplus_lr_ratio=args.lr_ratio,
+            loraplus_weight_decay=0.01, **adam,
+        )  # fmt: skip
+    else:
+        optimizer = torch.optim.AdamW(
+            [p for p in model.parameters() if p.requires_grad], weight_decay=0.01, **adam
+        )
 
     def factor(step):
         if step < warmup:

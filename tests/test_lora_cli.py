@@ -77,6 +77,11 @@ def test_lora_errors_are_one_line_and_write_nothing(tmp_path):
     assert result.returncode != 0 and "needs init_from" in result.stderr.splitlines()[-1]
     result = _run("-m", "train", *SMOKE, "--config.lora.rank=-2", "--workdir", str(tmp_path / "s"))
     assert result.returncode != 0 and "lora.rank=-2 must be >= 0" in result.stderr.splitlines()[-1]
+    flags = ["--config.lora.rank=4", "--config.lora.lr_ratio=0", "--workdir", str(tmp_path / "t")]
+    result = _run("-m", "train", *SMOKE, *flags)
+    assert (
+        result.returncode != 0 and "lora.lr_ratio=0.0 must be > 0" in result.stderr.splitlines()[-1]
+    )
     assert not list((tmp_path / "r").glob("checkpoints/[0-9]*"))  # no checkpoint written
 
 

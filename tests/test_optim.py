@@ -120,3 +120,46 @@ def test_optimizer_defaults_live_in_one_place():
     assert optim.settings({"name": "sgd"})["b2"] == 0.98  # what every config runs with
     with pytest.raises(optim.OptimizerError, match="unknown keys \\['lr'\\]"):
         make_optimizer({"lr": 0.1}, 1)
+
+
+def test_lora_plus_scales_only_b_learning_rate():
+    """LoRA+ (lora.lr_ratio): B moves `ratio` times as far as plain LoRA's B on the same
+    gradients; A and the head move exactly as they do without it."""
+    rng = np.random.default_rng(0)
+    params = {
+        "encoder": {"query": {"lora_a": jnp.asarray(rng.normal(size=(8, 2)), jnp.float32)}},
+        "head": {"out": {"kernel": jnp.asarray(rng.normal(size=(8, 3)), jnp.float32)}},
+    }
+    params["encoder"]["query"]["lora_b"] = jnp.zeros((2, 8), jnp.float32)
+    grads = [jax.tree.map(lambda p: jnp.asarray(rng.normal(size=p.shape), p.dtype), params)]
+    grads.append(jax.tree.map(lambda g: -0.5 * g, grads[0]))
+
+    def run(ratio):
+        tx, _ = make_optimizer(
+            _opt(learning_rate=1e-3, weight_decay=0.0, grad_clip_norm=0.0), 10, ratio
+        )
+        p, state = params, tx.init(params)
+        deltas = []
+        for g in grads:
+            updates, state = tx.update(g, state, p)
+            deltas.append(_flat(updates))
+            p = optax.apply_updates(p, updates)
+        return deltas
+
+    plain, plus = run(1.0), run(16.0)
+    for one, sixteen in zip(plain, plus):
+        np.testing.assert_allclose(
+            sixteen["encoder/query/lora_b"], 16 * one["encoder/query/lora_b"], rtol=1e-6
+        )
+        np.testing.assert_array_equal(sixteen["encoder/query/lora_a"], one["encoder/query/lora_a"])
+        np.testing.assert_array_equal(sixteen["head/out/kernel"], one["head/out/kernel"])
+    assert np.abs(plain[0]["encoder/query/lora_b"]).min() > 0  # B moved
+
+
+@pytest.mark.parametrize("ratio", [0.0, -2.0])
+def test_a_bad_lora_plus_ratio_is_one_line(ratio):
+    from models.errors import UserError
+    from train import lora
+
+    with pytest.raises(UserError, match="lora.lr_ratio=.* must be > 0"):
+        lora.lr_ratio({"rank": 8, "lr_ratio": ratio})

@@ -262,7 +262,7 @@ def _build(config, workdir: Path, ckpt, mesh, rules, objective) -> dict:
         check_same_architecture(saved.get("resolved_model", {}), model_config.to_dict(), workdir)
     check_objective(objective, model_config)
     model = models.build(model_config)
-    tx, schedule = make_optimizer(config.optimizer, config.steps)
+    tx, schedule = make_optimizer(config.optimizer, config.steps, lora.lr_ratio(config.get("lora")))
     abstract, shardings = abstract_state(model, model_config, tx, mesh, rules)
     train_iter = make_pipeline(
         config.data,

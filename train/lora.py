@@ -7,6 +7,8 @@ trains and what stays frozen, and folding trained adapters back into the kernels
     lora.targets       regexes over module paths ('decoder/layers_0/self_attention/query');
                        () = the family default: attention q and v (BERT, GPT-2, T5, BART), or
                        q, k, v, o and the MLP for Llama-style decoders (gated MLP)
+    lora.lr_ratio      B's learning rate over A's (and the head's): LoRA+ (Hayou et al., 2024;
+                       PEFT's `loraplus_lr_ratio`); 1.0 = plain LoRA, 16 is the paper's choice
     lora.train_head    a task head (classification, token classification) trains too (True);
                        everything else is frozen, a language-model head included (as PEFT
                        does for CAUSAL_LM and SEQ_2_SEQ_LM adapters)
@@ -28,7 +30,14 @@ import numpy as np
 from models.config import ModelConfig
 from models.errors import UserError
 
-DEFAULTS = {"rank": 0, "alpha": 16.0, "dropout": 0.0, "targets": (), "train_head": True}
+DEFAULTS = {
+    "rank": 0,
+    "alpha": 16.0,
+    "dropout": 0.0,
+    "targets": (),
+    "lr_ratio": 1.0,
+    "train_head": True,
+}
 ADAPTERS = ("lora_a", "lora_b")
 _QV = (r"attention/(query|value)$",)
 _LLAMA = (r"attention/(query|key|value|out)$", r"mlp/(wi|wi_linear|wo)$")
@@ -47,6 +56,15 @@ def settings(section) -> dict[str, Any]:
     return out
 
 
+def lr_ratio(section) -> float:
+    """LoRA+'s learning-rate ratio of B over A; UserError unless it is > 0."""
+    s = settings(section)
+    ratio = float(s["lr_ratio"])
+    if not ratio > 0:
+        raise UserError(f"lora.lr_ratio={ratio} must be > 0 (B's learning rate over A's; 1 = LoRA)")
+    return ratio if int(s["rank"]) > 0 else 1.0
+
+
 def default_targets(config: ModelConfig) -> tuple[str, ...]:
     """Attention q and v, as PEFT's defaults for BERT, GPT-2, T5 and BART; q, k, v, o and the
     MLP for Llama-style decoders (QLoRA's all-linear choice)."""
@@ -55,11 +73,13 @@ def default_targets(config: ModelConfig) -> tuple[str, ...]:
 
 def configure(section, config: ModelConfig, init_from: str | None) -> ModelConfig:
     """`config` with the `lora` section's rank, alpha, dropout and targets (unchanged when
-    rank is 0). Raises UserError on bad values, a target that is not a regex, or no init_from."""
+    rank is 0). Raises UserError on bad values, a target that is not a regex, or no init_from.
+    (`lr_ratio` is the optimizer's: `lr_ratio` below; it is checked here, before any work.)"""
     s = settings(section)
     rank = int(s["rank"])
     if rank < 0:
         raise UserError(f"lora.rank={rank} must be >= 0 (0 turns LoRA off)")
+    lr_ratio(s)
     if rank == 0:
         return config
     if not init_from:

@@ -116,41 +116,45 @@ def _path(path) -> str:
     return "/".join(str(k.key) for k in path if hasattr(k, "key"))
 
 
-def param_labels(freeze, body_lr_factor: float):
-    """A function params -> tree of 'frozen' | 'body' | 'train' labels."""
+def param_labels(freeze, body_lr_factor: float, b_lr_ratio: float = 1.0):
+    """A function params -> tree of 'frozen' | 'lora_b' | 'body' | 'train' labels."""
     patterns = [re.compile("(?!head/)" if p == "body" else p) for p in (freeze or ())]
 
     def label(path, _):
         name = _path(path)
         if any(p.match(name) for p in patterns):
             return "frozen"
+        if b_lr_ratio != 1.0 and name.endswith("/lora_b"):
+            return "lora_b"
         return "body" if body_lr_factor != 1.0 and not name.startswith("head/") else "train"
 
     return lambda params: jax.tree_util.tree_map_with_path(label, params)
 
 
-def make_optimizer(opt, total_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
-    """(optimizer, learning-rate schedule) from config.optimizer."""
+def make_optimizer(
+    opt, total_steps: int, b_lr_ratio: float = 1.0
+) -> tuple[optax.GradientTransformation, optax.Schedule]:
+    """(optimizer, learning-rate schedule) from config.optimizer. `b_lr_ratio` scales the rate
+    of LoRA's B matrices (LoRA+, train/lora.py's `lr_ratio`); the schedule returned is the
+    base rate's."""
     opt = settings(opt)
     schedule = learning_rate_schedule(opt, total_steps)
     freeze = list(opt["freeze"] or ())
     body_factor = float(opt["body_lr_factor"])
     clip = float(opt["grad_clip_norm"])
-    if not freeze and body_factor == 1.0:
+    if not freeze and body_factor == 1.0 and b_lr_ratio == 1.0:
         core = _core(opt, schedule)
         return (optax.chain(optax.clip_by_global_norm(clip), core) if clip else core), schedule
-    labels = param_labels(freeze, body_factor)
+    labels = param_labels(freeze, body_factor, b_lr_ratio)
     frozen = optax.set_to_zero()
+    rates = {"train": schedule, "body": lambda step: body_factor * schedule(step)}
+    if b_lr_ratio != 1.0:  # only then, so that other runs' optimizer state keeps its structure
+        rates["lora_b"] = lambda step: b_lr_ratio * schedule(step)
     zero_frozen = optax.multi_transform(
-        {"frozen": frozen, "body": optax.identity(), "train": optax.identity()}, labels
+        {"frozen": frozen, **{group: optax.identity() for group in rates}}, labels
     )
     groups = optax.multi_transform(
-        {
-            "frozen": frozen,
-            "train": _core(opt, schedule),
-            "body": _core(opt, lambda step: body_factor * schedule(step)),
-        },
-        labels,
+        {"frozen": frozen, **{group: _core(opt, rate) for group, rate in rates.items()}}, labels
     )
     # Frozen gradients are zeroed before clipping, so freezing does not change the clip scale.
     parts = [zero_frozen] + ([optax.clip_by_global_norm(clip)] if clip else []) + [groups]
