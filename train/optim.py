@@ -149,7 +149,8 @@ def make_optimizer(
     frozen = optax.set_to_zero()
     rates = {"train": schedule, "body": lambda step: body_factor * schedule(step)}
     if b_lr_ratio != 1.0:  # only then, so that other runs' optimizer state keeps its structure
-        rates["lora_b"] = lambda step: b_lr_ratio * schedule(step)
+        # B sits outside head/, so its A gets the body's rate: B's is that times the ratio
+        rates["lora_b"] = lambda step: b_lr_ratio * body_factor * schedule(step)
     zero_frozen = optax.multi_transform(
         {"frozen": frozen, **{group: optax.identity() for group in rates}}, labels
     )
