@@ -6,7 +6,9 @@
 Builds the train split's batches of the config (its objective, batch size and sequence length)
 as fast as it can for S seconds, after a warm-up that starts the workers and fills their
 buffers, and reports tokens/s (the batches' token slots, input plus decoder side: what the
-accelerator consumes), batches/s, and with `--workers 0` the share of the time in each stage:
+accelerator consumes), batches/s, the cores this process kept busy (CPU seconds of all its
+threads per second; with workers, the parent's alone), and with `--workers 0` the share of the
+time in each stage:
 
   read      ArrayRecord reads and TFDS feature decoding (`read_many` less the tokenizer)
   tokenize  the row builder's batched tokenization (`Rows.elements`)
@@ -82,13 +84,14 @@ def measure(config, *, workers: int, seconds: float, warmup: int = 2, profile: i
         batches = tokens = 0
         if profiler:
             profiler.enable()
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         while time.perf_counter() - start < seconds:
             batch = next(it)
             batches += 1
             decoder = batch.get("decoder_input_ids")
             tokens += batch["input_ids"].size + (0 if decoder is None else decoder.size)
         elapsed = time.perf_counter() - start
+        cpu = time.process_time() - cpu_start  # this process's threads, not the workers
         if profiler:
             profiler.disable()
     finally:
@@ -102,6 +105,7 @@ def measure(config, *, workers: int, seconds: float, warmup: int = 2, profile: i
         "batches": batches,
         "tokens_per_s": tokens / elapsed,
         "batches_per_s": batches / elapsed,
+        "process_cores": cpu / elapsed,
         "cpu_count": os.cpu_count(),
         "machine": platform.processor() or platform.machine(),
     }
@@ -161,7 +165,8 @@ def main(argv: list[str] | None = None) -> int:
         line = (
             f"{result['objective']} {result['batch']} x {result['seq_len']}, "
             f"{args.workers} workers: {result['tokens_per_s']:,.0f} tokens/s, "
-            f"{result['batches_per_s']:.2f} batches/s"
+            f"{result['batches_per_s']:.2f} batches/s, this process {result['process_cores']:.2f} "
+            "cores"
         )
         if shares:
             line += " (" + ", ".join(f"{k} {v:.0%}" for k, v in shares.items()) + ")"

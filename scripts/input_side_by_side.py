@@ -177,43 +177,44 @@ def main() -> None:
     args = parser.parse_args()
     if args.child:
         return child(args)
-    report(args, run_all(args))
+    report(args, *run_all(args))
 
 
-def run_all(args) -> dict:
-    """Every measurement, `rounds` times in turn; the best of each."""
+def run_all(args) -> tuple[dict, list[str]]:
+    """Every measurement, `rounds` times in turn: the best of each, and the log of all."""
     with tempfile.TemporaryDirectory() as scratch:
         tokenizer = train_tokenizer(args, scratch)
         runs = [(HERE, int(w)) for w in args.workers.split(",")]
         if args.baseline:
             runs.insert(0, (os.path.abspath(args.baseline), 0))
         best: dict[tuple[str, int], dict] = {}
+        log: list[str] = []  # every measurement as printed, for --json
         for round_ in range(args.rounds):
             for checkout, workers in runs:
                 data_dir = os.path.join(scratch, f"tfds-{abs(hash(checkout))}")
                 result = measure(args, checkout, workers, tokenizer, data_dir)
-                print(
+                log.append(
                     f"round {round_ + 1}: {checkout} workers={workers}: "
-                    f"{result['tokens_per_s']:,.0f} tokens/s",
-                    flush=True,
+                    f"{result['tokens_per_s']:,.0f} tokens/s"
                 )
+                print(log[-1], flush=True)
                 key = (checkout, workers)
                 if key not in best or result["tokens_per_s"] > best[key]["tokens_per_s"]:
                     best[key] = result
             if args.ceiling:
                 result = ceiling(args, args.ceiling, tokenizer, os.path.join(scratch, "tfds"))
-                print(
+                log.append(
                     f"round {round_ + 1}: ceiling of {args.ceiling} processes: "
-                    f"{result['tokens_per_s']:,.0f} tokens/s",
-                    flush=True,
+                    f"{result['tokens_per_s']:,.0f} tokens/s"
                 )
+                print(log[-1], flush=True)
                 key = ("ceiling", args.ceiling)
                 if key not in best or result["tokens_per_s"] > best[key]["tokens_per_s"]:
                     best[key] = result
-    return best
+    return best, log
 
 
-def report(args, best: dict) -> None:
+def report(args, best: dict, log: list[str]) -> None:
     """Prints the best of each measurement (with its ratio to the baseline); --json."""
     base = best.get((os.path.abspath(args.baseline), 0)) if args.baseline else None
     rows = []
@@ -226,9 +227,26 @@ def report(args, best: dict) -> None:
         name = f"ceiling of {workers} processes" if checkout == "ceiling" else checkout
         print(f"{name} workers={workers}: {result['tokens_per_s']:,.0f} tokens/s{ratio}")
     if args.json:
-        machine = {"cpu_count": os.cpu_count(), "machine": platform.processor()}
+        machine = {"cpu_count": os.cpu_count(), "machine": cpu_model()}
+        run = {
+            "date": time.strftime("%Y-%m-%d"),
+            "command": " ".join(["python", *sys.argv]),
+            "round_log": log,
+        }
         with open(args.json, "w") as f:
-            json.dump({"config": args.config, **machine, "rows": rows}, f, indent=2)
+            json.dump({"config": args.config, **machine, "rows": rows, **run}, f, indent=2)
+
+
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo (Linux), else what `platform` knows."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
 
 
 if __name__ == "__main__":

@@ -35,6 +35,7 @@ def test_every_objective_is_measured(name, objective):
         pytest.skip(f"needs {missing[0]} (../shared/data)")
     result = measure(config, workers=0, seconds=0.3)
     assert result["objective"] == objective and result["batches"] > 0
+    assert 0 < result["process_cores"] <= result["cpu_count"] * 1.05  # CPU seconds per second
     per_batch = config.batch_size * config.seq_len
     if objective in ("clm", "mlm"):  # full rows, no decoder side
         assert result["tokens_per_s"] == pytest.approx(result["batches_per_s"] * per_batch)
@@ -50,7 +51,7 @@ def test_the_cli_with_workers_writes_json(tmp_path):
     args = ["--workers", "2", "--seconds", "1", "--json", str(out)]
     result = subprocess.run([*cmd, *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert "2 workers" in result.stdout and "tokens/s" in result.stdout
+    assert "2 workers" in result.stdout and "tokens/s" in result.stdout and "cores" in result.stdout
     report = json.loads(out.read_text())
     assert report["workers"] == 2 and report["tokens_per_s"] > 0 and "stage_share" not in report
     bad = subprocess.run([*cmd, "--workers", "-1"], cwd=ROOT, capture_output=True, text=True)
