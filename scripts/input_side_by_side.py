@@ -21,7 +21,6 @@ import importlib.util
 import inspect
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -227,7 +226,10 @@ def report(args, best: dict, log: list[str]) -> None:
         name = f"ceiling of {workers} processes" if checkout == "ceiling" else checkout
         print(f"{name} workers={workers}: {result['tokens_per_s']:,.0f} tokens/s{ratio}")
     if args.json:
-        machine = {"cpu_count": os.cpu_count(), "machine": cpu_model()}
+        sys.path.insert(0, HERE)
+        from train.benchmark.machine import cpu_model
+
+        machine = {"cpu_count": os.cpu_count(), "machine": cpu_model() or ""}
         run = {
             "date": time.strftime("%Y-%m-%d"),
             "command": " ".join(["python", *sys.argv]),
@@ -235,18 +237,6 @@ def report(args, best: dict, log: list[str]) -> None:
         }
         with open(args.json, "w") as f:
             json.dump({"config": args.config, **machine, "rows": rows, **run}, f, indent=2)
-
-
-def cpu_model() -> str:
-    """The CPU's model name from /proc/cpuinfo (Linux), else what `platform` knows."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 if __name__ == "__main__":

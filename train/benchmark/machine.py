@@ -26,7 +26,7 @@ def environment() -> dict:
         "device_kind": dev.device_kind,
         "device_count": jax.device_count(),
         "cpu_count": os.cpu_count(),
-        "cpu_model": _cpu_model(),
+        "cpu_model": cpu_model(),
         "machine": platform.machine(),
         "os": platform.platform(),
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
@@ -61,7 +61,8 @@ def _cpuinfo(field: str) -> str | None:
     return None
 
 
-def _cpu_model() -> str | None:
+def cpu_model() -> str | None:
+    """The CPU's model name (/proc/cpuinfo on Linux, else `platform`), or None."""
     return _cpuinfo("model name") or platform.processor() or None
 
 
