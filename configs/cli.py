@@ -49,10 +49,11 @@ _TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
 
 
 def choices() -> dict[str, tuple]:
-    """The keys with a closed set of values, each with its allowed values (from their homes)."""
+    """The keys of the models and data layers with a closed set of values, each with its
+    allowed values (from their homes). train/run_config.py adds the keys that train/ owns, so
+    that nothing here reaches up into train/."""
     from data import builders, objectives, tokenizers
     from models import config as model_config
-    from train import optim, tasks
 
     model = {
         "family": model_config.FAMILIES,
@@ -71,18 +72,16 @@ def choices() -> dict[str, tuple]:
         "data.format": ("auto", *builders.BUILDERS),
         "data.text_mode": ("lines", "files"),
         "data.table_format": ("auto", "tsv", "csv", "jsonl"),
-        "task": ("", *tasks.TASK_METRICS),
-        "optimizer.name": optim.OPTIMIZERS,
-        "optimizer.schedule": optim.SCHEDULES,
         "tokenizer.kind": tokenizers.KINDS,
         "tokenizer.family": tuple(tokenizers.FAMILIES),
         **{f"model.{k}": v for k, v in model.items()},
     }
 
 
-def check_choices(config: ml_collections.ConfigDict) -> None:
-    """Raises UserError for the first closed-set key whose value is not allowed."""
-    for key, allowed in choices().items():
+def check_choices(config: ml_collections.ConfigDict, extra: dict | None = None) -> None:
+    """Raises UserError for the first closed-set key (`choices()`, then `extra`'s) whose value
+    is not allowed."""
+    for key, allowed in {**choices(), **(extra or {})}.items():
         value = _get(config, key)
         if value is not None:
             one_of(key, value, allowed)
@@ -249,9 +248,11 @@ def apply_overrides(
     overrides: Sequence[tuple[str, str]],
     *,
     local_files: bool = True,
+    choices: dict | None = None,
 ):
     """Sets each `(dotted key, value text)` on `config`, a parent before its children (so that
-    `data.files=a.txt` and `data.files.validation=b.txt` combine in either order).
+    `data.files=a.txt` and `data.files.validation=b.txt` combine in either order), then checks
+    the closed-set keys (`choices()` and the caller's `choices`).
 
     `local_files=False` keeps `data.files` paths as given, unchecked: they name files on the
     machines the run will start on (a cluster launcher checks a config it does not run)."""
@@ -261,7 +262,7 @@ def apply_overrides(
         set_key(config, key, text, local_files=local_files)
     if any(key == "data.files" or key.startswith("data.files.") for key in given):
         hold_out_validation(config)
-    check_choices(config)
+    check_choices(config, choices)
     return config
 
 

@@ -66,9 +66,10 @@ def check_config(config: str, overrides: Sequence[tuple[str, str]]) -> None:
     """Loads a config that exists here with its overrides, so that a typo in a key or a value
     fails before anything is submitted (a path that exists only on the cluster is left alone)."""
     from configs import cli
+    from train import run_config
 
     if cli.split_spec(config)[0].is_file():
-        cli.apply_overrides(cli.load_config(config), overrides, local_files=False)
+        run_config.load(config, overrides, local_files=False)
 
 
 def train_command(args: argparse.Namespace) -> str:

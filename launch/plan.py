@@ -418,11 +418,11 @@ def format_report(r: dict) -> str:
 
 def main(argv, spec: str, overrides) -> int:
     """Plans `spec` with `overrides` on --devices (configs.cli.run_absl reports errors)."""
-    from configs import cli
+    from train import run_config
 
     if _DEVICES.value is None or _DEVICES.value < 1:
         raise PlanError("--devices N is required (N >= 1)")
-    config = cli.apply_overrides(cli.load_config(spec), overrides)
+    config = run_config.load(spec, overrides)
     use_cpu_devices(_DEVICES.value)
     sizes = parse_mesh(_MESH.value) if _MESH.value else None
     report = plan(config, _DEVICES.value, sizes, _CHIP.value, name=spec)

@@ -1,7 +1,9 @@
-"""The shape of the source tree: layers that import one way, and no grab-bag files or functions.
+"""The shape of the source tree: layers that import one way, modules that never import each
+other in a loop, and no grab-bag files or functions.
 
 Packages stack as models < data < train < launch (configs describe runs and may name anything):
-a module imports only from its own layer and the ones below it. Sizes are measured with `ast`:
+a module imports only from its own layer and the ones below it, and no chain of imports, those
+inside functions included, leads from a module back to itself. Sizes are measured with `ast`:
 a function's length excludes its docstring, and data tables are listed in TABLES with a reason.
 """
 
@@ -88,3 +90,83 @@ def test_the_size_measure_can_fail(tmp_path):
     (node,) = ast.parse(source).body
     assert _function_lines(node) == 62
     assert "train" in _imported_packages(ast.parse("from train.loop import train"))
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _import_graph(sources: dict[str, ast.Module], packages: set[str]) -> dict[str, set[str]]:
+    """Module -> the project modules it imports anywhere in its body (functions included); a
+    name is the longest module prefix of what the import statement names."""
+
+    def module(name: str) -> str | None:
+        while name and name not in sources:
+            name = name.rpartition(".")[0]
+        return name or None
+
+    graph = {}
+    for name, tree in sources.items():
+        here = name if name in packages else name.rpartition(".")[0]
+        found = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                found.update(module(alias.name) for alias in node.names)
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    parent = here.split(".")[: len(here.split(".")) - node.level + 1]
+                    base = ".".join([*parent, base] if base else parent)
+                found.update(module(f"{base}.{alias.name}") for alias in node.names)
+        graph[name] = found - {None, name}
+    return graph
+
+
+def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import cycle of `graph` as [a, b, ..., a], or None (a depth-first search)."""
+    state: dict[str, str] = {}
+    stack: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = "open"
+        stack.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == "open":
+                return stack[stack.index(nxt) :] + [nxt]
+            if nxt not in state and (found := visit(nxt)):
+                return found
+        state[node] = "done"
+        stack.pop()
+        return None
+
+    for node in sorted(graph):
+        if node not in state and (found := visit(node)):
+            return found
+    return None
+
+
+def test_no_module_imports_itself_through_others():
+    paths = [p for p in _sources() if _relative(p).split("/")[0] != "scripts"]
+    sources = {_module_name(p): ast.parse(p.read_text()) for p in paths}
+    packages = {_module_name(p) for p in paths if p.name == "__init__.py"}
+    cycle = _cycle(_import_graph(sources, packages))
+    assert cycle is None, "an import cycle: " + " -> ".join(cycle)
+
+
+def test_the_cycle_check_can_fail():
+    sources = {
+        "train": ast.parse(""),
+        "train.a": ast.parse("def f():\n    from train.b import g\n"),
+        "train.b": ast.parse("from . import c\n"),
+        "train.c": ast.parse("import train.a\n"),
+    }
+    graph = _import_graph(sources, {"train"})
+    assert graph == {
+        "train": set(),
+        "train.a": {"train.b"},
+        "train.b": {"train.c"},
+        "train.c": {"train.a"},
+    }
+    assert _cycle(graph) == ["train.a", "train.b", "train.c", "train.a"]
+    assert _cycle({**graph, "train.c": set()}) is None

@@ -19,6 +19,7 @@ from absl import flags
 
 import configs
 from configs import cli
+from train import run_config
 
 _DEFAULT_CONFIG = str(Path(configs.__file__).parent / "gpt_lm.py")
 # Parsed by configs.cli (with the --config.KEY=VALUE overrides); declared here for --help.
@@ -50,7 +51,7 @@ def main(argv, spec: str, overrides) -> int:
     )
     for noisy in ("absl", "jax._src", "orbax", "tensorflow_datasets"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    config = cli.apply_overrides(cli.load_config(spec), overrides)
+    config = run_config.load(spec, overrides)
 
     from train import distributed
 

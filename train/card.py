@@ -28,7 +28,7 @@ import numpy as np
 
 from models import hub, paths
 from models.config import ModelConfig
-from train.checkpoint import WORKDIR, directory_kind, latest_checkpoint
+from train import reference
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ def read_card(directory) -> Any:
     from huggingface_hub import ModelCard
 
     try:
-        folder = paths.resolve(hub.resolve(directory)) if directory else None
+        folder = reference.locate(directory) if directory else None
         readme = folder / "README.md" if folder else None
         if readme is None or not readme.is_file():
             return None
@@ -96,7 +96,8 @@ def workdir_facts(workdir) -> dict[str, Any]:
     """What a training workdir says of its latest checkpoint: the run config, the step, eval
     metrics, and the whole run's totals (summary.json where it describes this checkpoint,
     else the checkpoint's own ledger)."""
-    workdir, step, saved = latest_checkpoint(workdir)
+    ref = reference.resolve(workdir, "--workdir", kinds=(reference.WORKDIR,))
+    workdir, step, saved = ref.path, ref.step, ref.saved
     summary_file = workdir / "summary.json"
     summary = json.loads(summary_file.read_text()) if summary_file.exists() else {}
     if summary.get("steps") == step and "run" in summary:
@@ -240,7 +241,8 @@ def model_card(config: ModelConfig, params, source, model_type: str | None = Non
     from models import hf
 
     model_type = model_type or hf.infer_model_type(config)
-    trained = directory_kind(source) == WORKDIR
+    kinds = (reference.WORKDIR, reference.CONVERTED)
+    trained = reference.resolve(source, "--from", kinds=kinds).kind == reference.WORKDIR
     facts = workdir_facts(source) if trained else {"run": {}}
     if trained:
         init_from = facts["run"].get("init_from") or None

@@ -21,6 +21,7 @@ from orbax.checkpoint import checkpoint_managers as policies
 
 from models import paths
 from models.errors import UserError
+from train.state import SavedState, TrainState
 
 log = logging.getLogger(__name__)
 
@@ -121,8 +122,6 @@ class Checkpointer:
         metrics: dict | None = None,
     ) -> None:
         """Starts saving `step` (asynchronously when enabled); `wait` blocks until done."""
-        from train.state import SavedState, TrainState
-
         if isinstance(state, TrainState):  # its frozen base stays out (train/lora.py)
             state = SavedState.of(state)
         self._manager.save(
@@ -140,8 +139,6 @@ class Checkpointer:
         """(state, data_state, config) of `step`. `abstract_state` holds ShapeDtypeStructs with
         the target shardings, so a checkpoint restores onto any mesh or device count; a
         `TrainState` comes back with the abstract's `frozen` field (None: the caller fills it)."""
-        from train.state import SavedState, TrainState
-
         train_state = isinstance(abstract_state, TrainState)
         if train_state:
             abstract_state = SavedState.of(abstract_state)
@@ -236,78 +233,38 @@ def _restore_numpy(path: epath.Path, subtree: str | None = None):
     return restored if subtree is None else restored[subtree]
 
 
-WORKDIR, CONVERTED, HUGGING_FACE = "workdir", "converted", "hugging_face"
-
-
-def directory_kind(directory: str | Path) -> str:
-    """What a model directory holds, decided here for every reader: a training workdir
-    (`checkpoints/`), a converted checkpoint (`model_config.json` + `params/`) or a Hugging Face
-    directory (`config.json`), in that order.
-
-    Raises:
-      CheckpointError: the directory does not exist or holds none of the three.
-    """
-    directory = paths.resolve(directory)
-    if not directory.is_dir():
-        raise CheckpointError(f"{directory}: no such directory")
-    if (directory / "checkpoints").is_dir():
-        return WORKDIR
-    if (directory / "params").is_dir() and (directory / MODEL_CONFIG_FILE).exists():
-        return CONVERTED
-    if (directory / "config.json").exists():
-        return HUGGING_FACE
-    raise CheckpointError(
-        f"{directory} is neither a converted checkpoint (model_config.json + params/) nor a "
-        "training workdir (checkpoints/) nor a Hugging Face directory (config.json)"
-    )
-
-
 def workdir_params(workdir: str | Path, step: int):
     """The parameters of a workdir's checkpoint `step`, as numpy arrays on the host."""
     return _restore_numpy(paths.resolve(workdir) / "checkpoints" / str(step) / "state", "params")
 
 
 def load_params(directory: str | Path) -> tuple[dict, Any]:
-    """(model config dict, params as numpy) from a `save_params` directory or a training workdir
-    (its latest checkpoint)."""
+    """(model config dict, params as numpy) as stored in a `save_params` directory or in a
+    training workdir's latest checkpoint. A LoRA workdir stores only its adapters and head:
+    `train.reference` reads it whole (the adapters folded into their base)."""
     directory = paths.resolve(directory)
-    kind = directory_kind(directory)
-    if kind == CONVERTED:
+    if (directory / MODEL_CONFIG_FILE).exists() and (directory / "params").is_dir():
         config = json.loads((directory / MODEL_CONFIG_FILE).read_text())
         return config, _restore_numpy(directory / "params")
-    if kind == WORKDIR:
-        ckpt = Checkpointer(directory / "checkpoints", async_save=False)
-        step = ckpt.latest_step()
-        if step is None:
-            raise CheckpointError(f"{directory / 'checkpoints'} holds no complete checkpoint")
-        saved = ckpt.saved_config(step) or {}
-        config = saved.get("resolved_model")
-        ckpt.close()
-        if not config:
-            raise CheckpointError(f"{directory}: checkpoint {step} has no model config")
-        from train import lora  # a LoRA checkpoint holds what trained; its base is init_from
-
-        return lora.with_base(config, workdir_params(directory, step), saved.get("run"))
-    raise CheckpointError(
-        f"{directory} is neither a converted checkpoint (model_config.json + params/) nor a "
-        "training workdir (checkpoints/); it is a Hugging Face directory (use --from-hf)"
-    )
-
-
-def latest_checkpoint(workdir, what: str = "") -> tuple[epath.Path, int, dict]:
-    """(the workdir path, its latest complete step, the run config saved with it); one error
-    line for a directory that is not a workdir or holds no complete checkpoint. `what` names
-    the command that needs one."""
-    workdir = paths.resolve(workdir)
-    if directory_kind(workdir) != WORKDIR:
-        need = f"{what} needs a training workdir; " if what else ""
-        raise CheckpointError(f"{need}{workdir} is not a training workdir (no checkpoints/)")
-    ckpt = Checkpointer(workdir / "checkpoints", async_save=False)
+    if not (directory / "checkpoints").is_dir():
+        raise CheckpointError(
+            f"{directory} is neither a converted checkpoint (model_config.json + params/) nor a "
+            "training workdir (checkpoints/)"
+        )
+    ckpt = Checkpointer(directory / "checkpoints", async_save=False)
     try:
         step = ckpt.latest_step()
         saved = (ckpt.saved_config(step) or {}) if step is not None else {}
     finally:
         ckpt.close()
     if step is None:
-        raise CheckpointError(f"{workdir / 'checkpoints'} holds no complete checkpoint")
-    return workdir, step, saved
+        raise CheckpointError(f"{directory / 'checkpoints'} holds no complete checkpoint")
+    config = saved.get("resolved_model")
+    if not config:
+        raise CheckpointError(f"{directory}: checkpoint {step} has no model config")
+    if config.get("lora_rank"):
+        raise CheckpointError(
+            f"{directory} holds LoRA adapters without their base; read it with "
+            "train.reference.resolve(...).load()"
+        )
+    return config, workdir_params(directory, step)

@@ -20,11 +20,11 @@ import dataclasses
 import os
 import sys
 
-from models import hf, hub, paths
+from models import hf, paths
 from models.config import ConfigError, ModelConfig
 from models.errors import ArgumentParser, one_line_errors
-from train import card, lora
-from train.checkpoint import load_params, save_params
+from train import card, peft, reference
+from train.checkpoint import save_params, workdir_params
 
 _TOKENIZER_FILES = (
     "tokenizer.json",
@@ -37,9 +37,13 @@ _TOKENIZER_FILES = (
 )
 
 
-def _copy_tokenizer(source, dest) -> None:
-    source, dest = paths.resolve(source), paths.resolve(dest)
-    for folder in (source, source / "tokenizer"):
+def _copy_tokenizer(ref: reference.Reference, dest) -> None:
+    """Copies the tokenizer files of a model directory (or of its `tokenizer/`) to `dest`; an
+    adapter's are its base's."""
+    if ref.kind == reference.PEFT_ADAPTER:
+        ref = reference.resolve(ref.lora_base, "--init-from")
+    dest = paths.resolve(dest)
+    for folder in (ref.path, ref.path / "tokenizer"):
         for name in _TOKENIZER_FILES:
             if (folder / name).is_file():
                 (dest / name).write_bytes((folder / name).read_bytes())
@@ -52,21 +56,17 @@ def convert(args) -> int:
     if args.from_peft:
         return _from_peft(args)
     if args.to_peft:
-        from train import peft
-
-        written = peft.export_workdir(args.source, args.to_peft)
+        written = _to_peft(args.source, args.to_peft)
         print(f"LoRA adapter ({len(written['target_modules'])} modules) -> {args.to_peft}")
         return 0
     if args.from_hf:
         if not args.to:
             raise ConfigError("--from-hf needs --to DIR (where the Triptych checkpoint goes)")
-        hid = hub.hub_id(args.from_hf)
-        source = hub.resolve(args.from_hf, "--from-hf")  # a Hub id: its cached snapshot
-        with paths.local_copy(source, files_only=True) as local:
-            config, params = hf.load_pretrained(local, **({"name": hid.name} if hid else {}))
+        ref = reference.resolve(args.from_hf, "--from-hf", kinds=(reference.HUGGING_FACE,))
+        config, params = ref.load()
         out = save_params(args.to, dataclasses.asdict(config), params)
-        _copy_tokenizer(source, out)
-        card.write_conversion_card(out, args.from_hf, source)
+        _copy_tokenizer(ref, out)
+        card.write_conversion_card(out, args.from_hf, str(ref.path))
         print(f"{config.name} ({config.family}) -> {out}")
         return 0
     if not args.to_hf:
@@ -83,26 +83,31 @@ def convert(args) -> int:
 def _from_peft(args) -> int:
     """A PEFT LoRA adapter on its base (`--init-from`, default the adapter's
     base_model_name_or_path), merged, written as a Triptych (`--to`) or HF (`--to-hf`) dir."""
-    from train import peft
-    from train.init_from import load_pretrained
-
     if bool(args.to) == bool(args.to_hf):
         raise ConfigError("--from-peft needs one of --to DIR or --to-hf DIR")
-    base = args.init_from or peft.read_adapter(args.from_peft)[0].get("base_model_name_or_path")
-    if not base:
-        raise ConfigError("the adapter names no base model; give --init-from BASE")
-    base_config, base_params = load_pretrained(base)
-    config, params = peft.import_adapter(args.from_peft, base_config, base_params)
-    config, params = lora.merged(config, params)
+    ref = reference.resolve(
+        args.from_peft, "--from-peft", kinds=(reference.PEFT_ADAPTER,), base=args.init_from
+    )
+    config, params = ref.load()
     if args.to:
         out = save_params(args.to, dataclasses.asdict(config), params)
     else:
         out = paths.resolve(args.to_hf)
         with paths.local_dir(out) as local:
             hf.save_pretrained(config, params, local)
-    _copy_tokenizer(hub.resolve(base, "--init-from"), out)
+    _copy_tokenizer(ref, out)
     print(f"{config.name} + LoRA adapter {args.from_peft} (merged) -> {out}")
     return 0
+
+
+def _to_peft(workdir, out) -> dict:
+    """A LoRA workdir's latest adapters in PEFT's format (train/peft.py), the base named as
+    init_from's Hub id where there is one (`base_model_name_or_path`)."""
+    ref = reference.resolve(workdir, "--to-peft", kinds=(reference.WORKDIR,))
+    config = ModelConfig.from_dict(ref.saved["resolved_model"])
+    base = (card.base_model_id(ref.lora_base) or ref.lora_base) if ref.lora_base else ""
+    trained = workdir_params(ref.path, ref.step) if config.lora_rank else {}
+    return peft.export(config, trained, base, out)
 
 
 def save_pretrained(source, target, *, push_to_hub: str | None = None, private: bool = False):
@@ -116,12 +121,12 @@ def save_pretrained(source, target, *, push_to_hub: str | None = None, private: 
     """
     if push_to_hub:
         _check_push(push_to_hub)
-    config_dict, params = load_params(source)
-    config = ModelConfig.from_dict(config_dict)
+    ref = reference.resolve(source, "--from", kinds=(reference.WORKDIR, reference.CONVERTED))
+    config, params = ref.load()
     target = paths.resolve(target)
     with paths.local_dir(target) as local:  # copied to a bucket at the end
         hf.save_pretrained(config, params, local)
-        _copy_tokenizer(source, local)
+        _copy_tokenizer(ref, local)
         card.model_card(config, params, source).save(os.path.join(local, "README.md"))
         if push_to_hub:
             _push(local, push_to_hub, private)

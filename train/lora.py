@@ -213,33 +213,3 @@ def _product(a: np.ndarray, b: np.ndarray, kernel_ndim: int) -> np.ndarray:
     a2 = a.astype(np.float32).reshape(layers, -1, a.shape[-1])
     b2 = b.astype(np.float32).reshape(layers, b.shape[lead], -1)
     return np.matmul(a2, b2).reshape(*a.shape[:lead], *shape_in, *shape_out)
-
-
-def with_base(config_dict: dict, trained, run: dict) -> tuple[dict, dict]:
-    """(config, params) of a workdir checkpoint made whole: a LoRA checkpoint holds only what
-    trained, so its base is read again from the run's `init_from`, and the adapters are folded
-    into it (`merged`); unscanned, the config without LoRA. Other checkpoints pass through."""
-    from models import hf
-    from train.checkpoint import CheckpointError
-    from train.init_from import load_pretrained
-
-    config = ModelConfig.from_dict(config_dict)
-    if not config.lora_rank:
-        return config_dict, trained
-    init_from = (run or {}).get("init_from")
-    if not init_from:
-        raise CheckpointError("a LoRA checkpoint without the init_from of its base")
-
-    def leaves(tree):
-        return hf._unstack_layers({k: np.asarray(v) for k, v in flat(tree).items()})
-
-    whole = {**leaves(load_pretrained(init_from)[1]), **leaves(trained)}
-    plain, params = merged(config.replace(scan_layers=False), _nested(whole))
-    expected = hf._expected_shapes(plain)
-    missing = sorted(set(expected) - set(flat(params)))
-    if missing:
-        raise CheckpointError(
-            f"the base {init_from} lacks {', '.join(missing[:3])} of this LoRA checkpoint"
-        )
-    kept = {k: v for k, v in flat(params).items() if k in expected}
-    return plain.to_dict(), _nested(kept)

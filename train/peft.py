@@ -265,18 +265,3 @@ def _with_task_head(config, model_type, adapter, tensors) -> ModelConfig:
         f"a {adapter.get('task_type')} adapter without its head (modules_to_save) on a base "
         "without one: give --init-from a model with the task head"
     )
-
-
-def export_workdir(workdir, out) -> dict[str, Any]:
-    """`export` of a training workdir's latest checkpoint, its base named as init_from's Hub id
-    where there is one (`base_model_name_or_path`)."""
-    from train import card
-    from train.checkpoint import latest_checkpoint, workdir_params
-
-    workdir, step, saved = latest_checkpoint(workdir, "--to-peft")
-    config = ModelConfig.from_dict(saved["resolved_model"])
-    if not config.lora_rank:
-        export(config, {}, "", out)  # the one-line refusal
-    init_from = saved["run"].get("init_from") or ""
-    base = card.base_model_id(init_from) or init_from
-    return export(config, workdir_params(workdir, step), base, out)

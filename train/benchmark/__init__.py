@@ -30,7 +30,8 @@ The package, module by module:
     machine.py      environment(): versions, device, flags, the CPU's bf16 instructions
     timing.py       benchmark() and decode_benchmark(): the phases of a run and its result dict
     trace.py        profile_ops(): the slowest XLA ops of a profiled step's trace
-    suites.py       SUITES and run_suite(): the standard suites and their reports' location
+    specs.py        SUITES: the standard suites' rows
+    suites.py       run_suite(): a standard suite's run and its report's location
     report.py       results.json, README.md and the plots of a suite; the printed summaries
     cli.py          the flags and main(); __main__.py restarts under tcmalloc, then runs it
 """

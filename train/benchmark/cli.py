@@ -12,6 +12,11 @@ from train.benchmark.report import _decode_line, _jsonable, _train_line
 from train.benchmark.suites import SUITES, run_suite
 from train.benchmark.timing import benchmark, decode_benchmark, reference_names
 
+DESCRIPTION = (
+    "Training and decoding benchmarks: tokens/s, MFU, compile time, peak memory, energy and CO2, "
+    "optionally side by side with the Hugging Face PyTorch model of the same shape."
+)
+
 
 def _override(text: str) -> tuple[str, object]:
     key, _, value = text.partition("=")
@@ -51,11 +56,7 @@ def _comparison_args(p: ArgumentParser) -> None:
 
 def _parser() -> ArgumentParser:
     """The command line: a suite, or one model's shape and how to time it."""
-    import train.benchmark  # its docstring's first line is the description
-
-    p = ArgumentParser(
-        prog="python -m train.benchmark", description=train.benchmark.__doc__.split("\n")[0]
-    )
+    p = ArgumentParser(prog="python -m train.benchmark", description=DESCRIPTION)
     p.add_argument("--suite", choices=sorted(SUITES), help="run a standard suite, write docs")
     p.add_argument(
         "--out",
@@ -135,15 +136,14 @@ def main(argv=None) -> int:
 
 def _run_real(p: ArgumentParser, args: argparse.Namespace, spec, overrides) -> int:
     """`--data real --config CONFIG`: the config's step on its pipeline and on synthetic tokens."""
-    from configs import cli
+    from train import run_config
     from train.benchmark.real import real_data_benchmark, real_data_line
 
     if args.data != "real" or not spec:
         p.error("--config goes with --data real, and --data real needs --config CONFIG")
     if args.suite or args.model or args.reference:
         p.error("--data real times a run config; leave out --suite, --model and --reference")
-    config = cli.load_config(spec)
-    cli.apply_overrides(config, overrides)
+    config = run_config.load(spec, overrides)
     result = real_data_benchmark(config, steps=args.steps, warmup=args.warmup, rounds=args.rounds)
     print(real_data_line(result), flush=True)
     if args.json:

@@ -9,6 +9,8 @@ from pathlib import Path
 import jax
 import numpy as np
 
+from train.benchmark.specs import SUITES
+
 
 def write_report(results: dict, out_dir: Path) -> None:
     """results.json, README.md (tables + environment) and train.png / decode.png."""
@@ -53,8 +55,6 @@ def render_markdown(results: dict) -> str:
 
 def _introduction(results: dict) -> list[str]:
     """The report's title, what was measured and how, and the training table's header."""
-    from train.benchmark.suites import SUITES  # suites.py imports this module
-
     notes = SUITES.get(results["suite"], {}).get("notes")
     return [
         f"# Benchmarks: suite `{results['suite']}`",
