@@ -1,12 +1,11 @@
 """Starting a run from pretrained weights (`config.init_from`): ours or Hugging Face's.
 
 `init_from` names a Triptych checkpoint directory (`python -m models convert --to`), a training
-workdir (its latest checkpoint), a PEFT adapter (on its base) or a Hugging Face model directory,
-local or on a bucket (`gs://`), or a Hugging Face Hub id (`org/name[@revision]`); one module,
-train/reference.py, reads them all. The run's model is the checkpoint's architecture with the
-run's `model` fields applied on top (typically a new `head` and `num_labels`); parameters present
-in both with the same shape are copied, and the rest (a new task head) keep their fresh
-initialisation.
+workdir (its latest checkpoint) or a Hugging Face model directory, local or on a bucket
+(`gs://`), or a Hugging Face Hub id (`org/name[@revision]`); one module, train/reference.py,
+reads them all. The run's model is the checkpoint's architecture with the run's `model` fields
+applied on top (typically a new `head` and `num_labels`); parameters present in both with the
+same shape are copied, and the rest (a new task head) keep their fresh initialisation.
 """
 
 from __future__ import annotations
@@ -25,7 +24,8 @@ log = logging.getLogger(__name__)
 
 def load_pretrained(name: str) -> tuple[ModelConfig, dict]:
     """(config, params as numpy) of the model `init_from` names (train/reference.py)."""
-    return reference.resolve(name, "init_from").load()
+    kinds = (reference.WORKDIR, reference.CONVERTED, reference.HUGGING_FACE)
+    return reference.resolve(name, "init_from", kinds=kinds).load()
 
 
 def merge_params(fresh, pretrained, source: str):
