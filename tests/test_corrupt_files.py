@@ -588,3 +588,78 @@ def test_a_valid_checkpoint_loads_from_every_format(pristine):
     root, shapes = pristine
     for base in ("hf", "bin", "sharded", "conv", "workdir"):
         assert _tree_shapes(_read(base, root / base)) == shapes, base
+
+
+# The commands ------------------------------------------------------------------------------------
+
+
+def _snapshot(directory: Path) -> dict[str, bytes]:
+    return {
+        str(p.relative_to(directory)): p.read_bytes() for p in directory.rglob("*") if p.is_file()
+    }
+
+
+def _command(base: str, source: Path, out: Path):
+    """(main, argv) of one command reading `source` and writing `out`."""
+    from train import convert, evaluate, predict
+
+    if base in ("hf", "bin", "sharded"):
+        return convert.main, ["--from-hf", str(source), "--to", str(out)]
+    if base == "conv":
+        return convert.main, ["--from", str(source), "--to-hf", str(out)]
+    if base == "workdir-evaluate":
+        return evaluate.main, ["--workdir", str(source)]
+    return predict.main, ["--workdir", str(source), "some text"]
+
+
+def _pick(cases: list[Case], bases: tuple[str, ...], n: int = 12) -> list[Case]:
+    """`n` error cases of these bases, spread over their kinds."""
+    chosen = [c for c in cases if c.base in bases and c.expect == ERR]
+    by_kind = {c.kind: c for c in chosen}  # one of each kind first
+    spread = list(by_kind.values()) + [c for c in chosen if c not in by_kind.values()]
+    return spread[:n]
+
+
+@pytest.mark.parametrize(
+    "bases, command",
+    [
+        (("hf", "bin", "sharded"), "hf"),
+        (("conv",), "conv"),
+        (("workdir",), "workdir-evaluate"),
+        (("workdir",), "workdir-predict"),
+    ],
+)
+def test_commands_print_one_line_and_leave_nothing_behind(
+    pristine, cases, tmp_path, capsys, bases, command
+):
+    root, _ = pristine
+    problems = []
+    for i, case in enumerate(_pick(cases, bases)):
+        source, out = tmp_path / f"source{i}", tmp_path / f"out{i}"
+        shutil.copytree(root / case.base, source)
+        case.mutate(source)
+        before = _snapshot(source)
+        main, argv = _command(command, source, out)
+        code = main(argv)
+        err = capsys.readouterr().err
+        lines = err.strip().splitlines()
+        if code != 2 or not lines or not lines[-1].startswith("error: ") or "Traceback" in err:
+            problems.append(f"{case.kind}: exit {code}, stderr {err[-300:]!r}")
+        if out.exists() or _snapshot(source) != before:
+            problems.append(f"{case.kind}: left {out} behind or changed the source")
+    assert not problems, "\n".join(problems)
+
+
+def test_an_existing_output_directory_is_left_untouched(pristine, tmp_path, capsys):
+    from train import convert
+
+    root, _ = pristine
+    source, out = tmp_path / "source", tmp_path / "out"
+    shutil.copytree(root / "hf", source)
+    (source / _ST).write_bytes(random.Random(SEED).randbytes(300))  # the reported file
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    assert convert.main(["--from-hf", str(source), "--to", str(out)]) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith("error: ") and str(source / _ST) in last, last
+    assert _snapshot(out) == {"keep.txt": b"mine"}

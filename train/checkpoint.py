@@ -44,7 +44,7 @@ class CheckpointError(UserError):
     """A workdir or checkpoint that does not fit the run."""
 
 
-_DAMAGED = "move that directory away (an earlier step is then used) or restore it from a copy"
+_DAMAGED = "restore it from a copy, or move a damaged workdir step away to use the step before it"
 
 
 @contextlib.contextmanager
@@ -259,8 +259,8 @@ def _restore_numpy(path: epath.Path, subtree: str | None = None):
         tree = None if metadata is None else metadata.tree
         if not isinstance(tree, dict) or (subtree is not None and subtree not in tree):
             raise CheckpointError(
-                f"checkpoint {path} has no readable tree metadata (_METADATA) "
-                f"{'of ' + subtree if subtree else ''}; {_DAMAGED}"
+                f"checkpoint {path} has no readable tree metadata (_METADATA"
+                f"{' with ' + subtree if subtree else ''}); {_DAMAGED}"
             )
         if subtree is not None:
             tree = {subtree: tree[subtree]}
