@@ -663,3 +663,56 @@ def test_an_existing_output_directory_is_left_untouched(pristine, tmp_path, caps
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert last.startswith("error: ") and str(source / _ST) in last, last
     assert _snapshot(out) == {"keep.txt": b"mine"}
+
+
+RESUME_FIXTURE = Path(__file__).resolve().parent / "fixtures" / "resume_v1"
+
+
+@pytest.mark.parametrize("damage", ["manifest", "metadata"])
+def test_resuming_from_a_damaged_checkpoint_is_one_line_and_keeps_it(tmp_path, capsys, damage):
+    """`python -m train --workdir` of a run whose latest checkpoint is damaged: one error line
+    naming the step, exit 2, and the checkpoint's files left as they were."""
+    from configs import cli
+    from train import __main__ as train_main
+
+    workdir = tmp_path / "run"
+    shutil.copytree(RESUME_FIXTURE, workdir)
+    step = workdir / "checkpoints" / "4"
+    broken = (
+        step / "state" / "manifest.ocdbt" if damage == "manifest" else step / "config" / "metadata"
+    )
+    broken.write_bytes(broken.read_bytes()[:40])
+    before = _snapshot(workdir / "checkpoints")
+    flags = json.loads((RESUME_FIXTURE / "expected_losses.json").read_text())["flags"]
+    argv = ["python -m train", *flags, "--workdir", str(workdir)]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("sys.argv", argv)
+        with pytest.raises(SystemExit) as exit_info:
+            cli.run_absl(train_main.main, None)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 2
+    assert err[-1].startswith("error: ") and str(step) in err[-1], err[-3:]
+    assert _snapshot(workdir / "checkpoints") == before
+
+
+def test_init_from_a_damaged_checkpoint_is_one_line(pristine, cases, tmp_path, capsys):
+    """`python -m train --config.init_from=DIR` with DIR damaged: one error line naming it."""
+    from configs import cli
+    from train import __main__ as train_main
+
+    root, _ = pristine
+    flags = json.loads((RESUME_FIXTURE / "expected_losses.json").read_text())["flags"]
+    for i, case in enumerate(_pick(cases, ("hf", "conv"), n=2)):
+        source = tmp_path / f"source{i}"
+        shutil.copytree(root / case.base, source)
+        case.mutate(source)
+        before = _snapshot(source)
+        argv = ["python -m train", *flags, "--workdir", str(tmp_path / f"run{i}")]
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr("sys.argv", [*argv, f"--config.init_from={source}"])
+            with pytest.raises(SystemExit) as exit_info:
+                cli.run_absl(train_main.main, None)
+        err = capsys.readouterr().err.strip().splitlines()
+        assert exit_info.value.code == 2, (case.kind, err[-3:])
+        assert err[-1].startswith("error: ") and str(source) in err[-1], (case.kind, err[-3:])
+        assert _snapshot(source) == before
