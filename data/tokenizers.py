@@ -28,6 +28,7 @@ from tokenizers import decoders, models, normalizers, pre_tokenizers, trainers
 
 from data.errors import DataError
 from models import hub, paths
+from models.jsonfile import read_json
 
 ROLES = ("pad", "unk", "bos", "eos", "cls", "sep", "mask")
 KINDS = ("bpe", "wordpiece", "unigram")
@@ -311,7 +312,16 @@ def load_tokenizer(path: str, family: str | None = None) -> Tokenizer:
     path = os.path.expanduser(path)
     directory = path if os.path.isdir(path) else os.path.dirname(path)
     config = _read_json(os.path.join(directory, CONFIG_FILE))
-    backend = _load_backend(path, directory, config)
+    try:
+        backend = _load_backend(path, directory, config)
+    except DataError:
+        raise
+    except Exception as e:  # noqa: BLE001 - tokenizers and protobuf report bad files in many types
+        lines = str(e).strip().splitlines()
+        raise DataError(
+            f"{path}: the tokenizer files cannot be read ({type(e).__name__}: "
+            f"{lines[0][:300] if lines else ''}); copy them again from the model's source"
+        ) from None
     family = family or config.get("family") or _model_family(directory) or _guess_family(backend)
     specials = dict(FAMILIES[family])
     specials.update({r: _token(config[f"{r}_token"]) for r in ROLES if config.get(f"{r}_token")})
@@ -370,10 +380,10 @@ def _from_sentencepiece(path: str) -> tokenizers.Tokenizer:
 
 
 def _read_json(path: str) -> dict:
+    """A JSON object file beside the tokenizer ({} when there is none); DataError if damaged."""
     if not os.path.isfile(path):
         return {}
-    with open(path) as f:
-        return json.load(f)
+    return read_json(path, error=DataError, fix="copy it again from the model's source")
 
 
 def _token(value) -> str:

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import logging
-import mmap
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -33,6 +32,7 @@ from flax import traverse_util
 from flax.core import meta
 
 from models.config import ConfigError, ModelConfig
+from models.hf_files import read_hf_config, read_state_dict
 from models.hf_tables import (
     OUT_AXIS,
     SPECS,
@@ -187,89 +187,6 @@ def config_to_hf(config: ModelConfig, model_type: str | None = None) -> dict[str
         and (config.scale_tied_logits or not spec.scaled_tie)
     )
     return out
-
-
-# Reading and writing tensors ---------------------------------------------------------------------
-
-_ST_DTYPES = {
-    "F64": np.float64,
-    "F32": np.float32,
-    "F16": np.float16,
-    "BF16": jnp.bfloat16,
-    "I64": np.int64,
-    "I32": np.int32,
-    "I16": np.int16,
-    "I8": np.int8,
-    "U8": np.uint8,
-    "BOOL": np.bool_,
-}
-
-
-def _read_safetensors(file: str) -> dict[str, np.ndarray]:
-    """A .safetensors file -> numpy arrays (bfloat16 included, which safetensors.numpy lacks)."""
-    out = {}
-    with open(file, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
-        size = int.from_bytes(buf[:8], "little")
-        header = json.loads(buf[8 : 8 + size])
-        for key, info in header.items():
-            if key == "__metadata__":
-                continue
-            start, end = info["data_offsets"]
-            dtype = np.dtype(_ST_DTYPES[info["dtype"]])
-            out[key] = np.frombuffer(buf[8 + size + start : 8 + size + end], dtype).reshape(
-                info["shape"]
-            )
-    return out
-
-
-def _read_torch(file: str) -> dict[str, np.ndarray]:
-    try:
-        import torch
-    except ImportError as e:
-        raise CheckpointError(
-            f"{file} is a PyTorch checkpoint and torch is not installed; "
-            "install torch or convert the weights to safetensors"
-        ) from e
-    state = torch.load(file, map_location="cpu", weights_only=True)
-    return {k: (v.float() if v.dtype == torch.bfloat16 else v).numpy() for k, v in state.items()}
-
-
-def read_state_dict(path: str) -> dict[str, np.ndarray]:
-    """All tensors of an HF directory by raw name: model.safetensors, a sharded safetensors
-    index, pytorch_model.bin or a sharded .bin index (first found in that order)."""
-    for single, index, reader in (
-        ("model.safetensors", "model.safetensors.index.json", _read_safetensors),
-        ("pytorch_model.bin", "pytorch_model.bin.index.json", _read_torch),
-    ):
-        if os.path.isfile(os.path.join(path, single)):
-            return reader(os.path.join(path, single))
-        index_file = os.path.join(path, index)
-        if os.path.isfile(index_file):
-            with open(index_file) as f:
-                shards = sorted(set(json.load(f)["weight_map"].values()))
-            state = {}
-            for shard in shards:
-                if not os.path.isfile(os.path.join(path, shard)):
-                    raise CheckpointError(
-                        f"{os.path.join(path, shard)} (listed in {index_file}) not found"
-                    )
-                state.update(reader(os.path.join(path, shard)))
-            return state
-    raise CheckpointError(
-        f"no weights in {path}: expected model.safetensors, "
-        "model.safetensors.index.json or pytorch_model.bin"
-    )
-
-
-def read_hf_config(path: str) -> dict[str, Any]:
-    """The parsed config.json of an HF directory."""
-    if not os.path.isdir(path):
-        raise CheckpointError(f"{path}: no such directory")
-    file = os.path.join(path, "config.json")
-    if not os.path.isfile(file):
-        raise CheckpointError(f"{file} not found (not a Hugging Face model directory)")
-    with open(file) as f:
-        return json.load(f)
 
 
 # Conversion --------------------------------------------------------------------------------------

@@ -8,6 +8,8 @@ leaves a half checkpoint behind; `latest_step` only sees complete ones.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import logging
 from pathlib import Path
@@ -17,10 +19,12 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
+from flax.core import meta
 from orbax.checkpoint import checkpoint_managers as policies
 
 from models import paths
 from models.errors import UserError
+from models.jsonfile import read_json
 from train.state import SavedState, TrainState
 
 log = logging.getLogger(__name__)
@@ -38,6 +42,25 @@ _EXECUTION_FIELDS = {
 
 class CheckpointError(UserError):
     """A workdir or checkpoint that does not fit the run."""
+
+
+_DAMAGED = "restore it from a copy, or move a damaged workdir step away to use the step before it"
+
+
+@contextlib.contextmanager
+def reading(directory, what: str = "checkpoint"):
+    """Turns any failure of Orbax (or tensorstore under it) while reading `directory` into one
+    CheckpointError line that names the directory and the library's first line; our own
+    UserErrors pass through. Wrap only calls into Orbax with it, so that our bugs keep their
+    tracebacks."""
+    try:
+        yield
+    except UserError:
+        raise
+    except Exception as e:  # noqa: BLE001 - Orbax reports damaged files in many types
+        lines = str(e).strip().splitlines()
+        why = f"{type(e).__name__}: {lines[0][:300]}" if lines else type(e).__name__
+        raise CheckpointError(f"{what} {directory} cannot be read ({why}); {_DAMAGED}") from e
 
 
 def metric_mode(name: str) -> str:
@@ -94,10 +117,12 @@ class Checkpointer:
         )
 
     def latest_step(self) -> int | None:
-        return self._manager.latest_step()
+        with reading(self.directory, "checkpoint directory"):
+            return self._manager.latest_step()
 
     def all_steps(self) -> list[int]:
-        return list(self._manager.all_steps())
+        with reading(self.directory, "checkpoint directory"):
+            return list(self._manager.all_steps())
 
     def best_step(self) -> int | None:
         """The kept step with the best `best_metric` (None without metrics)."""
@@ -142,14 +167,21 @@ class Checkpointer:
         train_state = isinstance(abstract_state, TrainState)
         if train_state:
             abstract_state = SavedState.of(abstract_state)
-        restored = self._manager.restore(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(abstract_state),
-                data=ocp.args.JsonRestore(),
-                config=ocp.args.JsonRestore(),
-            ),
+        args = ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract_state),
+            data=ocp.args.JsonRestore(),
+            config=ocp.args.JsonRestore(),
         )
+        try:
+            restored = self._manager.restore(step, args=args)
+        except Exception as e:  # noqa: BLE001 - damaged files, or a tree that is not this run's
+            lines = str(e).strip().splitlines()
+            raise CheckpointError(
+                f"checkpoint {self.directory / str(step)} cannot be restored into this run's "
+                f"state ({type(e).__name__}: {lines[0][:300] if lines else ''}); if its files "
+                f"are damaged, {_DAMAGED}; if the run's optimizer or model settings changed, "
+                "use a new --workdir or the settings it was trained with"
+            ) from e
         state = restored["state"].train_state() if train_state else restored["state"]
         return state, restored["data"], restored["config"]
 
@@ -160,10 +192,13 @@ class Checkpointer:
             return None
         path = self.directory / str(step) / "config" / "metadata"
         if path.exists():
-            return json.loads(path.read_text())
-        restored = self._manager.restore(
-            step, args=ocp.args.Composite(config=ocp.args.JsonRestore())
-        )
+            return read_json(path, error=CheckpointError, fix=_DAMAGED)
+        with reading(self.directory / str(step)):
+            restored = self._manager.restore(
+                step, args=ocp.args.Composite(config=ocp.args.JsonRestore())
+            )
+        if not isinstance(restored["config"], dict):
+            raise CheckpointError(f"{self.directory / str(step)} holds no run config; {_DAMAGED}")
         return restored["config"]
 
     def wait(self) -> None:
@@ -219,18 +254,79 @@ def save_params(directory: str | Path, config_dict: dict, params) -> epath.Path:
 
 def _restore_numpy(path: epath.Path, subtree: str | None = None):
     """Restores an Orbax PyTree at `path` as numpy arrays (only `subtree` when given)."""
-    ckptr = ocp.PyTreeCheckpointer()
-    tree = ckptr.metadata(path).item_metadata.tree
-    if subtree is not None:
-        tree = {subtree: tree[subtree]}
-    args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
-    restored = ckptr.restore(
-        path,
-        args=ocp.args.PyTreeRestore(
-            item=tree, restore_args=args, partial_restore=subtree is not None
-        ),
-    )
+    with reading(path), ocp.PyTreeCheckpointer() as ckptr:
+        metadata = ckptr.metadata(path).item_metadata
+        tree = None if metadata is None else metadata.tree
+        if not isinstance(tree, dict) or (subtree is not None and subtree not in tree):
+            raise CheckpointError(
+                f"checkpoint {path} has no readable tree metadata (_METADATA"
+                f"{' with ' + subtree if subtree else ''}); {_DAMAGED}"
+            )
+        if subtree is not None:
+            tree = {subtree: tree[subtree]}
+        args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
+        restored = ckptr.restore(
+            path,
+            args=ocp.args.PyTreeRestore(
+                item=tree, restore_args=args, partial_restore=subtree is not None
+            ),
+        )
     return restored if subtree is None else restored[subtree]
+
+
+def model_config_of(config_dict, source):
+    """The ModelConfig that a checkpoint's saved config describes; one CheckpointError line
+    naming `source` when it is not one (unknown fields, values of the wrong type)."""
+    import models
+
+    try:
+        if not isinstance(config_dict, dict):
+            raise TypeError(f"a JSON {type(config_dict).__name__}, not an object")
+        return models.ModelConfig.from_dict(config_dict)
+    except (UserError, TypeError, ValueError) as e:
+        lines = str(e).strip().splitlines()
+        raise CheckpointError(
+            f"{source}: the saved model config is not valid "
+            f"({lines[0][:300] if lines else type(e).__name__}); {_DAMAGED}"
+        ) from None
+
+
+@functools.lru_cache(maxsize=8)
+def _model_shapes(config) -> dict[str, tuple]:
+    """The parameter shapes of a config's model, from an abstract init (nothing allocated)."""
+    import models
+
+    model = models.build(config)
+    ids = np.zeros((1, 1), np.int32)
+    inputs = (ids, ids) if config.family == "encoder_decoder" else (ids,)
+    return _shapes(meta.unbox(jax.eval_shape(lambda: model.init(jax.random.key(0), *inputs))))
+
+
+def check_params(config_dict: dict, params, source) -> Any:
+    """`params` if their tree and shapes are those of the model that `config_dict` describes;
+    else one CheckpointError line naming `source` (a damaged or hand-edited checkpoint)."""
+    config = model_config_of(config_dict, source)
+    try:
+        want = _model_shapes(config)
+    except (TypeError, ValueError) as e:  # a value that passed the config's own checks
+        lines = str(e).strip().splitlines()
+        raise CheckpointError(
+            f"{source}: the saved model config does not build a model "
+            f"({lines[0][:300] if lines else type(e).__name__}); {_DAMAGED}"
+        ) from None
+    got = _shapes({"params": params})
+    if got != want:
+        name = sorted(set(want) ^ set(got)) or [k for k in want if want[k] != got[k]]
+        raise CheckpointError(
+            f"{source}: the parameters do not fit the saved model config (e.g. {name[0]}: "
+            f"config {want.get(name[0])}, checkpoint {got.get(name[0])}); {_DAMAGED}"
+        )
+    return params
+
+
+def _shapes(tree) -> dict[str, tuple]:
+    flat = jax.tree_util.tree_flatten_with_path(tree)[0]
+    return {"/".join(str(getattr(p, "key", p)) for p in k): tuple(np.shape(v)) for k, v in flat}
 
 
 def workdir_params(workdir: str | Path, step: int):
@@ -244,8 +340,9 @@ def load_params(directory: str | Path) -> tuple[dict, Any]:
     `train.reference` reads it whole (the adapters folded into their base)."""
     directory = paths.resolve(directory)
     if (directory / MODEL_CONFIG_FILE).exists() and (directory / "params").is_dir():
-        config = json.loads((directory / MODEL_CONFIG_FILE).read_text())
-        return config, _restore_numpy(directory / "params")
+        file = directory / MODEL_CONFIG_FILE
+        config = read_json(file, error=CheckpointError, fix=_DAMAGED)
+        return config, check_params(config, _restore_numpy(directory / "params"), file)
     if not (directory / "checkpoints").is_dir():
         raise CheckpointError(
             f"{directory} is neither a converted checkpoint (model_config.json + params/) nor a "
@@ -262,9 +359,10 @@ def load_params(directory: str | Path) -> tuple[dict, Any]:
     config = saved.get("resolved_model")
     if not config:
         raise CheckpointError(f"{directory}: checkpoint {step} has no model config")
-    if config.get("lora_rank"):
+    step_dir = directory / "checkpoints" / str(step)
+    if model_config_of(config, step_dir).lora_rank:
         raise CheckpointError(
             f"{directory} holds LoRA adapters without their base; read it with "
             "train.reference.resolve(...).load()"
         )
-    return config, workdir_params(directory, step)
+    return config, check_params(config, workdir_params(directory, step), step_dir)

@@ -32,7 +32,7 @@ from models import paths
 from models.errors import UserError, one_of
 from train import compilation, distributed, goodput, lora, partitioning
 from train.carbon import CarbonTracker
-from train.checkpoint import Checkpointer, CheckpointError, check_same_architecture
+from train.checkpoint import Checkpointer, check_same_architecture
 from train.decode import sample_text
 from train.feed import Feed
 from train.flops import train_flops_per_step
@@ -218,14 +218,8 @@ def _class_names(config, model_config, source) -> dict:
 
 
 def _restore(ckpt, step, abstract, train_iter):
-    try:
-        state, data_state, _ = ckpt.restore(step, abstract)
-    except ValueError as e:  # Orbax: the saved tree does not fit this run's state
-        raise CheckpointError(
-            f"checkpoint step {step} in {ckpt.directory} does not fit this run's state "
-            f"(optimizer or model settings changed?): {str(e).splitlines()[0]}; use a new "
-            "--workdir or the settings it was trained with"
-        ) from e
+    # One CheckpointError line for damaged files or a tree that is not this run's state.
+    state, data_state, _ = ckpt.restore(step, abstract)
     train_iter.set_state(
         distributed.local_data_state(data_state, jax.process_index(), jax.process_count())
     )

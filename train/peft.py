@@ -27,7 +27,9 @@ import numpy as np
 
 from models import hf, hub, paths
 from models.config import ModelConfig
+from models.hf_files import read_safetensors
 from models.hf_tables import from_hf_layout, to_hf_layout
+from models.jsonfile import read_json
 from train import lora
 from train.checkpoint import CheckpointError
 
@@ -149,13 +151,11 @@ def _head_tensors(config, model_type, leaves) -> dict[str, np.ndarray]:
 def read_adapter(directory) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """(adapter_config.json, tensors) of a PEFT LoRA adapter directory (local, gs:// or a Hub
     id)."""
-    from safetensors.numpy import load_file
-
     folder = paths.resolve(hub.resolve(directory, "--from-peft", model=False, files=[
         ADAPTER_CONFIG, ADAPTER_WEIGHTS]))  # fmt: skip
     if not (folder / ADAPTER_CONFIG).is_file():
         raise CheckpointError(f"{folder}: no {ADAPTER_CONFIG} (not a PEFT adapter directory)")
-    adapter = json.loads((folder / ADAPTER_CONFIG).read_text())
+    adapter = read_json(folder / ADAPTER_CONFIG, error=CheckpointError)
     if adapter.get("peft_type") != "LORA" or adapter.get("use_dora") or adapter.get("use_rslora"):
         raise CheckpointError(
             f"{folder}: a {adapter.get('peft_type')} adapter"
@@ -163,7 +163,7 @@ def read_adapter(directory) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
             + "; Triptych reads plain LoRA adapters"
         )
     with paths.local_copy(folder, files_only=True) as local:
-        tensors = load_file(os.path.join(local, ADAPTER_WEIGHTS))
+        tensors = read_safetensors(os.path.join(local, ADAPTER_WEIGHTS))
     return adapter, {k.removeprefix(_PREFIX): v for k, v in tensors.items()}
 
 

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 from pathlib import Path
 from typing import Any
 
@@ -35,8 +34,16 @@ from etils import epath
 from data.tokenizers import find_tokenizer
 from models import hf, hub, paths
 from models.config import ModelConfig
+from models.jsonfile import read_json
 from train import lora, peft
-from train.checkpoint import MODEL_CONFIG_FILE, Checkpointer, CheckpointError, load_params
+from train.checkpoint import (
+    MODEL_CONFIG_FILE,
+    Checkpointer,
+    CheckpointError,
+    check_params,
+    load_params,
+    model_config_of,
+)
 from train.checkpoint import workdir_params as stored_params
 
 WORKDIR, CONVERTED, PEFT_ADAPTER, HUGGING_FACE = (
@@ -176,7 +183,7 @@ def resolve(
 def _workdir_fields(path: epath.Path, step) -> dict[str, Any]:
     """The chosen step of a workdir, the run config saved with it and its LoRA base."""
     run_file = path / "config.json"
-    run = json.loads(run_file.read_text()).get("run", {}) if run_file.exists() else {}
+    run = read_json(run_file, error=CheckpointError).get("run", {}) if run_file.exists() else {}
     ckpt = Checkpointer(
         path / "checkpoints", best_metric=run.get("best_metric") or None, async_save=False
     )
@@ -187,6 +194,7 @@ def _workdir_fields(path: epath.Path, step) -> dict[str, Any]:
         ckpt.close()
     if not saved.get("resolved_model"):
         raise CheckpointError(f"{path}: checkpoint {chosen} has no model config")
+    model_config_of(saved["resolved_model"], path / "checkpoints" / str(chosen))
     base = None
     if saved["resolved_model"].get("lora_rank"):
         base = (saved.get("run") or {}).get("init_from")
@@ -217,7 +225,8 @@ def _pick_step(ckpt: Checkpointer, step, directory: epath.Path) -> int:
 
 
 def _adapter_base(path: epath.Path) -> str:
-    base = json.loads((path / peft.ADAPTER_CONFIG).read_text()).get("base_model_name_or_path")
+    adapter = read_json(path / peft.ADAPTER_CONFIG, error=CheckpointError)
+    base = adapter.get("base_model_name_or_path")
     if not base:
         raise CheckpointError(f"{path}: the adapter names no base model; give --init-from BASE")
     return base
@@ -240,10 +249,11 @@ def _converted(ref: Reference) -> tuple[ModelConfig, dict]:
 def _workdir(ref: Reference) -> tuple[ModelConfig, dict]:
     """A workdir step's parameters; a LoRA checkpoint holds only what trained, so its base is
     read again from the run's `init_from` and the adapters are folded into it, unscanned."""
-    config = ModelConfig.from_dict(ref.saved["resolved_model"])
+    step_dir = ref.path / "checkpoints" / str(ref.step)
+    config = model_config_of(ref.saved["resolved_model"], step_dir)
     trained = stored_params(ref.path, ref.step)
     if not config.lora_rank:
-        return config, trained
+        return config, check_params(ref.saved["resolved_model"], trained, step_dir)
 
     def leaves(tree):
         return hf._unstack_layers({k: np.asarray(v) for k, v in lora.flat(tree).items()})

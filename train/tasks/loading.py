@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import jax
@@ -10,13 +9,14 @@ import ml_collections
 
 import models
 from data.tokenizers import Tokenizer, load_tokenizer
+from models.jsonfile import read_json
 from train.checkpoint import CheckpointError
 from train.reference import WORKDIR, Reference, resolve
 from train.tasks.inference import LoadedModel
 
 
 def _hf_label_names(directory: Path) -> list[str] | None:
-    config = json.loads((directory / "config.json").read_text())
+    config = read_json(directory / "config.json", error=CheckpointError)
     id2label = config.get("id2label") or {}
     names = [id2label[k] for k in sorted(id2label, key=int)] if id2label else None
     return names if names and not all(n == f"LABEL_{i}" for i, n in enumerate(names)) else None
