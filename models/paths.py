@@ -122,6 +122,21 @@ def local_copy(path: epath.Path | str, files_only: bool = False) -> Iterator[str
         yield scratch
 
 
+@contextlib.contextmanager
+def removed_on_failure(*targets, keep=None, errors: tuple = (BaseException,)) -> Iterator[None]:
+    """A command that fails with one of `errors` leaves no output behind: each of `targets` (paths
+    or None) that did not exist on entry is removed again, unless `keep(path)` says it holds
+    something worth keeping (a checkpoint). A target that existed is never touched."""
+    new = [resolve(t) for t in targets if t and not resolve(t).exists()]
+    try:
+        yield
+    except errors:
+        for target in new:
+            if target.exists() and not (keep and keep(target)):
+                target.rmtree()
+        raise
+
+
 def copy_tree(source: epath.Path, target: epath.Path, files_only: bool = False) -> None:
     """Copies the files under `source` to `target` (any mix of local and object storage);
     `files_only`: the top-level files only."""

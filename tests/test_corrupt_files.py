@@ -696,7 +696,8 @@ def test_resuming_from_a_damaged_checkpoint_is_one_line_and_keeps_it(tmp_path, c
 
 
 def test_init_from_a_damaged_checkpoint_is_one_line(pristine, cases, tmp_path, capsys):
-    """`python -m train --config.init_from=DIR` with DIR damaged: one error line naming it."""
+    """`python -m train --config.init_from=DIR` with DIR damaged: one error line naming it, and
+    the run's new workdir is gone again."""
     from configs import cli
     from train import __main__ as train_main
 
@@ -716,3 +717,4 @@ def test_init_from_a_damaged_checkpoint_is_one_line(pristine, cases, tmp_path, c
         assert exit_info.value.code == 2, (case.kind, err[-3:])
         assert err[-1].startswith("error: ") and str(source) in err[-1], (case.kind, err[-3:])
         assert _snapshot(source) == before
+        assert not (tmp_path / f"run{i}").exists()  # the new workdir is removed again

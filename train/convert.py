@@ -16,7 +16,6 @@ bucket (`gs://BUCKET/...`).
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import os
 import sys
@@ -180,22 +179,8 @@ def main(argv: list[str] | None = None) -> int:
         raise ConfigError("--private goes with --push-to-hub REPO")
     if args.push_to_hub and not args.to_hf:
         raise ConfigError("--push-to-hub goes with --from DIR --to-hf DIR")
-    with _removed_on_failure(args.to, args.to_hf, args.to_peft):
+    with paths.removed_on_failure(args.to, args.to_hf, args.to_peft):
         return convert(args)
-
-
-@contextlib.contextmanager
-def _removed_on_failure(*targets):
-    """A conversion that fails leaves no output behind: the output directories that did not
-    exist before are removed (one that existed is never touched: the writers refuse it)."""
-    new = [paths.resolve(t) for t in targets if t and not paths.resolve(t).exists()]
-    try:
-        yield
-    except BaseException:
-        for target in new:
-            if target.exists():
-                target.rmtree()
-        raise
 
 
 if __name__ == "__main__":

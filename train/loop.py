@@ -528,14 +528,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
       The summary dict (also written to workdir/summary.json).
     """
     workdir = paths.resolve(workdir)
-    if jax.process_index() == 0:
-        paths.check_writable(workdir)  # one line for a missing bucket or credentials
-    clock = Clock()
-    cache = compilation.enable(config.get("compilation_cache"), workdir)
-    try:
-        return _train_and_evaluate(config, workdir, clock, cache)
-    finally:
-        compilation.disable(cache)
+    # bad input (a damaged init_from, say) leaves no new workdir behind, unless it checkpointed
+    keep = lambda path: (path / "checkpoints").exists() and any((path / "checkpoints").iterdir())
+    new = workdir if jax.process_index() == 0 else None
+    with paths.removed_on_failure(new, keep=keep, errors=(UserError,)):
+        if jax.process_index() == 0:
+            paths.check_writable(workdir)  # one line for a missing bucket or credentials
+        clock = Clock()
+        cache = compilation.enable(config.get("compilation_cache"), workdir)
+        try:
+            return _train_and_evaluate(config, workdir, clock, cache)
+        finally:
+            compilation.disable(cache)
 
 
 def _train_and_evaluate(config, workdir, clock: Clock, cache) -> dict:
