@@ -21,6 +21,7 @@ from orbax.checkpoint import checkpoint_managers as policies
 
 from models import paths
 from models.errors import UserError
+from train import watchdog
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +55,8 @@ class Checkpointer:
       best_mode: 'min' or 'max' for best_metric (default: 'min' for losses and perplexities,
         'max' for anything else, e.g. accuracy, F1, BLEU, ROUGE).
       async_save: save in a background thread (the train loop goes on).
+      timeout_s: Orbax's deadline for a background save to commit (0: Orbax's default). Saves,
+        restores and reads are marked for the run's stall watchdog (train/watchdog.py).
     """
 
     def __init__(
@@ -64,6 +67,7 @@ class Checkpointer:
         best_metric: str | None = None,
         best_mode: str | None = None,
         async_save: bool = True,
+        timeout_s: float = 0,
     ):
         self.directory = paths.resolve(directory)  # a local path or gs:// (models/paths.py)
         self.best_metric = best_metric
@@ -87,10 +91,12 @@ class Checkpointer:
             create=True,
             cleanup_tmp_directories=True,
             preservation_policy=policies.AnyPreservationPolicy(keep_policies),
+            async_options=ocp.AsyncOptions(timeout_secs=int(timeout_s)) if timeout_s else None,
         )
-        self._manager = ocp.CheckpointManager(
-            self.directory, options=options, item_names=("state", "data", "config")
-        )
+        with watchdog.doing("checkpoint listing", self.directory):
+            self._manager = ocp.CheckpointManager(
+                self.directory, options=options, item_names=("state", "data", "config")
+            )
 
     def latest_step(self) -> int | None:
         return self._manager.latest_step()
@@ -125,16 +131,17 @@ class Checkpointer:
 
         if isinstance(state, TrainState):  # its frozen base stays out (train/lora.py)
             state = SavedState.of(state)
-        self._manager.save(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardSave(state),
-                data=ocp.args.JsonSave(data_state if data_state is not None else {}),
-                config=ocp.args.JsonSave(config or {}),
-            ),
-            metrics=metrics,
-            force=True,
-        )
+        with watchdog.doing("checkpoint save", self.directory / str(step)):
+            self._manager.save(
+                step,
+                args=ocp.args.Composite(
+                    state=ocp.args.StandardSave(state),
+                    data=ocp.args.JsonSave(data_state if data_state is not None else {}),
+                    config=ocp.args.JsonSave(config or {}),
+                ),
+                metrics=metrics,
+                force=True,
+            )
 
     def restore(self, step: int, abstract_state) -> tuple[Any, Any, dict]:
         """(state, data_state, config) of `step`. `abstract_state` holds ShapeDtypeStructs with
@@ -145,14 +152,15 @@ class Checkpointer:
         train_state = isinstance(abstract_state, TrainState)
         if train_state:
             abstract_state = SavedState.of(abstract_state)
-        restored = self._manager.restore(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(abstract_state),
-                data=ocp.args.JsonRestore(),
-                config=ocp.args.JsonRestore(),
-            ),
-        )
+        with watchdog.doing("checkpoint restore", self.directory / str(step)):
+            restored = self._manager.restore(
+                step,
+                args=ocp.args.Composite(
+                    state=ocp.args.StandardRestore(abstract_state),
+                    data=ocp.args.JsonRestore(),
+                    config=ocp.args.JsonRestore(),
+                ),
+            )
         state = restored["state"].train_state() if train_state else restored["state"]
         return state, restored["data"], restored["config"]
 
@@ -162,15 +170,17 @@ class Checkpointer:
         if step is None:
             return None
         path = self.directory / str(step) / "config" / "metadata"
-        if path.exists():
-            return json.loads(path.read_text())
-        restored = self._manager.restore(
-            step, args=ocp.args.Composite(config=ocp.args.JsonRestore())
-        )
+        with watchdog.doing("checkpoint read", path):
+            if path.exists():
+                return json.loads(path.read_text())
+            restored = self._manager.restore(
+                step, args=ocp.args.Composite(config=ocp.args.JsonRestore())
+            )
         return restored["config"]
 
     def wait(self) -> None:
-        self._manager.wait_until_finished()
+        with watchdog.doing("checkpoint save", self.directory):
+            self._manager.wait_until_finished()
 
     def close(self) -> None:
         """Waits for every background operation, then closes the manager."""
@@ -179,10 +189,11 @@ class Checkpointer:
         # a run that failed right after start (an unknown architecture) exited under it, and
         # the thread printed a traceback as the interpreter shut down.
         cleanup = getattr(self._manager, "_maybe_await_cleanup_tmp_directory", None)
-        if cleanup is not None:
-            cleanup()
-        self._manager.wait_until_finished()
-        self._manager.close()
+        with watchdog.doing("checkpoint save", self.directory):  # the last async save
+            if cleanup is not None:
+                cleanup()
+            self._manager.wait_until_finished()
+            self._manager.close()
 
 
 def check_same_architecture(saved_model: dict, model: dict, workdir: str | Path) -> None:
