@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from pathlib import Path
 from typing import Any
 
@@ -82,6 +83,7 @@ class Checkpointer:
                     keep_checkpoints_without_metrics=False,
                 )
             )
+        deadline = math.ceil(timeout_s) if timeout_s > 0 else 0
         options = ocp.CheckpointManagerOptions(
             # best_fn makes Orbax write each step's metrics to disk, so that the best step is
             # still known (and kept) after a restart; what is kept is the policy below.
@@ -91,7 +93,7 @@ class Checkpointer:
             create=True,
             cleanup_tmp_directories=True,
             preservation_policy=policies.AnyPreservationPolicy(keep_policies),
-            async_options=ocp.AsyncOptions(timeout_secs=int(timeout_s)) if timeout_s else None,
+            async_options=ocp.AsyncOptions(timeout_secs=deadline) if deadline else None,
         )
         with watchdog.doing("checkpoint listing", self.directory):
             self._manager = ocp.CheckpointManager(

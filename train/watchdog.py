@@ -140,11 +140,12 @@ def doing(operation: str, path=""):
     try:
         yield
     except TimeoutError as error:
-        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        kind, first = type(error).__name__, (str(error).strip().splitlines() or [""])[0]
+        reason = f"{kind}: {first}" if first and first != kind else kind
         raise StorageTimeout(
             f"{_name(operation, path)} timed out after the storage library's retries "
-            f"({type(error).__name__}: {first}); the checkpoints already written are kept: "
-            "restart to resume from the last complete one"
+            f"({reason}); the checkpoints already written are kept: restart to resume from the "
+            "last complete one"
         ) from error
     finally:
         watch.end()
