@@ -13,7 +13,10 @@ Top-level keys:
   apply on top),
   task (classification | ner | translation | summarization: the task metric added to every eval,
   e.g. eval_accuracy, eval_entity_f1, eval_bleu, eval_rouge2; '' = losses only),
-  eval_task_examples (validation examples the task metric scores at each eval; 0 = all)
+  eval_task_examples (validation examples the task metric scores at each eval; 0 = all),
+  stall_timeout_s (seconds a train step, eval batch, checkpoint save or restore, metrics write
+  or other storage call may go without progress before the run ends with one error line naming
+  it, keeping the checkpoints already written; default 1800, 0 = off; train/watchdog.py)
 Sections:
   model      `name` (a models.list_architectures() name) and any ModelConfig field; fields left
              unset keep the architecture's value (vocab_size defaults to the tokenizer's).
@@ -47,7 +50,7 @@ from ml_collections.config_dict import placeholder
 from data.pipeline import default_config as data_defaults
 from models.config import ModelConfig
 from models.errors import UserError
-from train import compilation, lora, optim
+from train import compilation, lora, optim, watchdog
 from train.tasks import decode_config
 
 _TYPES = {"int": int, "float": float, "bool": bool, "str": str}
@@ -90,6 +93,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.init_from = ""  # pretrained weights: a Triptych checkpoint dir, a workdir or an HF dir
     c.task = ""  # the task metric of every eval (train/tasks/ TASK_METRICS)
     c.eval_task_examples = 0
+    c.stall_timeout_s = float(watchdog.DEFAULT_TIMEOUT_S)  # train/watchdog.py; 0 = off
     c.data = data_defaults()
     c.tokenizer = ml_collections.ConfigDict(
         dict(

@@ -11,6 +11,16 @@ Credentials follow Google's application-default rules (`GOOGLE_APPLICATION_CREDE
 `gcloud auth application-default login`, or the VM's service account); `STORAGE_EMULATOR_HOST`
 points every client at an emulator such as fake-gcs-server.
 
+Every storage call is bounded by its library's own settings, set before the first `gs://`
+access (`bounded_storage_calls`): gcsfs requests give up on a connection or a response that
+stays silent for STORAGE_TIMEOUT_S seconds (aiohttp's `sock_connect`/`sock_read` through
+gcsfs's `requests_timeout`, set in fsspec's config so a user's own fsspec config wins), then
+gcsfs tries each at most 6 times with backoff (`GCSFileSystem.retries`); tensorstore (Orbax's
+array writer) drops a transfer slower than 256 bytes/s for STORAGE_TIMEOUT_S seconds
+(`TENSORSTORE_CURL_LOW_SPEED_*`, as JAX sets them on Cloud TPU VMs) and retries it at most 32
+times, 1 s to 32 s apart (its `gcs_request_retries` defaults). What they miss, a run's stall
+watchdog catches (train/watchdog.py).
+
 Object stores have no append: `Appender` keeps an append-only file (metrics.jsonl) by rewriting
 the whole object, at most every `every_s` seconds and whenever it is flushed. Tools that need
 local files (a tokenizer's `save`) write into `local_dir(path)`, which copies them up on exit.
@@ -32,6 +42,7 @@ from etils import epath
 from models.errors import UserError
 
 SCHEMES = {"gs://": "gcsfs"}  # scheme -> the package epath reads it with
+STORAGE_TIMEOUT_S = 60  # silence on one storage connection before its library gives up
 # gcsfs warns at every access to a bucket whose type it cannot look up (an emulator, or
 # credentials without storage.buckets.get) and then goes on: here, in every process that reads
 # buckets (the data workers too), that is noise.
@@ -60,8 +71,22 @@ def resolve(name: str | os.PathLike) -> epath.Path:
                 ) from None
             if not text[len(scheme) :].split("/")[0]:
                 raise UserError(f"{text}: no bucket name after {scheme}")
+            bounded_storage_calls()
             return epath.Path(text.rstrip("/"))
     return epath.Path(Path(text).expanduser().absolute())
+
+
+def bounded_storage_calls() -> None:
+    """Gives gcsfs and tensorstore their timeouts (see the module docstring); settings already
+    made (a user's fsspec config, the environment) are kept. Must run before the first `gs://`
+    access: epath keeps the first filesystem it makes."""
+    import aiohttp
+    import fsspec.config
+
+    timeout = aiohttp.ClientTimeout(sock_connect=STORAGE_TIMEOUT_S, sock_read=STORAGE_TIMEOUT_S)
+    fsspec.config.conf.setdefault("gcs", {}).setdefault("requests_timeout", timeout)
+    os.environ.setdefault("TENSORSTORE_CURL_LOW_SPEED_TIME_SECONDS", str(STORAGE_TIMEOUT_S))
+    os.environ.setdefault("TENSORSTORE_CURL_LOW_SPEED_LIMIT_BYTES", "256")
 
 
 def check_writable(path: epath.Path) -> None:

@@ -21,8 +21,8 @@ import urllib.request
 
 
 class Server:
-    def __init__(self, url: str):
-        self.url = url
+    def __init__(self, url: str, pid: int):
+        self.url, self.pid = url, pid  # the pid: to stop (SIGSTOP) and continue it in a test
 
     def bucket(self, name: str) -> str:
         """Creates bucket `name`; returns `gs://name`."""
@@ -59,7 +59,7 @@ def gcs_server(log_path: str | None = None):
     saved = {k: os.environ.get(k) for k in variables}
     os.environ.update(variables)
     try:
-        yield Server(server.url)
+        yield Server(server.url, server._process.pid)
     finally:
         server.stop()
         sink.close()

@@ -196,3 +196,66 @@ def test_sigkill_mid_save_on_a_bucket_then_resume_is_bit_exact(gcs, tmp_path):
     a, b = _losses(tmp_path / "a"), _remote_losses(run)
     assert sorted(b) == sorted(a) == list(range(1, 121))
     assert [b[s] for s in sorted(a)] == [a[s] for s in sorted(a)]  # bit for bit
+
+
+@pytest.mark.slow
+def test_a_stalled_bucket_ends_the_run_with_one_line_then_it_resumes_exactly(tmp_path):
+    """The emulator stopped (SIGSTOP) mid-run: the run ends within stall_timeout_s with one error
+    line naming the stuck operation and path, and, the emulator continued (SIGCONT), a restart
+    resumes from the last complete checkpoint with the uninterrupted run's losses."""
+    from etils import epath
+
+    # The compiled programs come from a local cache that the reference run fills, so that the
+    # stalled run's first step (its compilation) stays well inside the short timeout.
+    cache = tmp_path / "cache"
+    flags = [
+        *RESUME_FLAGS[1:],
+        "--config.steps=32",
+        f"--config.compilation_cache.dir={cache}",
+        "--config.compilation_cache.min_compile_secs=0",
+    ]
+    timeout_s = 8
+    reference = _train(tmp_path / "a", *flags)
+    assert reference.returncode == 0, reference.stderr[-2000:]
+    with gcs_server(str(tmp_path / "fake-gcs-server.log")) as server:
+        stopped, proc = False, None
+        try:
+            run = server.bucket("stall") + "/run"
+            proc = _train(run, *flags, f"--config.stall_timeout_s={timeout_s}", wait=False)
+            output = []  # drained: a full stderr pipe would block the run
+            threading.Thread(target=lambda: output.extend(proc.stderr), daemon=True).start()
+            committed = epath.Path(run, "checkpoints", "8", "commit_success.txt")
+            deadline = time.time() + 240
+            while not committed.exists():
+                assert proc.poll() is None and time.time() < deadline, "".join(output)[-2000:]
+                time.sleep(0.05)
+            os.kill(server.pid, signal.SIGSTOP)
+            stopped, began = True, time.monotonic()
+            proc.wait(timeout=timeout_s + 60)
+            ended_after = time.monotonic() - began
+            os.kill(server.pid, signal.SIGCONT)
+            stopped = False
+            text = "".join(output)
+            assert proc.returncode == 1, text[-2000:]
+            last = text.strip().splitlines()[-1]
+            assert last.startswith("error: ") and f"made no progress for {timeout_s}s" in last
+            assert f"({run}/" in last  # the operation's path on the bucket
+            assert [line for line in text.splitlines() if line.startswith("error:")] == [last]
+            assert "the run is waiting here:" in text  # the stack of where it hung
+            assert ended_after < timeout_s + 20, ended_after
+            assert not epath.Path(run, "summary.json").exists()
+
+            resumed = _train(run, *flags)
+            assert resumed.returncode == 0, resumed.stderr[-2000:]
+            assert "resuming from step" in resumed.stderr
+            a, b = _losses(tmp_path / "a"), _remote_losses(run)
+            assert sorted(b) == sorted(a) == list(range(1, 33))
+            assert [b[s] for s in sorted(a)] == [a[s] for s in sorted(a)]  # bit for bit
+        finally:
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            if stopped:
+                os.kill(server.pid, signal.SIGCONT)  # a stopped process ignores SIGTERM
+    with pytest.raises(ProcessLookupError):  # stopped and reaped by its pid
+        os.kill(server.pid, 0)

@@ -12,6 +12,7 @@ import contextlib
 import functools
 import json
 import logging
+import math
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ from orbax.checkpoint import checkpoint_managers as policies
 from models import paths
 from models.errors import UserError
 from models.jsonfile import read_json
+from train import watchdog
 from train.state import SavedState, TrainState
 
 log = logging.getLogger(__name__)
@@ -55,7 +57,7 @@ def reading(directory, what: str = "checkpoint"):
     tracebacks."""
     try:
         yield
-    except UserError:
+    except (UserError, TimeoutError):  # a stalled bucket is the watchdog's (train/watchdog.py)
         raise
     except Exception as e:  # noqa: BLE001 - Orbax reports damaged files in many types
         lines = str(e).strip().splitlines()
@@ -78,6 +80,8 @@ class Checkpointer:
       best_mode: 'min' or 'max' for best_metric (default: 'min' for losses and perplexities,
         'max' for anything else, e.g. accuracy, F1, BLEU, ROUGE).
       async_save: save in a background thread (the train loop goes on).
+      timeout_s: Orbax's deadline for a background save to commit (0: Orbax's default). Saves,
+        restores and reads are marked for the run's stall watchdog (train/watchdog.py).
     """
 
     def __init__(
@@ -88,6 +92,7 @@ class Checkpointer:
         best_metric: str | None = None,
         best_mode: str | None = None,
         async_save: bool = True,
+        timeout_s: float = 0,
     ):
         self.directory = paths.resolve(directory)  # a local path or gs:// (models/paths.py)
         self.best_metric = best_metric
@@ -102,6 +107,7 @@ class Checkpointer:
                     keep_checkpoints_without_metrics=False,
                 )
             )
+        deadline = math.ceil(timeout_s) if timeout_s > 0 else 0
         options = ocp.CheckpointManagerOptions(
             # best_fn makes Orbax write each step's metrics to disk, so that the best step is
             # still known (and kept) after a restart; what is kept is the policy below.
@@ -111,10 +117,12 @@ class Checkpointer:
             create=True,
             cleanup_tmp_directories=True,
             preservation_policy=policies.AnyPreservationPolicy(keep_policies),
+            async_options=ocp.AsyncOptions(timeout_secs=deadline) if deadline else None,
         )
-        self._manager = ocp.CheckpointManager(
-            self.directory, options=options, item_names=("state", "data", "config")
-        )
+        with watchdog.doing("checkpoint listing", self.directory):
+            self._manager = ocp.CheckpointManager(
+                self.directory, options=options, item_names=("state", "data", "config")
+            )
 
     def latest_step(self) -> int | None:
         with reading(self.directory, "checkpoint directory"):
@@ -149,16 +157,17 @@ class Checkpointer:
         """Starts saving `step` (asynchronously when enabled); `wait` blocks until done."""
         if isinstance(state, TrainState):  # its frozen base stays out (train/lora.py)
             state = SavedState.of(state)
-        self._manager.save(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardSave(state),
-                data=ocp.args.JsonSave(data_state if data_state is not None else {}),
-                config=ocp.args.JsonSave(config or {}),
-            ),
-            metrics=metrics,
-            force=True,
-        )
+        with watchdog.doing("checkpoint save", self.directory / str(step)):
+            self._manager.save(
+                step,
+                args=ocp.args.Composite(
+                    state=ocp.args.StandardSave(state),
+                    data=ocp.args.JsonSave(data_state if data_state is not None else {}),
+                    config=ocp.args.JsonSave(config or {}),
+                ),
+                metrics=metrics,
+                force=True,
+            )
 
     def restore(self, step: int, abstract_state) -> tuple[Any, Any, dict]:
         """(state, data_state, config) of `step`. `abstract_state` holds ShapeDtypeStructs with
@@ -172,16 +181,19 @@ class Checkpointer:
             data=ocp.args.JsonRestore(),
             config=ocp.args.JsonRestore(),
         )
-        try:
-            restored = self._manager.restore(step, args=args)
-        except Exception as e:  # noqa: BLE001 - damaged files, or a tree that is not this run's
-            lines = str(e).strip().splitlines()
-            raise CheckpointError(
-                f"checkpoint {self.directory / str(step)} cannot be restored into this run's "
-                f"state ({type(e).__name__}: {lines[0][:300] if lines else ''}); if its files "
-                f"are damaged, {_DAMAGED}; if the run's optimizer or model settings changed, "
-                "use a new --workdir or the settings it was trained with"
-            ) from e
+        with watchdog.doing("checkpoint restore", self.directory / str(step)):
+            try:
+                restored = self._manager.restore(step, args=args)
+            except TimeoutError:
+                raise  # a stalled bucket, not a damaged file (train/watchdog.py)
+            except Exception as e:  # noqa: BLE001 - damaged files, or a tree not this run's
+                lines = str(e).strip().splitlines()
+                raise CheckpointError(
+                    f"checkpoint {self.directory / str(step)} cannot be restored into this run's "
+                    f"state ({type(e).__name__}: {lines[0][:300] if lines else ''}); if its files "
+                    f"are damaged, {_DAMAGED}; if the run's optimizer or model settings changed, "
+                    "use a new --workdir or the settings it was trained with"
+                ) from e
         state = restored["state"].train_state() if train_state else restored["state"]
         return state, restored["data"], restored["config"]
 
@@ -191,18 +203,20 @@ class Checkpointer:
         if step is None:
             return None
         path = self.directory / str(step) / "config" / "metadata"
-        if path.exists():
-            return read_json(path, error=CheckpointError, fix=_DAMAGED)
-        with reading(self.directory / str(step)):
-            restored = self._manager.restore(
-                step, args=ocp.args.Composite(config=ocp.args.JsonRestore())
-            )
+        with watchdog.doing("checkpoint read", path):
+            if path.exists():
+                return read_json(path, error=CheckpointError, fix=_DAMAGED)
+            with reading(self.directory / str(step)):
+                restored = self._manager.restore(
+                    step, args=ocp.args.Composite(config=ocp.args.JsonRestore())
+                )
         if not isinstance(restored["config"], dict):
             raise CheckpointError(f"{self.directory / str(step)} holds no run config; {_DAMAGED}")
         return restored["config"]
 
     def wait(self) -> None:
-        self._manager.wait_until_finished()
+        with watchdog.doing("checkpoint save", self.directory):
+            self._manager.wait_until_finished()
 
     def close(self) -> None:
         """Waits for every background operation, then closes the manager."""
@@ -211,10 +225,11 @@ class Checkpointer:
         # a run that failed right after start (an unknown architecture) exited under it, and
         # the thread printed a traceback as the interpreter shut down.
         cleanup = getattr(self._manager, "_maybe_await_cleanup_tmp_directory", None)
-        if cleanup is not None:
-            cleanup()
-        self._manager.wait_until_finished()
-        self._manager.close()
+        with watchdog.doing("checkpoint save", self.directory):  # the last async save
+            if cleanup is not None:
+                cleanup()
+            self._manager.wait_until_finished()
+            self._manager.close()
 
 
 def check_same_architecture(saved_model: dict, model: dict, workdir: str | Path) -> None:

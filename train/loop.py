@@ -30,7 +30,7 @@ from data.sources import load_source
 from data.tokenizers import load_tokenizer
 from models import paths
 from models.errors import UserError, one_of
-from train import compilation, distributed, goodput, lora, partitioning
+from train import compilation, distributed, goodput, lora, partitioning, watchdog
 from train.carbon import CarbonTracker
 from train.checkpoint import Checkpointer, check_same_architecture
 from train.decode import sample_text
@@ -44,7 +44,7 @@ from train.optim import make_optimizer
 from train.state import abstract_state, create_train_state, full_params
 from train.step import jit_steps, step_options, summarize, waits_for_each_step
 from train.tasks import TASK_METRICS, LoadedModel, TaskError, task_metrics
-from train.writers import MetricWriter
+from train.writers import MetricWriter, logged_records
 
 log = logging.getLogger("train")
 
@@ -57,12 +57,13 @@ def get_tokenizer(config, workdir: Path):
     """The run's tokenizer: the workdir's (resume), `tokenizer.path`, the one that came with
     `init_from`, or one trained on the data."""
     saved = workdir / "tokenizer"
-    if (saved / "tokenizer.json").exists():
-        with paths.local_copy(saved) as local:
-            return load_tokenizer(local)
+    with watchdog.doing("tokenizer read", saved):
+        if (saved / "tokenizer.json").exists():
+            with paths.local_copy(saved) as local:
+                return load_tokenizer(local)
     tok = run_tokenizer(config)
     if jax.process_index() == 0:
-        with paths.local_dir(saved) as local:
+        with paths.local_dir(saved) as local, watchdog.doing("tokenizer write", saved):
             tok.save(local)
     return tok
 
@@ -104,13 +105,14 @@ def evaluate(
         agree=distributed.width_agreement(config.data),
     )
     total = None
-    for _ in range(config.eval_batches):
-        # hosts' packed streams end at different batches; keep them in step (multi-host)
-        batch = distributed.next_in_step(it, config.batch_size // jax.process_count())
-        if batch is None:
-            break
-        sums = eval_step(params, _device_batch(batch, mesh, rules))
-        total = sums if total is None else jax.tree.map(jnp.add, total, sums)
+    for i in range(config.eval_batches):
+        with watchdog.doing(f"eval batch {i + 1}"):
+            # hosts' packed streams end at different batches; keep them in step (multi-host)
+            batch = distributed.next_in_step(it, config.batch_size // jax.process_count())
+            if batch is None:
+                break
+            sums = eval_step(params, _device_batch(batch, mesh, rules))
+            total = sums if total is None else jax.tree.map(jnp.add, total, sums)
     if total is None:
         return {}
     return {f"eval_{k}": float(v) for k, v in summarize(total).items() if k != "tokens"}
@@ -282,7 +284,8 @@ def _build(config, workdir: Path, ckpt, mesh, rules, objective) -> dict:
         **_class_names(config, model_config, train_iter.source),
     }
     if jax.process_index() == 0:
-        (workdir / "config.json").write_text(json.dumps(saved_config, indent=2, default=str))
+        with watchdog.doing("config write", workdir / "config.json"):
+            (workdir / "config.json").write_text(json.dumps(saved_config, indent=2, default=str))
     steps = jit_steps(
         model, tx, schedule, objective, shardings, mesh, rules, **step_options(config)
     )
@@ -311,6 +314,7 @@ def setup(config: ml_collections.ConfigDict, workdir: Path) -> Run:
         keep=config.keep_checkpoints,
         best_metric=config.best_metric or None,
         async_save=config.async_checkpoints,
+        timeout_s=config.get("stall_timeout_s", 0),
     )
     try:
         built = _build(config, workdir, ckpt, mesh, rules, objective)
@@ -364,14 +368,6 @@ class _Progress:
         rates = {"tokens_per_s": tokens / elapsed}
         rates["mfu"] = flops / elapsed / self.peak_flops
         return rates
-
-
-def _logged(workdir: Path) -> list[dict]:
-    """The records of metrics.jsonl (none for a new workdir)."""
-    path = workdir / "metrics.jsonl"
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line]
 
 
 def _check_finite(metrics: dict, step: int, last_good: int | None) -> None:
@@ -443,7 +439,7 @@ def _train_steps(run: Run, progress: _Progress, writer, preemption, clock: Clock
             if due_log:
                 _log(progress, writer, clock, step)
             if due_eval:
-                with clock.timing("eval"):
+                with clock.timing("eval"), watchdog.doing("eval", f"step {step}"):
                     _evaluate_and_log(run, progress, writer, full_params(state), step)
             if due_ckpt:
                 with clock.timing("checkpoint"):
@@ -461,14 +457,14 @@ def _train_steps(run: Run, progress: _Progress, writer, preemption, clock: Clock
 def _step(run: Run, feed: Feed, clock: Clock, progress: _Progress, state, rng):
     """One train step: wait for the next batch, launch the step. Returns (state, metrics, the
     time key the step counts under: compile for the segment's first, lost for a redone one)."""
-    with clock.timing("data_wait"):
+    with clock.timing("data_wait"), watchdog.doing("data read", "the train split"):
         batch, device_batch, run.data_state = next(feed)
     key = "step"
     if progress.step == progress.first_step:
         key = "compile"
     elif progress.step < run.lost_until:
         key = "lost"
-    with clock.timing(key):
+    with clock.timing(key), watchdog.doing(f"train step {progress.step + 1}"):
         state, metrics = run.train_step(state, device_batch, rng)
         # Metrics are read only at log steps, so on a GPU or TPU the next step is launched
         # while this one runs; on a CPU each step is waited for (see waits_for_each_step).
@@ -531,9 +527,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     # bad input (a damaged init_from, say) leaves no new workdir behind, unless it checkpointed
     keep = lambda path: (path / "checkpoints").exists() and any((path / "checkpoints").iterdir())
     new = workdir if jax.process_index() == 0 else None
-    with paths.removed_on_failure(new, keep=keep, errors=(UserError,)):
+    with (
+        watchdog.Watchdog(config.get("stall_timeout_s", watchdog.DEFAULT_TIMEOUT_S)),
+        paths.removed_on_failure(new, keep=keep, errors=(UserError,)),
+    ):
         if jax.process_index() == 0:
-            paths.check_writable(workdir)  # one line for a missing bucket or credentials
+            with watchdog.doing("workdir check", workdir):  # one line for a missing bucket
+                paths.check_writable(workdir)
         clock = Clock()
         cache = compilation.enable(config.get("compilation_cache"), workdir)
         try:
@@ -544,7 +544,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
 
 def _train_and_evaluate(config, workdir, clock: Clock, cache) -> dict:
     run = setup(config, workdir)
-    logged = _logged(workdir)
+    logged = logged_records(workdir)
     run.lost_until = max((r.get("step", 0) for r in logged), default=0)
     run.data_state, run.clock = run.train_iter.get_state(), clock
     saved = run.ckpt.saved_config() if run.ckpt.latest_step() is not None else None
@@ -590,6 +590,7 @@ def _train_and_evaluate(config, workdir, clock: Clock, cache) -> dict:
             "compilation cache %(dir)s: %(loaded)d of %(programs)d programs loaded", cache.summary()
         )
     if jax.process_index() == 0:
-        (workdir / "summary.json").write_text(json.dumps(summary, indent=2))
+        with watchdog.doing("summary write", workdir / "summary.json"):
+            (workdir / "summary.json").write_text(json.dumps(summary, indent=2))
     writer.close()
     return summary
