@@ -23,10 +23,13 @@ class ModelOutput:
 
 
 def _dense(cfg: ModelConfig, features: int, kernel_axes, name: str, use_bias: bool = True):
+    """A head's dense layer; LoRA adapts it too where a target finds its path ('pooler/dense',
+    'head/transform'), as PEFT's all-linear adapts BERT's pooler and MLM transform."""
     dtype, param_dtype = dtypes(cfg)
     return DenseGeneral(
         features,
         kernel_axes,
+        lora=cfg.lora,
         use_bias=use_bias,
         dtype=dtype,
         param_dtype=param_dtype,

@@ -4,7 +4,8 @@ trains and what stays frozen, and folding trained adapters back into the kernels
     lora.rank          0 = off; the adapters' rank r
     lora.alpha         the update is scaled by alpha / r (16.0)
     lora.dropout       dropout on the adapters' input while training (0.0)
-    lora.targets       regexes over module paths ('decoder/layers_0/self_attention/query');
+    lora.targets       regexes over module paths ('decoder/layers_0/self_attention/query';
+                       a head's dense layers too: 'pooler/dense', 'head/transform');
                        () = the family default: attention q and v (BERT, GPT-2, T5, BART), or
                        q, k, v, o and the MLP for Llama-style decoders (gated MLP)
     lora.lr_ratio      B's learning rate over A's (and the head's): LoRA+ (Hayou et al., 2024;

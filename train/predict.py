@@ -11,7 +11,9 @@
 DIR is a training workdir (its latest checkpoint, or --step N|best), a `python -m models convert`
 directory or a Hugging Face directory with its tokenizer. --task defaults to what the model's
 head does (the run's `task` for encoder-decoders). Decoding options default to the run's `decode`
-section. From Python:
+section. The model computes in float32 (--dtype), whatever the run trained at: a mixed-precision
+run's bfloat16 is a training speed-up, and in float32 the predictions are those of the exported
+model (`--to-hf`, or `--to-peft` on the transformers base) to float precision. From Python:
 
     from train.predict import pipeline
     ner = pipeline("ner", "runs/conll")
@@ -23,6 +25,7 @@ from __future__ import annotations
 import json
 import sys
 
+from models.config import DTYPES
 from models.errors import ArgumentParser, one_line_errors
 from train.checkpoint import CheckpointError
 from train.tasks import TASKS, LoadedModel, load
@@ -48,11 +51,12 @@ def default_task(m: LoadedModel) -> str:
     return task if task in ("translation", "summarization") else "translation"
 
 
-def pipeline(task: str | None, directory: str, *, step=None, **options):
+def pipeline(task: str | None, directory: str, *, step=None, dtype="float32", **options):
     """Loads `directory` once and returns `predict(texts) -> results` for `task` (None: the
-    model's own task). `options`: top_k for fill-mask; beams, max_new_tokens, temperature,
-    top_k, top_p, length_penalty for generation."""
-    m = load(directory, step)
+    model's own task), computing in `dtype` (None: the run's own). `options`: top_k for
+    fill-mask; beams, max_new_tokens, temperature, top_k, top_p, length_penalty for
+    generation."""
+    m = load(directory, step, dtype)
     task = task or default_task(m)
     m.require(task)
 
@@ -87,6 +91,10 @@ def main(argv=None) -> int:
     parser.add_argument("--workdir", required=True, help="workdir, converted or HF directory")
     parser.add_argument("--task", choices=TASKS, help="default: what the model's head does")
     parser.add_argument("--step", help="a workdir's checkpoint: latest (default), best or N")
+    parser.add_argument(
+        "--dtype", choices=DTYPES, default="float32",
+        help="compute dtype (default float32, as the exported model; bfloat16 is faster)",
+    )  # fmt: skip
     parser.add_argument("--top_k", type=int, help="fill-mask: fillers shown; sampling: top-k")
     parser.add_argument("--beams", type=int, help="beam search width (1 = greedy/sampling)")
     parser.add_argument("--max_new_tokens", type=int)
@@ -101,7 +109,7 @@ def main(argv=None) -> int:
     texts = args.texts or [line.rstrip("\n") for line in sys.stdin if line.strip()]
     if not texts:
         parser.error("no input text (give it as arguments or on stdin)")
-    m = load(args.workdir, args.step)
+    m = load(args.workdir, args.step, args.dtype)
     task = args.task or default_task(m)
     m.require(task)
     options = {}  # classification and NER take none

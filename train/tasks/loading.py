@@ -32,10 +32,16 @@ def _tokenizer(ref: Reference) -> Tokenizer:
     return load_tokenizer(folder)
 
 
-def load(directory: str | Path, step: int | str | None = None) -> LoadedModel:
+def load(
+    directory: str | Path, step: int | str | None = None, dtype: str | None = None
+) -> LoadedModel:
     """Loads a training workdir (the latest step, `step`, or 'best'), a `python -m models
     convert` directory, a PEFT adapter or a Hugging Face directory (train/reference.py), for
     inference on the default device.
+
+    `dtype` is the compute dtype to run at; None keeps the checkpoint's own (a mixed-precision
+    run's bfloat16, so that `train.evaluate` reproduces the loop's eval). "float32" computes as
+    the exported Hugging Face or PEFT model does, on the same float32 parameters.
 
     Raises:
       CheckpointError: the directory holds none of these, or the step does not exist.
@@ -50,6 +56,8 @@ def load(directory: str | Path, step: int | str | None = None) -> LoadedModel:
         names = _hf_label_names(ref.path)
         labels = names if model_config.head == "classification" else None
         tags = names if model_config.head == "token_classification" else None
+    if dtype is not None:
+        model_config = model_config.replace(dtype=dtype)
     return LoadedModel(
         model_config=model_config,
         model=models.build(model_config),
