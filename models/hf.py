@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -299,11 +300,29 @@ def convert_hf_to_params(
     if missing:
         raise CheckpointError(f"no {model_type} weight maps to our parameter {missing[0]}")
     unused = sorted(set(state) - used)
+    _check_no_extra_layers(spec, config, unused, model_type)
     if unused:
         log.info("ignored %d checkpoint tensors (e.g. %s)", len(unused), unused[0])
     if config.scan_layers:
         flat = _stack_layers(flat)
     return traverse_util.unflatten_dict({tuple(k.split("/")): v for k, v in flat.items()})
+
+
+def _check_no_extra_layers(spec: Spec, config: ModelConfig, unused, model_type: str) -> None:
+    """A layer's weights left over (config.json says fewer layers than the checkpoint has) are
+    a config that disagrees with its weights: one line, not a silently shallower model. Other
+    leftovers (a pretraining head that a task model drops) are only logged."""
+    names = spec.names(config)
+    layered = [h for rule in spec.rules for h in rule.hf if "{i}" in h]
+    for template in layered:
+        parts = template.format(i="\0", **names).split("\0")
+        pattern = re.compile(r"(?:.*\.)?" + r"\d+".join(map(re.escape, parts)))
+        extra = next((name for name in unused if pattern.fullmatch(name)), None)
+        if extra:
+            raise CheckpointError(
+                f"weight {extra} belongs to a layer that this {model_type} config does not "
+                "have: config.json's layer counts disagree with the weights"
+            )
 
 
 def _plain(params: Mapping[str, Any]) -> dict[str, np.ndarray]:

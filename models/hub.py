@@ -15,7 +15,6 @@ offline, an unknown or gated repo, a missing revision, a model type Triptych can
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from dataclasses import dataclass
@@ -165,9 +164,9 @@ def _has_weights(folder: str) -> bool:
 
 def _check_type(hid: HubId, folder: str, what: str) -> None:
     from models.hf_tables import SUPPORTED_TYPES
+    from models.jsonfile import read_json
 
-    with open(os.path.join(folder, "config.json")) as f:
-        model_type = json.load(f).get("model_type")
+    model_type = read_json(os.path.join(folder, "config.json")).get("model_type")
     if model_type not in SUPPORTED_TYPES:
         raise UserError(
             f"{what}={str(hid)!r} is a {model_type!r} model, which Triptych does not read; "

@@ -330,6 +330,7 @@ def _other_cases(rng: random.Random, marker: Path) -> list[Case]:
         ("unknown model_type", lambda c: {**c, "model_type": "nosuch"}),
         ("sizes disagree (n_embd)", lambda c: {**c, "n_embd": 48}),
         ("sizes disagree (n_layer)", lambda c: {**c, "n_layer": 3}),
+        ("fewer layers than the weights", lambda c: {**c, "n_layer": 1}),
         ("sizes disagree (vocab)", lambda c: {**c, "vocab_size": 100}),
         ("sizes disagree (positions)", lambda c: {**c, "n_positions": 32}),
         ("heads do not divide", lambda c: {**c, "n_head": 5}),
