@@ -344,3 +344,21 @@ def test_a_mapped_layer_of_another_width_is_one_line():
         "distill.student_layers",
         "encoder/layers_1/mlp/wi",
     )
+
+
+def test_the_teacher_resolves_like_init_from(tmp_path):
+    from models import hf
+
+    config = models.get_config("bert-tiny", num_layers=3, head="mlm")
+    hf.save_pretrained(config, _init(config), tmp_path / "teacher")
+    ref = distill.teacher({"teacher": str(tmp_path / "teacher")})
+    assert ref.kind == "hugging_face"
+    teacher_config, teacher = ref.load()
+    assert teacher_config.num_layers == 3 and teacher_config.head == "mlm"
+    student_config = models.get_config("distilbert-tiny", head="mlm")
+    assert distill.check(
+        {"teacher": "t", "student_layers": (0, 2)}, teacher_config, student_config, "mlm"
+    ) == {"encoder": (0, 2)}
+    fresh = _init(student_config)
+    student = distill.student_params(teacher_config, teacher, student_config, fresh, (0, 2))
+    _check_copied(teacher, student, fresh, {"encoder": (0, 2)})
