@@ -251,6 +251,7 @@ def test_settings_fill_defaults_and_read_command_line_maps():
         ({"alpha_hidden": -0.5}, ["distill.alpha_hidden=-0.5", ">= 0"]),
         ({"student_layers": ("0", "x")}, ["distill.student_layers", "'x'"]),
         ({"layers": (0,)}, ["unknown distill key", "student_layers"]),
+        ({"alpha_kd": "high"}, ["distill.alpha_kd='high'", "number"]),
     ],
 )
 def test_bad_settings_are_one_line(section, words):

@@ -89,7 +89,10 @@ def settings(section) -> dict[str, Any]:
     for key in MAPS:
         out[key] = _indices(key, out[key])
     for key in ("temperature", *ALPHAS):
-        out[key] = float(out[key])
+        try:
+            out[key] = float(out[key])
+        except (TypeError, ValueError):
+            raise DistillError(f"distill.{key}={out[key]!r}: expected a number") from None
     if out["teacher"]:
         _check_weights(out)
     return out
