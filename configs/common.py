@@ -32,6 +32,10 @@ Sections:
              ["embed", "fsdp"], ["mlp", "tensor"], ...]; () = train.partitioning.DEFAULT_RULES.
   lora       low-rank adapters (train/lora.py): rank (0 = off), alpha, dropout, targets (regexes
              over layer paths; () = the family default), lr_ratio (LoRA+), train_head.
+  distill    knowledge distillation (train/distill.py): teacher (any model reference; '' = off),
+             temperature, alpha_kd, alpha_task, alpha_hidden, student_layers (the teacher layer
+             each student layer copies; () = a fresh student), student_decoder_layers; the run's
+             model is the student (model.name '' = the teacher's architecture).
   decode     generation for task metrics and `python -m train.predict`: beams (1 = greedy or
              sampling), length_penalty, max_new_tokens, temperature, top_k, top_p, batch_size.
   carbon     enabled, country_iso_code, pue, chip_tdp_w, utilization (see docs/carbon.md).
@@ -50,7 +54,7 @@ from ml_collections.config_dict import placeholder
 from data.pipeline import default_config as data_defaults
 from models.config import ModelConfig
 from models.errors import UserError
-from train import compilation, lora, optim, watchdog
+from train import compilation, distill, lora, optim, watchdog
 from train.tasks import decode_config
 
 _TYPES = {"int": int, "float": float, "bool": bool, "str": str}
@@ -124,6 +128,7 @@ def base_config() -> ml_collections.ConfigDict:
     # JAX's persistent compilation cache (train/compilation.py): '' = WORKDIR/compilation_cache.
     c.compilation_cache = ml_collections.ConfigDict(compilation.DEFAULTS)
     c.lora = ml_collections.ConfigDict(lora.DEFAULTS)  # train/lora.py; rank 0 = off
+    c.distill = ml_collections.ConfigDict(distill.DEFAULTS)  # train/distill.py; no teacher = off
     return c
 
 

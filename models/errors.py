@@ -34,6 +34,23 @@ def report(message) -> int:
     return EXIT_USAGE
 
 
+def quiet_closed_event_loop() -> None:
+    """After a failed read of a damaged checkpoint, the storage library's leftover callbacks
+    (tensorstore's, posting to Orbax's event loop once it is closed) stay quiet, so that the
+    error line is not followed by their tracebacks; anything else is reported as Python
+    would (`sys.unraisablehook`)."""
+    default = sys.unraisablehook
+
+    def hook(unraisable) -> None:
+        error = unraisable.exc_value
+        if isinstance(error, RuntimeError) and "Event loop is closed" in str(error):
+            return
+        default(unraisable)
+
+    if getattr(default, "__name__", "") != "hook":
+        sys.unraisablehook = hook
+
+
 def fail(message) -> NoReturn:
     """`report(message)`, then exit with code 2."""
     sys.exit(report(message))

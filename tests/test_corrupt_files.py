@@ -16,10 +16,13 @@ from __future__ import annotations
 import collections
 import dataclasses
 import json
+import os
 import random
 import shutil
 import signal
 import struct
+import subprocess
+import sys
 from functools import partial
 from pathlib import Path
 
@@ -669,13 +672,19 @@ def test_an_existing_output_directory_is_left_untouched(pristine, tmp_path, caps
 RESUME_FIXTURE = Path(__file__).resolve().parent / "fixtures" / "resume_v1"
 
 
+def _train(*args: str) -> subprocess.CompletedProcess:
+    """`python -m train ARGS` in a process of its own (its absl flags stay out of this one)."""
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, PYTHONPATH=str(root), TRIPTYCH_TCMALLOC="0")
+    env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=1"
+    command = [sys.executable, "-m", "train", *args]
+    return subprocess.run(command, cwd=root, env=env, capture_output=True, text=True, timeout=300)
+
+
 @pytest.mark.parametrize("damage", ["manifest", "metadata"])
-def test_resuming_from_a_damaged_checkpoint_is_one_line_and_keeps_it(tmp_path, capsys, damage):
+def test_resuming_from_a_damaged_checkpoint_is_one_line_and_keeps_it(tmp_path, damage):
     """`python -m train --workdir` of a run whose latest checkpoint is damaged: one error line
     naming the step, exit 2, and the checkpoint's files left as they were."""
-    from configs import cli
-    from train import __main__ as train_main
-
     workdir = tmp_path / "run"
     shutil.copytree(RESUME_FIXTURE, workdir)
     step = workdir / "checkpoints" / "4"
@@ -685,23 +694,16 @@ def test_resuming_from_a_damaged_checkpoint_is_one_line_and_keeps_it(tmp_path, c
     broken.write_bytes(broken.read_bytes()[:40])
     before = _snapshot(workdir / "checkpoints")
     flags = json.loads((RESUME_FIXTURE / "expected_losses.json").read_text())["flags"]
-    argv = ["python -m train", *flags, "--workdir", str(workdir)]
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr("sys.argv", argv)
-        with pytest.raises(SystemExit) as exit_info:
-            cli.run_absl(train_main.main, None)
-    err = capsys.readouterr().err.strip().splitlines()
-    assert exit_info.value.code == 2
+    result = _train(*flags, "--workdir", str(workdir))
+    err = result.stderr.strip().splitlines()
+    assert result.returncode == 2
     assert err[-1].startswith("error: ") and str(step) in err[-1], err[-3:]
     assert _snapshot(workdir / "checkpoints") == before
 
 
-def test_init_from_a_damaged_checkpoint_is_one_line(pristine, cases, tmp_path, capsys):
+def test_init_from_a_damaged_checkpoint_is_one_line(pristine, cases, tmp_path):
     """`python -m train --config.init_from=DIR` with DIR damaged: one error line naming it, and
     the run's new workdir is gone again."""
-    from configs import cli
-    from train import __main__ as train_main
-
     root, _ = pristine
     flags = json.loads((RESUME_FIXTURE / "expected_losses.json").read_text())["flags"]
     for i, case in enumerate(_pick(cases, ("hf", "conv"), n=2)):
@@ -709,13 +711,10 @@ def test_init_from_a_damaged_checkpoint_is_one_line(pristine, cases, tmp_path, c
         shutil.copytree(root / case.base, source)
         case.mutate(source)
         before = _snapshot(source)
-        argv = ["python -m train", *flags, "--workdir", str(tmp_path / f"run{i}")]
-        with pytest.MonkeyPatch.context() as mp:
-            mp.setattr("sys.argv", [*argv, f"--config.init_from={source}"])
-            with pytest.raises(SystemExit) as exit_info:
-                cli.run_absl(train_main.main, None)
-        err = capsys.readouterr().err.strip().splitlines()
-        assert exit_info.value.code == 2, (case.kind, err[-3:])
+        run = tmp_path / f"run{i}"
+        result = _train(*flags, "--workdir", str(run), f"--config.init_from={source}")
+        err = result.stderr.strip().splitlines()
+        assert result.returncode == 2, (case.kind, err[-3:])
         assert err[-1].startswith("error: ") and str(source) in err[-1], (case.kind, err[-3:])
         assert _snapshot(source) == before
         assert not (tmp_path / f"run{i}").exists()  # the new workdir is removed again

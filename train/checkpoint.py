@@ -24,7 +24,7 @@ from flax.core import meta
 from orbax.checkpoint import checkpoint_managers as policies
 
 from models import paths
-from models.errors import UserError
+from models.errors import UserError, quiet_closed_event_loop
 from models.jsonfile import read_json
 from train import watchdog
 from train.state import SavedState, TrainState
@@ -55,6 +55,7 @@ def reading(directory, what: str = "checkpoint"):
     CheckpointError line that names the directory and the library's first line; our own
     UserErrors pass through. Wrap only calls into Orbax with it, so that our bugs keep their
     tracebacks."""
+    quiet_closed_event_loop()  # a failed read's leftover callbacks print nothing at exit
     try:
         yield
     except (UserError, TimeoutError):  # a stalled bucket is the watchdog's (train/watchdog.py)
@@ -181,6 +182,7 @@ class Checkpointer:
             data=ocp.args.JsonRestore(),
             config=ocp.args.JsonRestore(),
         )
+        quiet_closed_event_loop()  # a failed read's leftover callbacks print nothing at exit
         with watchdog.doing("checkpoint restore", self.directory / str(step)):
             try:
                 restored = self._manager.restore(step, args=args)

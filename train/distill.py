@@ -42,6 +42,7 @@ their logits or hidden states hold (padding may carry inf or NaN).
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import jax
@@ -361,3 +362,197 @@ def hidden_loss_sums(student_hidden, teacher_hidden, weights) -> jax.Array:
     norms = jnp.sum(s * s, axis=-1) * jnp.sum(t * t, axis=-1)  # sqrt(n*n) is n, exactly
     cosine = dot / jnp.sqrt(jnp.maximum(norms, _EPS * _EPS))
     return jnp.sum(jnp.where(keep, weights * (1.0 - cosine), 0.0))
+
+
+# In the train step --------------------------------------------------------------------------
+
+
+def hidden_weights(batch: dict, family: str):
+    """The positions the hidden-state term covers: the non-padding positions of the sequence
+    whose last hidden state the model returns (the decoder's for encoder-decoders)."""
+    key = "decoder_attention_mask" if family == "encoder_decoder" else "attention_mask"
+    if batch.get(key) is not None:
+        return batch[key].astype(jnp.float32)
+    segments = batch.get("decoder_segment_ids" if family == "encoder_decoder" else "segment_ids")
+    if segments is not None:  # packed rows: segment 0 is padding
+        return (segments > 0).astype(jnp.float32)
+    ids = batch["decoder_input_ids" if family == "encoder_decoder" else "input_ids"]
+    return jnp.ones(ids.shape, jnp.float32)
+
+
+def loss_sums(model, teacher_model, params, teacher_params, batch, objective, s, family, **options):
+    """The objective's sums for the student with the distillation terms added: `loss` is
+    alpha_task * task + alpha_kd * KD + alpha_hidden * hidden * `hidden_scale` (the whole
+    batch's objective weight over its hidden-term weight, so that dividing by the objective's
+    weight, as the step does, normalises each term by its own positions); `task_loss`,
+    `kd_loss`, `hidden_loss` and `hidden_weight` are the parts. `family` is the student's.
+    The teacher runs deterministically and gets no gradient."""
+    from train.losses import cross_entropy_sums, model_inputs, targets_and_weights
+
+    rng, deterministic = options.pop("rng", None), options.pop("deterministic", True)
+    hidden_scale = options.pop("hidden_scale", 1.0)
+    rngs = None if deterministic else {"dropout": rng}
+    out = model.apply(
+        {"params": params}, **model_inputs(model, batch), deterministic=deterministic, rngs=rngs
+    )
+    frozen = jax.lax.stop_gradient(teacher_params)
+    taught = teacher_model.apply(
+        {"params": frozen}, **model_inputs(teacher_model, batch), deterministic=True
+    )
+    targets, weights = targets_and_weights(objective, batch)
+    sums = cross_entropy_sums(out.logits, targets, weights, **options)
+    zero = jnp.zeros((), jnp.float32)
+    kd = zero
+    if s["alpha_kd"]:
+        kd = kd_loss_sums(out.logits, taught.logits, weights, s["temperature"])
+    hidden_w = hidden_weights(batch, family)
+    hidden = (
+        hidden_loss_sums(out.last_hidden_state, taught.last_hidden_state, hidden_w)
+        if s["alpha_hidden"]
+        else zero
+    )
+    task = sums["loss"]
+    sums.update(task_loss=task, kd_loss=kd, hidden_loss=hidden, hidden_weight=jnp.sum(hidden_w))
+    sums["loss"] = (
+        s["alpha_task"] * task + s["alpha_kd"] * kd + s["alpha_hidden"] * hidden * hidden_scale
+    )
+    return sums
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Distiller:
+    """What the train step needs of the teacher: its module, the section's settings and the
+    student's family (train/step.py calls these three methods)."""
+
+    teacher_model: Any
+    settings: dict
+    family: str
+
+    def loss_sums(self, model, params, batch, objective, *, teacher_params, **options):
+        return loss_sums(
+            model,
+            self.teacher_model,
+            params,
+            teacher_params,
+            batch,
+            objective,
+            self.settings,
+            self.family,
+            **options,
+        )
+
+    def hidden_scale(self, batch: dict, objective: str):
+        """The whole batch's objective weight over its hidden-term weight."""
+        from train.losses import targets_and_weights
+
+        weight = jnp.sum(targets_and_weights(objective, batch)[1])
+        return weight / jnp.maximum(jnp.sum(hidden_weights(batch, self.family)), 1.0)
+
+    def metrics(self, sums: dict) -> dict:
+        weight = jnp.maximum(sums["weight"], 1.0)
+        return {
+            "task_loss": sums["task_loss"] / weight,
+            "kd_loss": sums["kd_loss"] / weight,
+            "hidden_loss": sums["hidden_loss"] / jnp.maximum(sums["hidden_weight"], 1.0),
+        }
+
+
+def place_teacher(teacher_config: ModelConfig, params, mesh, rules):
+    """(the teacher's module, its parameters on `mesh`, their shardings): laid out by the same
+    logical rules as the student's, from an abstract init (nothing is built on one device)."""
+    import models
+    from models.summary import dummy_inputs
+    from train import partitioning
+
+    model = models.build(teacher_config)
+    boxed = jax.eval_shape(lambda: model.init(jax.random.key(0), **dummy_inputs(teacher_config)))
+    shardings = partitioning.logical_shardings(boxed["params"], mesh, rules)
+    values = lora.flat(params)
+
+    def place(path, sharding):
+        name = "/".join(str(getattr(k, "key", k)) for k in path)
+        value = np.asarray(values[name])
+        return jax.make_array_from_callback(value.shape, sharding, lambda idx: value[idx])
+
+    placed = jax.tree_util.tree_map_with_path(place, shardings)
+    return model, placed, shardings
+
+
+# In the training loop ----------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Prepared:
+    """A run's teacher, ready for the step: the `Distiller`, its parameters on the mesh and
+    their shardings (train/loop.py passes them to `jit_steps`, then binds the parameters)."""
+
+    distiller: Distiller
+    params: Any
+    shardings: Any
+
+    def jit_options(self) -> dict:
+        return {"distiller": self.distiller, "teacher_shardings": self.shardings}
+
+    def bind(self, train_step):
+        """train_step(state, batch, rng), the teacher's parameters passed to every call."""
+        params = self.params
+        return lambda state, batch, rng: train_step(state, batch, rng, params)
+
+
+def run_teacher(config) -> reference.Reference | None:
+    """The run's teacher (None without one). The student reads with the teacher's tokenizer,
+    so `config.tokenizer.path` is set to it, unless the run names one or starts from
+    init_from, whose tokenizer comes along."""
+    ref = teacher(config.get("distill"))
+    use_tokenizer(config, ref)
+    return ref
+
+
+def use_tokenizer(config, teacher: reference.Reference | None) -> None:
+    """The student reads with the teacher's tokenizer (unless the run names one or starts
+    from init_from, whose tokenizer comes along)."""
+    if teacher is None or config.tokenizer.path or config.get("init_from"):
+        return
+    if not teacher.tokenizer:
+        raise DistillError(
+            f"the teacher {teacher.where} has no tokenizer files (tokenizer.json, vocab.txt or "
+            "spiece.model); set tokenizer.path to the teacher's tokenizer"
+        )
+    config.tokenizer.path = teacher.tokenizer
+
+
+def student_base(model_section, teacher: reference.Reference | None) -> ModelConfig | None:
+    """The architecture the run's `model` fields apply to: the teacher's when `model.name` is
+    empty, else the named one with the teacher's vocabulary (None without a teacher)."""
+    if teacher is None:
+        return None
+    if not model_section.get("name"):
+        return teacher.config
+    import models
+
+    return models.get_config(model_section.name, vocab_size=teacher.config.vocab_size)
+
+
+def prepare(config, teacher: reference.Reference, model_config: ModelConfig, objective: str,
+            abstract_params, mesh, rules):  # fmt: skip
+    """(the student's seed, `Prepared`): the checks, the student's layers taken from the
+    teacher's (`(config, params)` as init_from would give, or None for a fresh student) and
+    the teacher laid out on the mesh; (None, None) without a teacher."""
+    if teacher is None:
+        return None, None
+    section = config.get("distill")
+    maps = check(section, teacher.config, model_config, objective)
+    s = settings(section)
+    seed = None
+    if any(maps.values()):
+        if config.get("init_from"):
+            raise DistillError(
+                "init_from and distill.student_layers both start the student; give one of them"
+            )
+        seeded = student_params(
+            teacher.config, teacher.params, model_config, abstract_params, *(s[k] for k in MAPS)
+        )
+        leaves = lora.flat(seeded).items()
+        seed = (model_config, {k: v for k, v in leaves if not isinstance(v, jax.ShapeDtypeStruct)})
+    teacher_model, params, shardings = place_teacher(teacher.config, teacher.params, mesh, rules)
+    return seed, Prepared(Distiller(teacher_model, s, model_config.family), params, shardings)

@@ -11,10 +11,12 @@ same shape are copied, and the rest (a new task head) keep their fresh initialis
 from __future__ import annotations
 
 import logging
+import math
 
 import jax
 import numpy as np
 
+import models
 from models.config import ModelConfig
 from train import lora, reference
 from train.checkpoint import CheckpointError
@@ -61,3 +63,14 @@ def merge_params(fresh, pretrained, source: str):
         ", ".join(kept) or "none",
     )
     return merged
+
+
+def resolve_model_config(section, tokenizer, pretrained=None) -> models.ModelConfig:
+    """The named architecture (or the pretrained checkpoint's) with the section's fields set;
+    a trained tokenizer sets the vocabulary size unless the section or checkpoint does."""
+    fields = {k: v for k, v in section.items() if k != "name" and v is not None}
+    if pretrained is not None:
+        return pretrained.replace(**fields)
+    if "vocab_size" not in fields:
+        fields["vocab_size"] = int(math.ceil(tokenizer.vocab_size / 64) * 64)
+    return models.get_config(section.name, **fields)

@@ -30,7 +30,7 @@ from data.sources import load_source
 from data.tokenizers import load_tokenizer
 from models import paths
 from models.errors import UserError, one_of
-from train import compilation, distributed, goodput, lora, partitioning, watchdog
+from train import compilation, distill, distributed, goodput, lora, partitioning, watchdog
 from train.carbon import CarbonTracker
 from train.checkpoint import Checkpointer, check_same_architecture
 from train.decode import sample_text
@@ -38,7 +38,7 @@ from train.feed import Feed
 from train.flops import train_flops_per_step
 from train.goodput import Clock, Ledger, segment_record
 from train.hardware import device_peak
-from train.init_from import load_pretrained, merge_params
+from train.init_from import load_pretrained, merge_params, resolve_model_config
 from train.losses import check_objective
 from train.optim import make_optimizer
 from train.state import abstract_state, create_train_state, full_params
@@ -66,17 +66,6 @@ def get_tokenizer(config, workdir: Path):
         with paths.local_dir(saved) as local, watchdog.doing("tokenizer write", saved):
             tok.save(local)
     return tok
-
-
-def resolve_model_config(section, tokenizer, pretrained=None) -> models.ModelConfig:
-    """The named architecture (or the pretrained checkpoint's) with the section's fields set;
-    a trained tokenizer sets the vocabulary size unless the section or checkpoint does."""
-    fields = {k: v for k, v in section.items() if k != "name" and v is not None}
-    if pretrained is not None:
-        return pretrained.replace(**fields)
-    if "vocab_size" not in fields:
-        fields["vocab_size"] = int(math.ceil(tokenizer.vocab_size / 64) * 64)
-    return models.get_config(section.name, **fields)
 
 
 def _device_batch(batch: dict, mesh, rules=partitioning.DEFAULT_RULES) -> dict:
@@ -239,23 +228,30 @@ def _fresh_state(config, model, model_config, tx, mesh, rules, pretrained):
     return state
 
 
+def _model_config(config, tokenizer, pretrained, teacher, ckpt, latest, workdir):
+    """The run's model: the named architecture, init_from's or the teacher's, with the `model`
+    and `lora` sections applied; a resumed run's must be the checkpoint's architecture."""
+    base = pretrained[0] if pretrained else distill.student_base(config.model, teacher)
+    model_config = resolve_model_config(config.model, tokenizer, base)
+    model_config = lora.configure(config.get("lora"), model_config, config.get("init_from"))
+    if latest is not None:
+        saved = ckpt.saved_config(latest) or {}
+        check_same_architecture(saved.get("resolved_model", {}), model_config.to_dict(), workdir)
+    return model_config
+
+
 def _build(config, workdir: Path, ckpt, mesh, rules, objective) -> dict:
     """The tokenizer, model, data, state and steps of `setup` (restored, pretrained or fresh)."""
     latest = ckpt.latest_step()
     pretrained = load_pretrained(config.init_from) if config.get("init_from") else None
+    teacher = distill.run_teacher(config)  # None: no distillation
     # Process 0 trains and saves the tokenizer and prepares the dataset (TFDS preparation is not
     # safe to run concurrently); the others then load both.
     with distributed.process_zero_first("tokenizer and data"):
         tokenizer = get_tokenizer(config, workdir)
         if jax.process_count() > 1:
             load_source(config.data, "train", config.data.objective)
-    model_config = resolve_model_config(
-        config.model, tokenizer, pretrained[0] if pretrained else None
-    )
-    model_config = lora.configure(config.get("lora"), model_config, config.get("init_from"))
-    if latest is not None:
-        saved = ckpt.saved_config(latest) or {}
-        check_same_architecture(saved.get("resolved_model", {}), model_config.to_dict(), workdir)
+    model_config = _model_config(config, tokenizer, pretrained, teacher, ckpt, latest, workdir)
     check_objective(objective, model_config)
     model = models.build(model_config)
     tx, schedule = make_optimizer(config.optimizer, config.steps, lora.lr_ratio(config.get("lora")))
@@ -273,6 +269,10 @@ def _build(config, workdir: Path, ckpt, mesh, rules, objective) -> dict:
         agree=distributed.width_agreement(config.data),
     )
     lora.check_targets(full_params(abstract), model_config)
+    # the teacher on the mesh (None without one); its layers may seed the student
+    args = (config, teacher, model_config, objective, full_params(abstract), mesh, rules)
+    seed, prepared = distill.prepare(*args)
+    pretrained = pretrained or seed
     if latest is None or model_config.lora_rank:  # LoRA: the base is init_from's every time
         state = _fresh_state(config, model, model_config, tx, mesh, rules, pretrained)
     if latest is not None:  # a checkpoint holds what trained (the frozen base stays out)
@@ -286,10 +286,11 @@ def _build(config, workdir: Path, ckpt, mesh, rules, objective) -> dict:
     if jax.process_index() == 0:
         with watchdog.doing("config write", workdir / "config.json"):
             (workdir / "config.json").write_text(json.dumps(saved_config, indent=2, default=str))
-    steps = jit_steps(
-        model, tx, schedule, objective, shardings, mesh, rules, **step_options(config)
+    options = {**step_options(config), **(prepared.jit_options() if prepared else {})}
+    train_step, eval_step = jit_steps(
+        model, tx, schedule, objective, shardings, mesh, rules, **options
     )
-    train_step, eval_step = steps
+    train_step = prepared.bind(train_step) if prepared else train_step
     return dict(
         tokenizer=tokenizer,
         model_config=model_config,

@@ -67,32 +67,40 @@ def make_train_step(
     label_smoothing: float = 0.0,
     z_loss: float = 0.0,
     dropout: bool = True,
+    distiller=None,
 ):
-    """train_step(state, batch, rng) -> (state, metrics).
+    """train_step(state, batch, rng) -> (state, metrics); with a `distill.Distiller`,
+    train_step(state, batch, rng, teacher_params), the teacher's frozen parameters passed in
+    (never part of the state, the optimizer or a checkpoint).
 
     The loss is the weighted token sum divided by the total weight of the whole batch, so
     accumulating gradients over microbatches gives the full-batch gradient.
     """
 
-    def grads_and_sums(params, batch, rng, frozen=None):
+    def grads_and_sums(params, batch, rng, frozen=None, **teacher):
         def loss_fn(p):  # with LoRA, gradients of the trained leaves only: `frozen` is closed over
-            sums = loss_sums(
-                model,
-                p if frozen is None else join(p, frozen),
-                batch,
-                objective,
+            whole = p if frozen is None else join(p, frozen)
+            options = dict(
                 rng=rng,
                 deterministic=not dropout,
                 label_smoothing=label_smoothing,
                 z_loss=z_loss,
             )
+            if distiller is None:
+                sums = loss_sums(model, whole, batch, objective, **options)
+            else:
+                sums = distiller.loss_sums(model, whole, batch, objective, **teacher, **options)
             return sums["loss"], sums
 
         return jax.grad(loss_fn, has_aux=True)(params)
 
-    def train_step(state, batch, rng):
+    def train_step(state, batch, rng, teacher_params=None):
         rng = jax.random.fold_in(rng, state.step)
-        step_grads = functools.partial(grads_and_sums, frozen=state.frozen)
+        teacher = {}
+        if distiller is not None:  # each term normalised over its own positions, whole batch
+            scale = distiller.hidden_scale(batch, objective)
+            teacher = dict(teacher_params=teacher_params, hidden_scale=scale)
+        step_grads = functools.partial(grads_and_sums, frozen=state.frozen, **teacher)
         if microbatches == 1:
             grads, sums = step_grads(state.params, batch, rng)
         else:
@@ -102,6 +110,8 @@ def make_train_step(
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         metrics = summarize(sums)
+        if distiller is not None:
+            metrics.update(distiller.metrics(sums))
         metrics["grad_norm"] = optax.tree.norm(grads)
         metrics["learning_rate"] = schedule(state.step)
         new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
@@ -123,6 +133,8 @@ def jit_steps(
     label_smoothing: float = 0.0,
     z_loss: float = 0.0,
     dropout: bool = True,
+    distiller=None,
+    teacher_shardings=None,
 ):
     """The one place steps are compiled: (train_step, eval_step), jitted for `mesh`.
 
@@ -130,7 +142,9 @@ def jit_steps(
     `train.state.abstract_state`) and donates the old state; the eval step follows its inputs.
     The training loop, the benchmark and the planner all build their steps here, so the planner
     and the benchmark measure the step that training runs. Lower or call them inside
-    `partitioning.activate(mesh, rules)`, so that the models' logical constraints apply.
+    `partitioning.activate(mesh, rules)`, so that the models' logical constraints apply. With a
+    `distiller` (train/distill.py) the train step also takes the teacher's parameters, laid out
+    as `teacher_shardings`.
     """
     with partitioning.activate(mesh, rules):
         train_step = jax.jit(
@@ -143,8 +157,9 @@ def jit_steps(
                 label_smoothing=label_smoothing,
                 z_loss=z_loss,
                 dropout=dropout,
+                distiller=distiller,
             ),
-            in_shardings=(shardings, None, None),
+            in_shardings=(shardings, None, None, *([teacher_shardings] if distiller else [])),
             out_shardings=(shardings, None),
             donate_argnums=(0,),
         )

@@ -1,0 +1,156 @@
+"""Distillation inside the sharded train step and the training loop (train/distill.py): the
+same losses on 1 and 8 devices, a student whose layers are the teacher's at step 0, a frozen
+teacher that stays out of the checkpoint, the three terms logged, and exact resume."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+from test_train_sharding import OPT, _batches
+
+import models
+from configs import gpt_lm
+from models import hf
+from models.errors import UserError
+from train import distill, lora, partitioning
+from train.checkpoint import load_params
+from train.loop import setup, train_and_evaluate
+from train.optim import make_optimizer
+from train.state import create_train_state, full_params
+from train.step import jit_steps
+
+KEYS = ("loss", "kd_loss", "task_loss", "hidden_loss")
+
+
+def _step_losses(mesh_sizes, devices=None, microbatches=1):
+    teacher_config = models.get_config("gpt2-tiny", dropout_rate=0.0, attention_dropout_rate=0.0)
+    student_config = teacher_config.replace(num_layers=1)
+    ids = np.ones((1, 4), np.int32)
+    teacher = models.build(teacher_config).init(jax.random.key(7), ids)["params"]
+    teacher = jax.tree.map(np.asarray, models.nn.meta.unbox(teacher))
+    mesh = partitioning.make_mesh(mesh_sizes, devices)
+    rules = partitioning.DEFAULT_RULES
+    s = distill.settings({"teacher": "t", "alpha_kd": 0.5, "alpha_task": 0.3, "alpha_hidden": 0.2})
+    teacher_model, placed, shardings = distill.place_teacher(teacher_config, teacher, mesh, rules)
+    distiller = distill.Distiller(teacher_model, s, "decoder")
+    model = models.build(student_config)
+    tx, schedule = make_optimizer(OPT, 10)
+    state, state_shardings = create_train_state(
+        model, student_config, tx, mesh, rules, jax.random.key(0)
+    )
+    train_step, _ = jit_steps(
+        model, tx, schedule, "causal_lm", state_shardings, mesh, rules,
+        microbatches=microbatches, dropout=False, distiller=distiller, teacher_shardings=shardings,
+    )  # fmt: skip
+    rows = []
+    with partitioning.activate(mesh, rules):
+        for batch in _batches(4):
+            batch = {
+                k: jax.device_put(v, partitioning.batch_sharding(mesh, v.ndim))
+                for k, v in batch.items()
+            }
+            state, metrics = train_step(state, batch, jax.random.key(1), placed)
+            rows.append(
+                [float(metrics[k]) for k in ("loss", "kd_loss", "task_loss", "hidden_loss")]
+            )
+    return np.array(rows), placed, teacher
+
+
+def test_the_distillation_step_gives_the_same_losses_on_one_and_eight_devices():
+    one, _, _ = _step_losses({"data": 1}, devices=jax.devices()[:1])
+    eight, placed, teacher = _step_losses({"data": 2, "fsdp": 2, "tensor": 2})
+    np.testing.assert_allclose(eight, one, rtol=2e-5, atol=1e-7)
+    assert np.all(one[:, 1] > 0) and np.all(one[:, 3] > 0)  # the teacher's terms are live
+    a = 0.5 * one[:, 1] + 0.3 * one[:, 2]
+    assert np.all(one[:, 0] > a)  # loss = the weighted terms (the hidden one over its positions)
+    accumulated, _, _ = _step_losses({"data": 2, "fsdp": 2, "tensor": 2}, microbatches=2)
+    np.testing.assert_allclose(accumulated, one, rtol=2e-5, atol=1e-7)
+    for name, value in lora.flat(placed).items():  # the teacher got no update
+        np.testing.assert_array_equal(np.asarray(value), lora.flat(teacher)[name], name)
+
+
+def _config(steps: int, **distill_section):
+    config = gpt_lm.get_config("smoke")
+    config.steps, config.sample_tokens, config.eval_every_steps = steps, 0, 0
+    config.checkpoint_every_steps = 2
+    for key, value in distill_section.items():
+        config.distill[key] = value
+    return config
+
+
+def _digest(directory: Path) -> str:
+    files = sorted(p for p in directory.rglob("*") if p.is_file() and "compilation" not in str(p))
+    return hashlib.sha256(b"".join(p.read_bytes() for p in files)).hexdigest()
+
+
+def _losses(workdir: Path, key: str = "loss") -> dict[int, float]:
+    rows = [json.loads(x) for x in (workdir / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r[key] for r in rows if key in r}
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory) -> Path:
+    workdir = tmp_path_factory.mktemp("teacher")
+    train_and_evaluate(_config(2), workdir)
+    return workdir
+
+
+def _student(teacher: Path, steps: int):
+    config = _config(steps, teacher=str(teacher), student_layers=(1,))
+    config.model.name, config.model.num_layers = "", 1
+    return config
+
+
+def test_a_student_starts_from_the_teachers_layers_and_trains_with_it_frozen(teacher, tmp_path):
+    before = _digest(teacher)
+    run = setup(_student(teacher, 2), tmp_path / "at-start")
+    try:
+        student = lora.flat(jax.device_get(full_params(run.state)))
+    finally:
+        run.ckpt.close()
+    taught = hf._unstack_layers(dict(lora.flat(load_params(teacher)[1])))
+    student = hf._unstack_layers({k: np.asarray(v) for k, v in student.items()})
+    for name, value in student.items():  # layer 0 is the teacher's layer 1; the rest is shared
+        source = name.replace("layers_0/", "layers_1/")
+        np.testing.assert_array_equal(value, taught[source], name)
+
+    summary = train_and_evaluate(_student(teacher, 2), tmp_path / "run")
+    assert summary["steps"] == 2
+    logged = _losses(tmp_path / "run", "kd_loss")
+    assert set(logged) == {2} and all(np.isfinite(list(logged.values())))
+    assert _losses(tmp_path / "run", "hidden_loss") and _losses(tmp_path / "run", "task_loss")
+    config, params = load_params(tmp_path / "run")  # the checkpoint holds the student alone
+    assert config["num_layers"] == 1 and "layers_1" not in json.dumps(list(lora.flat(params)))
+    assert _digest(teacher) == before  # the teacher's files are untouched
+
+
+@pytest.mark.slow
+def test_a_distillation_run_resumes_exactly(teacher, tmp_path):
+    straight = tmp_path / "straight"
+    train_and_evaluate(_student(teacher, 4), straight)
+    resumed = tmp_path / "resumed"
+    train_and_evaluate(_student(teacher, 2), resumed)
+    train_and_evaluate(_student(teacher, 4), resumed)  # reloads the teacher, not a copy
+    assert _losses(resumed) == _losses(straight)
+    assert _losses(resumed, "kd_loss") == _losses(straight, "kd_loss")
+
+
+def test_bad_distillation_settings_are_one_line(teacher, tmp_path):
+    cases = [
+        (dict(teacher=str(tmp_path / "nope")), "no such directory"),
+        (dict(teacher=str(teacher), temperature=0.0), "distill.temperature=0.0 must be > 0"),
+        (dict(teacher=str(teacher), student_layers=(5,)), "out of range"),
+        (dict(teacher=str(teacher), student_layers=(0, 1, 1)), "one teacher layer index per"),
+    ]
+    for section, needle in cases:
+        config = _config(2, **section)
+        config.model.name, config.model.num_layers = "", 1
+        with pytest.raises(UserError) as error:
+            train_and_evaluate(config, tmp_path / "bad")
+        assert needle in str(error.value) and "\n" not in str(error.value), str(error.value)
+        assert not (tmp_path / "bad").exists()  # nothing left behind
