@@ -85,19 +85,18 @@ def use_cpu_devices(n: int) -> None:
     jax.config.update("jax_num_cpu_devices", n)
 
 
-def _batch_spec(config, mesh, objective: str, rules) -> dict:
+def _batch_spec(config, mesh, objective: str, rules, model_family: str) -> dict:
     """ShapeDtypeStructs of one global batch: the objective's all-padding row (built with a tiny
     tokenizer of the run's family), stacked `batch_size` times."""
     import jax
     import numpy as np
 
-    import models
     from data import objectives
     from data.tokenizers import train_tokenizer
     from train import partitioning
 
     family = config.tokenizer.family or {"encoder": "bert", "decoder": "gpt"}.get(
-        models.get_config(config.model.name).family, "t5"
+        model_family, "t5"
     )
     text = ["the quick brown fox jumps over the lazy dog"] * 8
     tok = train_tokenizer(text, kind=config.tokenizer.kind, vocab_size=300, family=family)
@@ -112,20 +111,23 @@ def _batch_spec(config, mesh, objective: str, rules) -> dict:
     }
 
 
-def _model_config(config):
-    from train.loop import resolve_model_config
+def _model_config(config, teacher_config=None):
+    from train import distill
+    from train.init_from import resolve_model_config
 
     class _Vocab:  # the tokenizer the run would train (or load) has this many entries
         vocab_size = config.tokenizer.vocab_size
 
     from train import lora
 
+    base = distill.student_base(config.model, teacher_config)  # a student: the teacher's shape
     if config.tokenizer.path:
         from data.tokenizers import load_tokenizer
 
-        model_config = resolve_model_config(config.model, load_tokenizer(config.tokenizer.path))
+        tokenizer = load_tokenizer(config.tokenizer.path)
+        model_config = resolve_model_config(config.model, tokenizer, base)
     else:
-        model_config = resolve_model_config(config.model, _Vocab)
+        model_config = resolve_model_config(config.model, _Vocab, base)
     # LoRA: the planned run starts from init_from (whose weights the plan does not read)
     return lora.configure(config.get("lora"), model_config, config.get("init_from") or "planned")
 
@@ -148,7 +150,8 @@ def compile_step(config, devices: int, mesh_sizes: dict | None = None):
     """The training loop's train step for `config`, compiled ahead of time on abstract inputs.
 
     Returns:
-      (compiled step, abstract state, abstract batch, model config, mesh).
+      (compiled step, abstract state, abstract batch, model config, mesh, a distillation
+      teacher's abstract parameters or None).
     """
     import jax
 
@@ -165,24 +168,33 @@ def compile_step(config, devices: int, mesh_sizes: dict | None = None):
     rules = partitioning.rules_from_config(config.get("partitioning_rules"))
     partitioning.check_batch(config.batch_size, mesh, config.microbatches, rules)
     objective = config.data.objective
-    model_config = _model_config(config)
+    teacher = _teacher(config, mesh, rules)  # (config, abstract params, step options) or None
+    model_config = _model_config(config, teacher[0] if teacher else None)
     model = models.build(model_config)
     tx, schedule = make_optimizer(config.optimizer, config.steps, lora.lr_ratio(config.get("lora")))
     abstract, shardings = abstract_state(model, model_config, tx, mesh, rules)
-    batch = _batch_spec(config, mesh, objective, rules)
-    jitted, _ = jit_steps(
-        model,
-        tx,
-        schedule,
-        objective,
-        shardings,
-        mesh,
-        rules,
-        **step_options(config),
-    )
+    batch = _batch_spec(config, mesh, objective, rules, model_config.family)
+    options = {**step_options(config), **(teacher[2] if teacher else {})}
+    jitted, _ = jit_steps(model, tx, schedule, objective, shardings, mesh, rules, **options)
+    args = (abstract, batch, jax.random.key(0), *([teacher[1]] if teacher else []))
     with partitioning.activate(mesh, rules):
-        compiled = jitted.lower(abstract, batch, jax.random.key(0)).compile()
-    return compiled, abstract, batch, model_config, mesh
+        compiled = jitted.lower(*args).compile()
+    return compiled, abstract, batch, model_config, mesh, teacher[1] if teacher else None
+
+
+def _teacher(config, mesh, rules):
+    """A distillation run's teacher, planned from its config alone (no weights are read):
+    (its ModelConfig, its abstract parameters on the mesh, the jit_steps options)."""
+    from train import distill
+
+    ref = distill.teacher(config.get("distill"))
+    if ref is None:
+        return None
+    teacher_config = ref.model_config()
+    model, abstract, shardings = distill.abstract_teacher(teacher_config, mesh, rules)
+    s = distill.settings(config.get("distill"))
+    distiller = distill.Distiller(model, s, teacher_config.family)
+    return teacher_config, abstract, {"distiller": distiller, "teacher_shardings": shardings}
 
 
 def plan(
@@ -194,7 +206,9 @@ def plan(
 
     from train.state import full_params
 
-    compiled, abstract, batch, model_config, mesh = compile_step(config, devices, mesh_sizes)
+    compiled, abstract, batch, model_config, mesh, teacher = compile_step(
+        config, devices, mesh_sizes
+    )
     cost = compiled.cost_analysis()
     cost = (cost[0] if isinstance(cost, list | tuple) else cost) or {}
     trained = sum(x.size for x in jax.tree.leaves(abstract.params))
@@ -206,6 +220,8 @@ def plan(
     flops["total"] = train_flops_per_step(model_config, shape[0], shape[1], target)
     spec = CHIPS[chip]
     memory = _memory_per_device(compiled.memory_analysis(), abstract, batch)
+    if teacher is not None:  # distillation: the frozen teacher's weights, also in the peak
+        memory["teacher"] = _bytes_per_device(teacher)
     flops_report, roofline = _roofline(
         model_config, spec, flops, cost, devices, abstract, batch, dict(mesh.shape), memory
     )
@@ -230,6 +246,7 @@ def plan(
         "memory_total": {
             "params": _total_bytes(abstract.params),
             "optimizer": _total_bytes(abstract.opt_state),
+            **({"teacher": _total_bytes(teacher)} if teacher is not None else {}),
         },
         "flops_per_step": flops_report,
         "tokens_per_step": flops["tokens"],
@@ -278,7 +295,8 @@ def _roofline(model_config, spec, flops, cost, devices, abstract, batch, shape, 
     # HBM traffic, lower bound: parameters read twice (forward, backward) and written once,
     # gradients written and read, optimizer state read and written. Activations come on top;
     # XLA:CPU's `bytes accessed` (it fuses far less than the GPU/TPU compilers) is an upper bound.
-    memory_s = (5 * memory["params"] + 2 * memory["optimizer"]) / spec.hbm_bandwidth
+    traffic = 5 * memory["params"] + 2 * memory["optimizer"] + memory.get("teacher", 0)
+    memory_s = traffic / spec.hbm_bandwidth  # a distillation teacher is read once
     comm_bytes = _collective_bytes(model_config, abstract.params, batch, shape)
     comm_s = comm_bytes / spec.link_bandwidth
     step_s = max(compute_s, memory_s, comm_s)
@@ -379,6 +397,11 @@ def format_report(r: dict) -> str:
         f"  parameters           {_gb(m['params'])}   (total {_gb(r['memory_total']['params'])})",
         f"  optimizer state      {_gb(m['optimizer'])}   "
         f"(total {_gb(r['memory_total']['optimizer'])})",
+        *(
+            [f"  teacher (frozen)     {_gb(m['teacher'])}   (distillation)"]
+            if "teacher" in m
+            else []
+        ),
         f"  batch                {_gb(m['batch'])}",
         f"  XLA arguments        {_gb(m['xla_arguments'])}",
         f"  XLA temporaries      {_gb(m['xla_temporaries'])}   (activations, gradients, workspace)",

@@ -189,3 +189,16 @@ def test_the_smoke_recipe_distils_a_fine_tuned_minilm_and_exports_with_logit_par
         got = theirs(torch.tensor(ids, dtype=torch.long)).logits.numpy()
     assert theirs.config.num_hidden_layers == 3
     np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
+def test_the_planner_counts_the_teachers_memory(teacher):
+    from launch import plan
+
+    config = _student(teacher, 2)
+    config.batch_size = 8
+    student = plan.plan(config, 8, {"data": 2, "fsdp": 4, "tensor": 1})
+    teacher_bytes = sum(v.nbytes for v in lora.flat(load_params(teacher)[1]).values())
+    assert student["memory_total"]["teacher"] == teacher_bytes  # float32, every leaf
+    assert 0 < student["memory_per_device"]["teacher"] < teacher_bytes  # sharded over fsdp
+    assert "teacher (frozen)" in plan.format_report(student)
+    assert student["model"] == "gpt2-tiny" and student["params"] < teacher_bytes / 4

@@ -48,6 +48,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax.core.meta import unbox as meta_unbox
 
 from data import objectives
 from models import hf
@@ -460,13 +461,7 @@ class Distiller:
 def place_teacher(teacher_config: ModelConfig, params, mesh, rules):
     """(the teacher's module, its parameters on `mesh`, their shardings): laid out by the same
     logical rules as the student's, from an abstract init (nothing is built on one device)."""
-    import models
-    from models.summary import dummy_inputs
-    from train import partitioning
-
-    model = models.build(teacher_config)
-    boxed = jax.eval_shape(lambda: model.init(jax.random.key(0), **dummy_inputs(teacher_config)))
-    shardings = partitioning.logical_shardings(boxed["params"], mesh, rules)
+    model, _, shardings = abstract_teacher(teacher_config, mesh, rules)
     values = lora.flat(params)
 
     def place(path, sharding):
@@ -521,10 +516,10 @@ def use_tokenizer(config, teacher: reference.Reference | None) -> None:
     config.tokenizer.path = teacher.tokenizer
 
 
-def student_base(model_section, teacher: reference.Reference | None) -> ModelConfig | None:
+def student_base(model_section, teacher_config: ModelConfig | None) -> ModelConfig | None:
     """The architecture the run's `model` fields apply to: the teacher's when `model.name` is
     empty, else the named one with the teacher's vocabulary (None without a teacher)."""
-    if teacher is None:
+    if teacher_config is None:
         if not model_section.get("name"):
             raise DistillError(
                 "model.name is '' (the teacher's architecture) but distill.teacher names no "
@@ -532,10 +527,28 @@ def student_base(model_section, teacher: reference.Reference | None) -> ModelCon
             )
         return None
     if not model_section.get("name"):
-        return teacher.config
+        return teacher_config
     import models
 
-    return models.get_config(model_section.name, vocab_size=teacher.config.vocab_size)
+    return models.get_config(model_section.name, vocab_size=teacher_config.vocab_size)
+
+
+def abstract_teacher(teacher_config: ModelConfig, mesh, rules):
+    """(the teacher's module, its parameters as ShapeDtypeStructs on `mesh`, their shardings),
+    by the student's logical rules, from an abstract init."""
+    import models
+    from models.summary import dummy_inputs
+    from train import partitioning
+
+    model = models.build(teacher_config)
+    boxed = jax.eval_shape(lambda: model.init(jax.random.key(0), **dummy_inputs(teacher_config)))
+    shardings = partitioning.logical_shardings(boxed["params"], mesh, rules)
+    abstract = jax.tree.map(
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+        meta_unbox(boxed["params"]),
+        shardings,
+    )
+    return model, abstract, shardings
 
 
 def prepare(config, teacher: reference.Reference, model_config: ModelConfig, objective: str,

@@ -231,7 +231,8 @@ def _fresh_state(config, model, model_config, tx, mesh, rules, pretrained):
 def _model_config(config, tokenizer, pretrained, teacher, ckpt, latest, workdir):
     """The run's model: the named architecture, init_from's or the teacher's, with the `model`
     and `lora` sections applied; a resumed run's must be the checkpoint's architecture."""
-    base = pretrained[0] if pretrained else distill.student_base(config.model, teacher)
+    teacher_config = teacher.config if teacher else None
+    base = pretrained[0] if pretrained else distill.student_base(config.model, teacher_config)
     model_config = resolve_model_config(config.model, tokenizer, base)
     model_config = lora.configure(config.get("lora"), model_config, config.get("init_from"))
     if latest is not None:

@@ -98,6 +98,24 @@ class Reference:
     def config(self) -> ModelConfig:
         return self._weights[0]
 
+    def model_config(self) -> ModelConfig:
+        """The architecture without reading the weights (for planning): a workdir's saved
+        config, a converted checkpoint's, a Hugging Face config.json (its pooler and tying
+        decided without the tensors), or an adapter's base's. `config` is the exact one."""
+        if "_weights" in self.__dict__:
+            return self.config
+        if self.kind == PEFT_ADAPTER:
+            return resolve(self.lora_base, "--init-from").model_config()
+        if self.kind == WORKDIR:
+            return model_config_of(self.saved["resolved_model"], self.path)
+        if self.kind == CONVERTED:
+            file = self.path / MODEL_CONFIG_FILE
+            return model_config_of(read_json(file, error=CheckpointError), file)
+        hf_config = read_json(self.path / "config.json", error=CheckpointError)
+        return hf.config_from_hf(
+            hf_config, name=self.hub_id.name if self.hub_id else self.path.name
+        )
+
     @property
     def params(self) -> dict:
         return self._weights[1]
