@@ -11,10 +11,11 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
-from test_train_sharding import OPT, _batches
+from test_train_sharding import OPT
 
 import models
 from configs import gpt_lm
+from data import objectives
 from models import hf
 from models.errors import UserError
 from train import distill, lora, partitioning
@@ -25,50 +26,75 @@ from train.state import create_train_state, full_params
 from train.step import jit_steps
 
 KEYS = ("loss", "kd_loss", "task_loss", "hidden_loss")
+FAMILIES = {  # the teacher's architecture and an objective with logits, per family
+    "decoder": ("gpt2-tiny", "causal_lm"),
+    "encoder": ("bert-tiny", "mlm"),
+    "encoder_decoder": ("t5-tiny", "seq2seq"),
+}
 
 
-def _step_losses(mesh_sizes, devices=None, microbatches=1):
-    teacher_config = models.get_config("gpt2-tiny", dropout_rate=0.0, attention_dropout_rate=0.0)
+def _family_batches(arch: str, objective: str, n: int = 4):
+    """Random batches of the objective's keys, rows padded at the end (attention masks)."""
+    rng = np.random.default_rng(0)
+    out = []
+    for i in range(n):
+        batch = objectives.get(objective).synthetic_batch(100, batch=8, seq=16, seed=i)
+        for key, ids in (("attention_mask", "input_ids"), ("decoder_attention_mask", None)):
+            if key in objectives.get(objective).keys and (ids or "decoder_input_ids" in batch):
+                shape = batch[ids or "decoder_input_ids"].shape
+                lengths = rng.integers(4, shape[1] + 1, shape[0])
+                batch[key] = (np.arange(shape[1])[None] < lengths[:, None]).astype(np.int32)
+        if objective == "causal_lm":
+            batch.pop("attention_mask", None)  # packed-style rows: weights only
+        out.append(batch)
+    return out
+
+
+def _step_losses(mesh_sizes, family="decoder", devices=None, microbatches=1):
+    arch, objective = FAMILIES[family]
+    head = "mlm" if objective == "mlm" else ("lm" if family != "encoder" else "none")
+    teacher_config = models.get_config(
+        arch, dropout_rate=0.0, attention_dropout_rate=0.0, num_layers=2, head=head
+    )
     student_config = teacher_config.replace(num_layers=1)
     ids = np.ones((1, 4), np.int32)
-    teacher = models.build(teacher_config).init(jax.random.key(7), ids)["params"]
+    inputs = (ids, ids) if family == "encoder_decoder" else (ids,)
+    teacher = models.build(teacher_config).init(jax.random.key(7), *inputs)["params"]
     teacher = jax.tree.map(np.asarray, models.nn.meta.unbox(teacher))
     mesh = partitioning.make_mesh(mesh_sizes, devices)
     rules = partitioning.DEFAULT_RULES
     s = distill.settings({"teacher": "t", "alpha_kd": 0.5, "alpha_task": 0.3, "alpha_hidden": 0.2})
     teacher_model, placed, shardings = distill.place_teacher(teacher_config, teacher, mesh, rules)
-    distiller = distill.Distiller(teacher_model, s, "decoder")
+    distiller = distill.Distiller(teacher_model, s, family)
     model = models.build(student_config)
     tx, schedule = make_optimizer(OPT, 10)
     state, state_shardings = create_train_state(
         model, student_config, tx, mesh, rules, jax.random.key(0)
     )
     train_step, _ = jit_steps(
-        model, tx, schedule, "causal_lm", state_shardings, mesh, rules,
+        model, tx, schedule, objective, state_shardings, mesh, rules,
         microbatches=microbatches, dropout=False, distiller=distiller, teacher_shardings=shardings,
     )  # fmt: skip
     rows = []
     with partitioning.activate(mesh, rules):
-        for batch in _batches(4):
+        for batch in _family_batches(arch, objective):
             batch = {
                 k: jax.device_put(v, partitioning.batch_sharding(mesh, v.ndim))
                 for k, v in batch.items()
             }
             state, metrics = train_step(state, batch, jax.random.key(1), placed)
-            rows.append(
-                [float(metrics[k]) for k in ("loss", "kd_loss", "task_loss", "hidden_loss")]
-            )
+            rows.append([float(metrics[k]) for k in KEYS])
     return np.array(rows), placed, teacher
 
 
-def test_the_distillation_step_gives_the_same_losses_on_one_and_eight_devices():
-    one, _, _ = _step_losses({"data": 1}, devices=jax.devices()[:1])
-    eight, placed, teacher = _step_losses({"data": 2, "fsdp": 2, "tensor": 2})
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_the_distillation_step_gives_the_same_losses_on_one_and_eight_devices(family):
+    one, _, _ = _step_losses({"data": 1}, family, devices=jax.devices()[:1])
+    eight, placed, teacher = _step_losses({"data": 2, "fsdp": 2, "tensor": 2}, family)
     np.testing.assert_allclose(eight, one, rtol=2e-5, atol=1e-7)
     assert np.all(one[:, 1] > 0) and np.all(one[:, 3] > 0)  # the teacher's terms are live
-    a = 0.5 * one[:, 1] + 0.3 * one[:, 2]
-    assert np.all(one[:, 0] > a)  # loss = the weighted terms (the hidden one over its positions)
-    accumulated, _, _ = _step_losses({"data": 2, "fsdp": 2, "tensor": 2}, microbatches=2)
+    assert np.all(one[:, 0] > 0.5 * one[:, 1] + 0.3 * one[:, 2])  # plus the hidden term
+    accumulated, _, _ = _step_losses({"data": 2, "fsdp": 2, "tensor": 2}, family, microbatches=2)
     np.testing.assert_allclose(accumulated, one, rtol=2e-5, atol=1e-7)
     for name, value in lora.flat(placed).items():  # the teacher got no update
         np.testing.assert_array_equal(np.asarray(value), lora.flat(teacher)[name], name)
