@@ -205,7 +205,11 @@ def test_a_minilm_lora_run_predicts_as_peft_on_the_transformers_base(tmp_path):
     config.eval_every_steps, config.log_every_steps = 0, 1
     config.optimizer.learning_rate = 1e-2  # adapters far from B = 0 in three steps
     train_and_evaluate(config, tmp_path / "run")
-    ours_peft.export_workdir(tmp_path / "run", tmp_path / "adapter")
+    from train import convert
+
+    assert (
+        convert.main(["--from", str(tmp_path / "run"), "--to-peft", str(tmp_path / "adapter")]) == 0
+    )
 
     with open(sst2) as f:
         texts = [line.split("\t")[0] for line in f.read().splitlines()[1:25]]
