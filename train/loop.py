@@ -445,8 +445,8 @@ def _train_steps(run: Run, progress: _Progress, writer, preemption, clock: Clock
                     _evaluate_and_log(run, progress, writer, full_params(state), step)
             if due_ckpt:
                 with clock.timing("checkpoint"):
+                    writer.flush()  # first: a bucket's metrics.jsonl reaches every checkpoint
                     _save(run, progress, state, step)
-                    writer.flush()  # a bucket's metrics.jsonl reaches every checkpoint
                 last_good = step
             if stop:
                 log.warning("preempted (SIGTERM): saved step %d, exiting", step)
