@@ -34,8 +34,9 @@ Sections:
              over layer paths; () = the family default), lr_ratio (LoRA+), train_head.
   distill    knowledge distillation (train/distill.py): teacher (any model reference; '' = off),
              temperature, alpha_kd, alpha_task, alpha_hidden, student_layers (the teacher layer
-             each student layer copies; () = a fresh student), student_decoder_layers; the run's
-             model is the student (model.name '' = the teacher's architecture).
+             each student layer copies; () = a fresh student), student_decoder_layers,
+             teacher_dtype (float32 or bfloat16); the run's model is the student (model.name ''
+             = the teacher's architecture; with lora.rank, init_from is the student).
   decode     generation for task metrics and `python -m train.predict`: beams (1 = greedy or
              sampling), length_penalty, max_new_tokens, temperature, top_k, top_p, batch_size.
   carbon     enabled, country_iso_code, pue, chip_tdp_w, utilization (see docs/carbon.md).

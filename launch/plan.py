@@ -191,8 +191,10 @@ def _teacher(config, mesh, rules):
     if ref is None:
         return None
     teacher_config = ref.model_config()
-    model, abstract, shardings = distill.abstract_teacher(teacher_config, mesh, rules)
     s = distill.settings(config.get("distill"))
+    model, abstract, shardings = distill.abstract_teacher(
+        teacher_config, mesh, rules, s["teacher_dtype"]
+    )
     distiller = distill.Distiller(model, s, teacher_config.family)
     return teacher_config, abstract, {"distiller": distiller, "teacher_shardings": shardings}
 

@@ -252,6 +252,7 @@ def test_settings_fill_defaults_and_read_command_line_maps():
         ({"student_layers": ("0", "x")}, ["distill.student_layers", "'x'"]),
         ({"layers": (0,)}, ["unknown distill key", "student_layers"]),
         ({"alpha_kd": "high"}, ["distill.alpha_kd='high'", "number"]),
+        ({"teacher_dtype": "fp16"}, ["distill.teacher_dtype='fp16'", "float32, bfloat16"]),
     ],
 )
 def test_bad_settings_are_one_line(section, words):

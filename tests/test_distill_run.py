@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from test_train_sharding import OPT
@@ -50,7 +51,7 @@ def _family_batches(arch: str, objective: str, n: int = 4):
     return out
 
 
-def _step_losses(mesh_sizes, family="decoder", devices=None, microbatches=1):
+def _step_losses(mesh_sizes, family="decoder", devices=None, microbatches=1, teacher_dtype=None):
     arch, objective = FAMILIES[family]
     head = "mlm" if objective == "mlm" else ("lm" if family != "encoder" else "none")
     teacher_config = models.get_config(
@@ -64,7 +65,14 @@ def _step_losses(mesh_sizes, family="decoder", devices=None, microbatches=1):
     mesh = partitioning.make_mesh(mesh_sizes, devices)
     rules = partitioning.DEFAULT_RULES
     s = distill.settings({"teacher": "t", "alpha_kd": 0.5, "alpha_task": 0.3, "alpha_hidden": 0.2})
-    teacher_model, placed, shardings = distill.place_teacher(teacher_config, teacher, mesh, rules)
+    held = teacher_dtype or "float32"
+    teacher_model, placed, shardings = distill.place_teacher(
+        teacher_config, teacher, mesh, rules, held
+    )
+    for name, value in lora.flat(placed).items():
+        expected = np.asarray(lora.flat(teacher)[name]).astype(value.dtype)
+        assert value.dtype == (jnp.bfloat16 if held == "bfloat16" else np.float32), name
+        np.testing.assert_array_equal(np.asarray(value), expected, name)
     distiller = distill.Distiller(teacher_model, s, family)
     model = models.build(student_config)
     tx, schedule = make_optimizer(OPT, 10)
@@ -155,6 +163,48 @@ def test_a_student_starts_from_the_teachers_layers_and_trains_with_it_frozen(tea
     assert _digest(teacher) == before  # the teacher's files are untouched
 
 
+def test_a_lora_student_trains_only_its_adapters_against_the_teacher(teacher, tmp_path):
+    """init_from is the student and lora.rank adapts it: here the student starts as the
+    teacher itself, so with zero-initialised adapters the first step's KD and hidden terms are
+    0; the checkpoint holds the adapters alone and reads back on the init_from base."""
+    from train import reference
+    from train.checkpoint import workdir_params
+
+    config = _config(3, teacher=str(teacher), alpha_kd=0.5, alpha_task=0.25, alpha_hidden=0.25)
+    config.init_from, config.lora.rank, config.log_every_steps = str(teacher), 2, 1
+    config.model.name, config.dropout = "", False
+    before = _digest(teacher)
+    train_and_evaluate(config, tmp_path / "run")
+    kd, hidden = _losses(tmp_path / "run", "kd_loss"), _losses(tmp_path / "run", "hidden_loss")
+    assert kd[1] == 0.0 and hidden[1] < 1e-6, (kd, hidden)  # the student is the teacher
+    assert kd[3] > 0.0  # the adapters moved (step 1's learning rate is warmup's 0)
+    stored = lora.flat(workdir_params(tmp_path / "run", 3))
+    assert stored and all(name.split("/")[-1] in lora.ADAPTERS for name in stored), list(stored)
+    ref = reference.resolve(str(tmp_path / "run"), "init_from")
+    assert ref.lora_base == str(teacher) and ref.config.num_layers == 2
+    assert _digest(teacher) == before
+
+
+def test_a_seeded_student_with_lora_is_one_line(teacher, tmp_path):
+    config = _student(teacher, 2)
+    config.lora.rank = 2
+    with pytest.raises(UserError) as error:
+        train_and_evaluate(config, tmp_path / "bad")
+    assert "lora.rank=2 needs init_from" in str(error.value), str(error.value)
+    assert not (tmp_path / "bad").exists()
+
+
+def test_a_bfloat16_teacher_is_held_in_bfloat16_and_teaches_as_the_float32_one():
+    """distill.teacher_dtype=bfloat16: every floating parameter on the mesh is the float32
+    value rounded to bf16, and the losses stay within bf16 rounding of the float32 teacher's."""
+    f32, _, _ = _step_losses({"data": 1}, "encoder", devices=jax.devices()[:1])
+    bf16, _, _ = _step_losses(
+        {"data": 2, "fsdp": 2, "tensor": 2}, "encoder", teacher_dtype="bfloat16"
+    )
+    assert f32.shape == bf16.shape and not np.array_equal(f32, bf16)
+    np.testing.assert_allclose(bf16, f32, rtol=2e-2)
+
+
 @pytest.mark.slow
 def test_a_distillation_run_resumes_exactly(teacher, tmp_path):
     straight = tmp_path / "straight"
@@ -228,3 +278,6 @@ def test_the_planner_counts_the_teachers_memory(teacher):
     assert 0 < student["memory_per_device"]["teacher"] < teacher_bytes  # sharded over fsdp
     assert "teacher (frozen)" in plan.format_report(student)
     assert student["model"] == "gpt2-tiny" and student["params"] < teacher_bytes / 4
+    config.distill.teacher_dtype = "bfloat16"  # every parameter of gpt2-tiny is floating
+    held = plan.plan(config, 8, {"data": 2, "fsdp": 4, "tensor": 1})
+    assert held["memory_total"]["teacher"] == teacher_bytes // 2

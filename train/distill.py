@@ -15,6 +15,9 @@ The run's model is the student; the teacher is a frozen model that runs beside i
                            per layer of the student's encoder (encoder-only and
                            encoder-decoder models) or decoder (decoder-only models);
                            () = a fresh student (`--config.distill.student_layers=0,2,4`)
+    distill.teacher_dtype  the dtype the teacher's parameters are held in on the devices:
+                           'float32' (as read) or 'bfloat16' (half the memory; the forward
+                           then computes at bf16 precision of the weights)
     distill.student_decoder_layers
                            the same for the decoder of an encoder-decoder (DistilBART's
                            "shrink and fine-tune"). Where one map of an encoder-decoder is
@@ -64,7 +67,9 @@ DEFAULTS = {
     "alpha_hidden": 0.125,
     "student_layers": (),
     "student_decoder_layers": (),
+    "teacher_dtype": "float32",
 }
+TEACHER_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 ALPHAS = ("alpha_kd", "alpha_task", "alpha_hidden")
 MAPS = ("student_layers", "student_decoder_layers")
 _EPS = 1e-12  # torch.nn.CosineEmbeddingLoss's, on each squared norm
@@ -88,6 +93,11 @@ def settings(section) -> dict[str, Any]:
         )
     out = {**DEFAULTS, **{k: v for k, v in items.items() if v is not None}}
     out["teacher"] = str(out["teacher"] or "")
+    if out["teacher_dtype"] not in TEACHER_DTYPES:
+        raise DistillError(
+            f"distill.teacher_dtype={out['teacher_dtype']!r}: choose one of "
+            f"{', '.join(TEACHER_DTYPES)}"
+        )
     for key in MAPS:
         out[key] = _indices(key, out[key])
     for key in ("temperature", *ALPHAS):
@@ -458,18 +468,19 @@ class Distiller:
         }
 
 
-def place_teacher(teacher_config: ModelConfig, params, mesh, rules):
+def place_teacher(teacher_config: ModelConfig, params, mesh, rules, dtype: str = "float32"):
     """(the teacher's module, its parameters on `mesh`, their shardings): laid out by the same
-    logical rules as the student's, from an abstract init (nothing is built on one device)."""
-    model, _, shardings = abstract_teacher(teacher_config, mesh, rules)
+    logical rules as the student's, from an abstract init (nothing is built on one device),
+    floating-point parameters held in `dtype` (`distill.teacher_dtype`)."""
+    model, abstract, shardings = abstract_teacher(teacher_config, mesh, rules, dtype)
     values = lora.flat(params)
 
-    def place(path, sharding):
+    def place(path, spec):
         name = "/".join(str(getattr(k, "key", k)) for k in path)
-        value = np.asarray(values[name])
-        return jax.make_array_from_callback(value.shape, sharding, lambda idx: value[idx])
+        value = np.asarray(values[name]).astype(spec.dtype)
+        return jax.make_array_from_callback(value.shape, spec.sharding, lambda idx: value[idx])
 
-    placed = jax.tree_util.tree_map_with_path(place, shardings)
+    placed = jax.tree_util.tree_map_with_path(place, abstract)
     return model, placed, shardings
 
 
@@ -533,9 +544,9 @@ def student_base(model_section, teacher_config: ModelConfig | None) -> ModelConf
     return models.get_config(model_section.name, vocab_size=teacher_config.vocab_size)
 
 
-def abstract_teacher(teacher_config: ModelConfig, mesh, rules):
+def abstract_teacher(teacher_config: ModelConfig, mesh, rules, dtype: str = "float32"):
     """(the teacher's module, its parameters as ShapeDtypeStructs on `mesh`, their shardings),
-    by the student's logical rules, from an abstract init."""
+    by the student's logical rules, from an abstract init; floating-point leaves in `dtype`."""
     import models
     from models.summary import dummy_inputs
     from train import partitioning
@@ -543,8 +554,14 @@ def abstract_teacher(teacher_config: ModelConfig, mesh, rules):
     model = models.build(teacher_config)
     boxed = jax.eval_shape(lambda: model.init(jax.random.key(0), **dummy_inputs(teacher_config)))
     shardings = partitioning.logical_shardings(boxed["params"], mesh, rules)
+    held = TEACHER_DTYPES[dtype]
+
+    def spec(x, sharding):
+        floating = jnp.issubdtype(x.dtype, jnp.floating)
+        return jax.ShapeDtypeStruct(x.shape, held if floating else x.dtype, sharding=sharding)
+
     abstract = jax.tree.map(
-        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+        spec,
         meta_unbox(boxed["params"]),
         shardings,
     )
@@ -572,5 +589,7 @@ def prepare(config, teacher: reference.Reference, model_config: ModelConfig, obj
         )
         leaves = lora.flat(seeded).items()
         seed = (model_config, {k: v for k, v in leaves if not isinstance(v, jax.ShapeDtypeStruct)})
-    teacher_model, params, shardings = place_teacher(teacher.config, teacher.params, mesh, rules)
+    teacher_model, params, shardings = place_teacher(
+        teacher.config, teacher.params, mesh, rules, s["teacher_dtype"]
+    )
     return seed, Prepared(Distiller(teacher_model, s, model_config.family), params, shardings)
