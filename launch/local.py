@@ -8,7 +8,9 @@ Each process gets `JAX_COORDINATOR_ADDRESS` (127.0.0.1 and a free port), `JAX_NU
 `XLA_FLAGS=--xla_force_host_platform_device_count=D`), so a 2 x 2 run has the same 4-device
 global mesh as one process with 4 devices. Output lines are prefixed with `[i]`. When a process
 exits with an error the others are stopped (SIGTERM, then SIGKILL after `--grace` seconds) and
-that exit status is returned; Ctrl-C stops them all.
+that exit status is returned; Ctrl-C stops them all. Status 75 (a run that saved on SIGTERM and
+stopped early, train/distributed.py's PREEMPTED_EXIT_STATUS) is not an error: the others are
+left to finish their save, and 75 is returned.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import threading
 import time
 
 from models.errors import ArgumentParser, one_line_errors
+from train.distributed import PREEMPTED_EXIT_STATUS
 
 _DEVICE_FLAG = re.compile(r"--xla_force_host_platform_device_count=\S+")
 
@@ -103,10 +106,12 @@ def _shut_down(procs, first_signal, grace_s: float) -> None:
 
 
 def _supervise(procs, terminated: threading.Event, grace_s: float, out, lock) -> int:
-    """Polls until all exit 0 (returns 0), or one fails or SIGTERM comes: stops the rest."""
+    """Polls until all exit 0 (returns 0) or 0 and PREEMPTED_EXIT_STATUS (saved on SIGTERM:
+    returns that), or one fails or SIGTERM comes: stops the rest."""
+    clean = (0, PREEMPTED_EXIT_STATUS)
     while True:
         codes = [p.poll() for p in procs]
-        failed = [(i, c) for i, c in enumerate(codes) if c not in (None, 0)]
+        failed = [(i, c) for i, c in enumerate(codes) if c not in (None, *clean)]
         if failed or terminated.is_set():
             if failed:
                 index, code = failed[0]
@@ -119,8 +124,8 @@ def _supervise(procs, terminated: threading.Event, grace_s: float, out, lock) ->
                 out.flush()
             _shut_down(procs, signal.SIGTERM, grace_s)
             return status
-        if all(c == 0 for c in codes):
-            return 0
+        if all(c in clean for c in codes):
+            return max(codes)
         time.sleep(0.1)
 
 
@@ -133,8 +138,9 @@ def run(
     grace_s: float = 10.0,
     out=None,
 ) -> int:
-    """Starts `command` `num_processes` times and waits. Returns 0 if all succeed, else the
-    exit status of the first process that failed (the others are stopped)."""
+    """Starts `command` `num_processes` times and waits. Returns 0 if all succeed, 75 if they
+    saved on SIGTERM and stopped early, else the exit status of the first process that failed
+    (the others are stopped)."""
     out = out or sys.stdout
     port = port or free_port()
     lock = threading.Lock()

@@ -7,6 +7,11 @@ Any config key is set with `--config.KEY=VALUE` (configs/cli.py says how each ty
 every key is documented in configs/common.py. To train on your own text:
 
     python -m train --config configs/gpt_lm.py:smoke --config.data.files=my_corpus.txt
+
+Exit status: 0 when the run reached `steps`; 75 (train/distributed.py's PREEMPTED_EXIT_STATUS)
+when SIGTERM (a preemption, `scancel --signal=TERM`, a time-limit notice) made every process save
+a checkpoint and stop early, so that a scheduler's script can requeue it (launch/slurm.py's
+does); 1 when a process of the run failed or was lost; 2 for bad input (one `error:` line).
 """
 
 from __future__ import annotations
@@ -72,8 +77,12 @@ def main(argv, spec: str, overrides) -> int:
     workdir = _WORKDIR.value or f"runs/{name}-{time.strftime('%Y%m%d-%H%M%S')}"
     with distributed.peer_failures_end_the_process():
         summary = train_and_evaluate(config, workdir)
+    status = 0
+    if summary.get("preempted") and summary["steps"] < config.steps:
+        status = distributed.PREEMPTED_EXIT_STATUS  # saved on SIGTERM: resume to finish
+        distributed.ignore_further_notices()
     if jax.process_index() != 0:
-        return 0
+        return status
     if "sample" in summary:
         print(f"\nsample: {summary['sample']}")
     final = summary.get("final", {})
@@ -82,7 +91,10 @@ def main(argv, spec: str, overrides) -> int:
         line += f", eval loss {summary['eval']['eval_loss']:.4f}"
     print(line + f" in {summary['wall_time_s']:.0f}s")
     print(f"workdir: {summary['workdir']}")
-    return 0
+    if status:
+        print(f"stopped early on SIGTERM, checkpoint saved: exit status {status}; run the same "
+              "command again to resume")
+    return status
 
 
 def run() -> None:

@@ -41,6 +41,11 @@ from models.errors import UserError, report
 log = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT_S = 300
+# `python -m train`'s exit status when SIGTERM made it save and stop before its last step:
+# sysexits.h's EX_TEMPFAIL ("try again later"). Schedulers requeue or restart on it (the SLURM
+# script runs `scontrol requeue`); 0 stays "finished", 1 and 2 are failures that a restart
+# would repeat.
+PREEMPTED_EXIT_STATUS = 75
 
 
 class DistributedError(UserError, RuntimeError):
@@ -556,6 +561,14 @@ class Preemption:
     def __exit__(self, *exc):
         if self._previous is not None:
             signal.signal(signal.SIGTERM, self._previous)
+
+
+def ignore_further_notices() -> None:
+    """After the preemption save, on the way out: a second SIGTERM no longer matters, and must
+    not turn the exit status into 143. srun sends one to the step's other tasks when the first
+    of them exits with PREEMPTED_EXIT_STATUS (`--kill-on-bad-exit`), and the job would then not
+    be requeued."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def _sync_manager_running() -> bool:
