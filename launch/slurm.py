@@ -39,11 +39,13 @@ $sbatch
 set -euo pipefail
 
 # $layout; process 0 runs on the first node.
-echo "triptych: job $$SLURM_JOB_ID segment $$(($${SLURM_RESTART_COUNT:-0} + 1)) on $$SLURM_JOB_NODELIST, $$(date -u +%FT%TZ)"
+echo "triptych: job $$SLURM_JOB_ID segment $$(($${SLURM_RESTART_COUNT:-0} + 1))" \\
+  "on $$SLURM_JOB_NODELIST, $$(date -u +%FT%TZ)"
 # sed reads every line; `head -n 1` could close the pipe early (SIGPIPE: exit 141 under pipefail)
 head_node="$$(scontrol show hostnames "$$SLURM_JOB_NODELIST" | sed -n 1p)"
 # the address SLURM itself reaches the node at (NodeAddr; the node name where it is not set)
-head_addr="$$(scontrol show node -o "$$head_node" 2>/dev/null | sed -n 's/.*NodeAddr=\\([^ ]*\\).*/\\1/p' || true)"
+head_addr="$$(scontrol show node -o "$$head_node" 2>/dev/null \\
+  | sed -n 's/.*NodeAddr=\\([^ ]*\\).*/\\1/p' || true)"
 export JAX_COORDINATOR_ADDRESS="$${head_addr:-$$head_node}:$port"
 export JAX_NUM_PROCESSES=$processes
 export TRIPTYCH_INIT_TIMEOUT=$init_timeout
@@ -56,7 +58,8 @@ srun --kill-on-bad-exit=1 --nodes=$nodes --ntasks=$processes --ntasks-per-node=$
 # from that checkpoint, under the same job id and log.
 if [ "$$status" -eq $preempted ]; then
   echo "triptych: job $$SLURM_JOB_ID saved and stopped early (status $preempted); requeueing it"
-  scontrol requeue "$$SLURM_JOB_ID" || echo "triptych: requeue failed; submit the script again to resume"
+  scontrol requeue "$$SLURM_JOB_ID" \\
+    || echo "triptych: requeue failed; submit the script again to resume"
 fi
 exit "$$status"
 """)

@@ -92,8 +92,10 @@ def main(argv, spec: str, overrides) -> int:
     print(line + f" in {summary['wall_time_s']:.0f}s")
     print(f"workdir: {summary['workdir']}")
     if status:
-        print(f"stopped early on SIGTERM, checkpoint saved: exit status {status}; run the same "
-              "command again to resume")
+        print(
+            f"stopped early on SIGTERM, checkpoint saved: exit status {status}; run the same "
+            "command again to resume"
+        )
     return status
 
 
