@@ -9,7 +9,8 @@ JobSet controller in the cluster (https://jobset.sigs.k8s.io). One Indexed Job o
 per host; with DNS hostnames enabled pod 0 is `<name>-workers-0-0.<name>`, the coordinator.
 Each pod gets JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID (its completion
 index), which `python -m train` reads (train/distributed.py). Any pod failing fails the JobSet
-(restarts: --max-restarts; a restarted run resumes from its latest checkpoint).
+(restarts: --max-restarts; a restarted run resumes from its latest checkpoint). A preempted pod
+saves and exits 75, a failure too, so that the JobSet restarts rather than completes.
 """
 
 from __future__ import annotations

@@ -134,6 +134,31 @@ def test_config_that_fails_to_import_names_its_path(broken_config, tmp_path):
             ["--config.stepz", "did you mean steps"],
         ),
         (
+            "launch.slurm",
+            ["--nodes", "1", "--tasks-per-node", "3", *SMOKE, "--workdir", "/w", "--dry-run"],
+            ["--tasks-per-node 3", "8 GPUs per node", "one of 1, 2, 4, 8"],
+        ),
+        (
+            "launch.slurm",
+            ["--nodes", "1", "--gres", "gpu:4", "--gpus-per-node", "8", *SMOKE, "--workdir", "/w"],
+            ["--gres gpu:4 gives 4 GPUs", "--gpus-per-node says 8", "give one of the two"],
+        ),
+        (
+            "launch.slurm",
+            ["--nodes", "1", "--gres", "nvme:1", *SMOKE, "--workdir", "/w", "--dry-run"],
+            ["--gres 'nvme:1'", "gpu:TYPE:N"],
+        ),
+        (
+            "launch.slurm",
+            ["--nodes", "1", "--time", "1:2:3:4", *SMOKE, "--workdir", "/w", "--dry-run"],
+            ["--time '1:2:3:4'", "HH:MM:SS"],
+        ),
+        (
+            "launch.slurm",
+            ["--nodes", "1", "--time", "2", *SMOKE, "--workdir", "/w", "--dry-run"],
+            ["--signal-before 120s is not shorter than --time 2 (120s)", "raise --time"],
+        ),
+        (
             "launch.tpu",
             ["--tpu", "t", "--zone", "z", *SMOKE, "--workdir", "/w", "--set", "steps"],
             ["--set 'steps'", "KEY=VALUE"],

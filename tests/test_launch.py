@@ -1,10 +1,9 @@
 """launch.local (process start/stop, env, prefixes, exit status) and what the cluster scripts
-render: the SLURM script (run against fake `scontrol`/`srun`), the TPU pod gcloud commands and
-the GKE JobSet manifest."""
+render: the TPU pod gcloud commands and the GKE JobSet manifest (the SLURM script:
+tests/test_launch_slurm.py, and against a real cluster tests/test_slurm_cluster.py)."""
 
 import os
 import shlex
-import stat
 import subprocess
 import sys
 import time
@@ -71,133 +70,24 @@ def test_local_stops_all_when_one_fails_and_propagates_status():
     assert {"[0] up 0", "[1] up 1", "[2] up 2"} <= set(result.stdout.splitlines())
 
 
+def test_local_waits_for_every_process_that_saved_on_sigterm():
+    # exit status 75: saved and stopped early; not a failure, so the slower one is not stopped
+    body = (
+        "import os, sys, time\n"
+        "i = int(os.environ['JAX_PROCESS_ID'])\n"
+        "time.sleep(2.0 * i)\n"
+        "print('saved', i, flush=True)\n"
+        "sys.exit(75)\n"
+    )
+    result = _launch("-n", "2", "--grace", "1", "--", *_script(body))
+    assert result.returncode == 75, result.stdout + result.stderr
+    assert {"[0] saved 0", "[1] saved 1"} <= set(result.stdout.splitlines())
+    assert "[launch]" not in result.stdout
+
+
 def test_local_requires_a_command():
     result = _launch("-n", "2")
     assert result.returncode == 2 and "no command" in result.stderr
-
-
-def _fake_bin(tmp_path: Path) -> Path:
-    """`scontrol` printing two hosts, `srun` running its command once per task with
-    SLURM_PROCID, and a `python` that prints its environment and arguments."""
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    files = {
-        "scontrol": '#!/bin/bash\nprintf "gpu-node-017\\ngpu-node-018\\n"\n',
-        "srun": (
-            "#!/bin/bash\n"
-            'echo "srun $*" >&2\n'
-            "ntasks=1\n"
-            'while [[ "$1" == --* ]]; do\n'
-            '  [[ "$1" == --ntasks=* ]] && ntasks="${1#--ntasks=}"\n'
-            "  shift\n"
-            "done\n"
-            'for ((i = 0; i < ntasks; i++)); do SLURM_PROCID=$i "$@" || exit $?; done\n'
-        ),
-        "fakepython": (
-            "#!/bin/bash\n"
-            'echo "ENV $JAX_PROCESS_ID $JAX_NUM_PROCESSES $JAX_COORDINATOR_ADDRESS $NCCL_DEBUG"\n'
-            'printf "ARG %s\\n" "$@"\n'
-        ),
-    }
-    for name, text in files.items():
-        path = bin_dir / name
-        path.write_text(text)
-        path.chmod(path.stat().st_mode | stat.S_IEXEC)
-    return bin_dir
-
-
-def test_slurm_script_renders_and_runs_under_fake_slurm(tmp_path):
-    from launch import slurm
-
-    workdir = "/shared/runs/it's gpt2"  # a quote in the path must survive two shells
-    argv = [
-        "--nodes",
-        "2",
-        "--gpus-per-node",
-        "8",
-        "--partition",
-        "a100q",
-        "--time",
-        "02:00:00",
-        "--config",
-        "configs/gpt_lm.py:gpt2",
-        "--workdir",
-        workdir,
-        "--set",
-        "mesh.fsdp=8",
-        "--set",
-        "steps=50",
-        "--env",
-        "NCCL_DEBUG=WARN",
-        "--python",
-        "fakepython",
-        "--port",
-        "9123",
-        "--dry-run",
-    ]
-    script = slurm.render(slurm.parser().parse_args(argv))
-    for line in [
-        "#SBATCH --nodes=2",
-        "#SBATCH --gpus-per-node=8",
-        "#SBATCH --partition=a100q",
-        "#SBATCH --time=02:00:00",
-        "#SBATCH --ntasks-per-node=1",
-        "export JAX_NUM_PROCESSES=2",
-        "export NCCL_DEBUG=WARN",
-    ]:
-        assert line in script.splitlines(), line
-    assert "$" + "{" not in script and "$nodes" not in script  # everything substituted
-    path = tmp_path / "job.sbatch"
-    path.write_text(script)
-    bin_dir = _fake_bin(tmp_path)
-    env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}", SLURM_JOB_NODELIST="x")
-    result = subprocess.run(
-        ["bash", str(path)], env=env, capture_output=True, text=True, cwd=tmp_path, timeout=30
-    )
-    assert result.returncode == 0, result.stderr
-    assert "srun --kill-on-bad-exit=1 --nodes=2 --ntasks=2" in result.stderr
-    out = result.stdout.splitlines()
-    envs = [line for line in out if line.startswith("ENV")]
-    assert envs == ["ENV 0 2 gpu-node-017:9123 WARN", "ENV 1 2 gpu-node-017:9123 WARN"]
-    args = [line[4:] for line in out if line.startswith("ARG")]
-    expected = [
-        "-m",
-        "train",
-        "--config",
-        "configs/gpt_lm.py:gpt2",
-        "--workdir",
-        workdir,
-        "--config.mesh.fsdp=8",
-        "--config.steps=50",
-    ]
-    assert args == expected * 2
-
-
-def test_slurm_cli_dry_run_prints_the_script():
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "launch.slurm",
-            "--nodes",
-            "4",
-            "--gpus-per-node",
-            "8",
-            "--config",
-            "configs/gpt_lm.py:gpt2",
-            "--workdir",
-            "/shared/w",
-            "--dry-run",
-        ],
-        env=dict(os.environ, PYTHONPATH=str(ROOT)),
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-    )
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.startswith("#!/bin/bash\n")
-    assert "#SBATCH --nodes=4" in result.stdout and "JAX_NUM_PROCESSES=4" in result.stdout
-    assert "python -m train --config configs/gpt_lm.py:gpt2 --workdir /shared/w" in result.stdout
 
 
 def test_tpu_pod_commands():

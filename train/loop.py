@@ -2,9 +2,9 @@
 
 Restarting with the same workdir resumes from its latest complete checkpoint (weights, optimizer,
 step and the data iterator's position), so a crashed or preempted run continues exactly where it
-stopped. SIGTERM saves a checkpoint at the next step boundary and exits cleanly; with several
-processes, a SIGTERM on any one host makes every host save the same step (train/distributed.py's
-`Preemption`, through JAX's preemption sync manager).
+stopped. SIGTERM saves a checkpoint at the next step boundary and stops (`python -m train` exits
+75); with several processes, a SIGTERM on any one host makes every host save the same step
+(train/distributed.py's `Preemption`, through JAX's preemption sync manager).
 """
 
 from __future__ import annotations
