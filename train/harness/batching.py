@@ -1,0 +1,213 @@
+"""lm-eval's requests as a few fixed-shape batches, scored and generated on the device mesh.
+
+A task sends hundreds of requests of every length. Each batch is padded to a length bucket
+(powers of two from 16 up to the model's maximum length, which is the last bucket) and to the fixed
+batch size, so one task compiles at most one program per bucket rather than one per batch. The
+batch axis is split over the mesh's `data` and `fsdp` axes (train/partitioning.py) and the
+parameters are laid out by the same logical rules as in training; every process builds the same
+global batch and reads back every row, so with several processes each gets all the results.
+
+Scoring follows lm-eval's `hf` backend (lm_eval/models/huggingface.py, `_loglikelihood_tokens`):
+
+  causal   context + continuation, left-truncated to max_length + 1 tokens, the last dropped:
+           the input is right-padded and the continuation is scored at its last positions
+  seq2seq  the context (its last max_length tokens) goes to the encoder, right-padded with a
+           mask; the continuation is scored on the decoder, fed after the decoder start token
+
+Each row gives the summed log-probability of the continuation and whether every continuation
+token is the argmax (lm-eval's `is_greedy`). Log-probabilities are taken in float32.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax.core import meta
+
+from models.config import ModelConfig
+from models.summary import abstract_params
+from train import decode, partitioning
+
+SMALLEST_BUCKET = 16
+
+
+def length_buckets(max_length: int, smallest: int = SMALLEST_BUCKET) -> tuple[int, ...]:
+    """The padded lengths a batch may take: powers of two from `smallest`, then max_length."""
+    sizes, size = [], smallest
+    while size < max_length:
+        sizes.append(size)
+        size *= 2
+    return (*sizes, max_length)
+
+
+def bucket_of(length: int, buckets: Sequence[int]) -> int:
+    """The smallest bucket that holds `length` tokens (the largest when none does)."""
+    return next((b for b in buckets if b >= length), buckets[-1])
+
+
+def place_params(config: ModelConfig, params, mesh, rules):
+    """Numpy parameters as arrays on `mesh`, each laid out by its logical axes (`rules`),
+    built piece by piece from host memory (nothing is first put on one device)."""
+    boxed = abstract_params(config)
+    shardings = partitioning.logical_shardings(boxed, mesh, rules)
+
+    def place(abstract, sharding, value):
+        value = np.asarray(value, abstract.dtype)
+        if value.shape != abstract.shape:
+            raise ValueError(f"parameter of shape {value.shape} where the model has {abstract}")
+        return jax.make_array_from_callback(value.shape, sharding, lambda idx: value[idx])
+
+    return jax.tree.map(place, meta.unbox(boxed), shardings, params)
+
+
+def _token_scores(logits, targets, weights):
+    """(B, T, V) logits -> log p(target) at the weighted positions (0 elsewhere), (B, T), and
+    whether every weighted target is the argmax, (B,). The host sums the log-probabilities in
+    float64, so that a long document's total carries no float32 rounding of its own."""
+    logits = logits.astype(jnp.float32)
+    logp = jax.nn.log_softmax(logits, axis=-1)
+    picked = jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]  # (B, T)
+    hits = (jnp.argmax(logits, axis=-1) == targets) | (weights == 0)  # (B, T)
+    return jnp.where(weights > 0, picked, 0.0), jnp.all(hits, axis=-1)
+
+
+def _causal_scores(model, params, batch):
+    logits = model.apply({"params": params}, batch["input_ids"]).logits
+    return _token_scores(logits, batch["targets"], batch["weights"])
+
+
+def _seq2seq_scores(model, params, batch):
+    logits = model.apply(
+        {"params": params},
+        batch["input_ids"],
+        batch["decoder_input_ids"],
+        attention_mask=batch["attention_mask"],
+    ).logits
+    return _token_scores(logits, batch["targets"], batch["weights"])
+
+
+class Scorer:
+    """A model's parameters on a mesh, with fixed-shape programs for scoring and generation.
+
+    Attributes:
+      config: the model's config.
+      batch_size: rows per program (a multiple of the mesh's batch shards).
+      max_length: the longest input (the last length bucket).
+      buckets: the padded lengths.
+    """
+
+    def __init__(self, config: ModelConfig, params, *, mesh, rules, batch_size: int,
+                 max_length: int, pad_id: int, decoder_start_id: int):  # fmt: skip
+        import models
+
+        self.config = config
+        self.model = models.build(config)
+        self.mesh, self.rules = mesh, rules
+        shards = int(np.prod([mesh.shape[a] for a in partitioning.batch_axes(rules)]))
+        self.batch_size = -(-max(1, int(batch_size)) // shards) * shards
+        self.max_length = int(max_length)
+        self.buckets = length_buckets(self.max_length)
+        self.pad_id, self.decoder_start_id = int(pad_id), int(decoder_start_id)
+        self.seq2seq = config.family == "encoder_decoder"
+        self.params = place_params(config, params, mesh, rules)
+        scores = _seq2seq_scores if self.seq2seq else _causal_scores
+        self.score_program = jax.jit(functools.partial(scores, self.model))
+
+    # Batches -------------------------------------------------------------------------------------
+
+    def _rows(self, length: int, fill: int = 0) -> np.ndarray:
+        return np.full((self.batch_size, length), fill, np.int32)
+
+    def _on_mesh(self, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
+        """The same host batch on every process -> global arrays split over the batch axes."""
+
+        def put(value):
+            sharding = partitioning.batch_sharding(self.mesh, value.ndim, self.rules)
+            return jax.make_array_from_callback(value.shape, sharding, lambda idx: value[idx])
+
+        return {k: put(v) for k, v in batch.items()}
+
+    def causal_batch(self, pairs: Sequence[tuple[list[int], list[int]]]) -> dict[str, np.ndarray]:
+        """(context, continuation) token lists -> right-padded input, targets and weights."""
+        windows = [(ctx + cont)[-(self.max_length + 1) :] for ctx, cont in pairs]
+        length = bucket_of(max(len(w) - 1 for w in windows), self.buckets)
+        ids, targets = self._rows(length, self.pad_id), self._rows(length)
+        weights = np.zeros((self.batch_size, length), np.float32)
+        for row, (window, (_, cont)) in enumerate(zip(windows, pairs)):
+            n = len(window) - 1
+            ids[row, :n], targets[row, :n] = window[:-1], window[1:]
+            weights[row, n - len(cont) : n] = 1.0
+        return {"input_ids": ids, "targets": targets, "weights": weights}
+
+    def seq2seq_batch(self, pairs: Sequence[tuple[list[int], list[int]]]) -> dict[str, np.ndarray]:
+        """(context, continuation) -> encoder input and mask; decoder input, targets, weights."""
+        sources = [ctx[-self.max_length :] for ctx, _ in pairs]
+        targets_list = [cont[-self.max_length :] for _, cont in pairs]
+        source_len = bucket_of(max(len(s) for s in sources), self.buckets)
+        target_len = bucket_of(max(len(t) for t in targets_list), self.buckets)
+        ids = self._rows(source_len, self.pad_id)
+        mask = self._rows(source_len)
+        decoder_ids = self._rows(target_len, self.pad_id)
+        targets = self._rows(target_len)
+        weights = np.zeros((self.batch_size, target_len), np.float32)
+        for row, (source, target) in enumerate(zip(sources, targets_list)):
+            ids[row, : len(source)], mask[row, : len(source)] = source, 1
+            decoder_ids[row, : len(target)] = [self.decoder_start_id, *target[:-1]]
+            targets[row, : len(target)], weights[row, : len(target)] = target, 1.0
+        return {
+            "input_ids": ids,
+            "attention_mask": mask,
+            "decoder_input_ids": decoder_ids,
+            "targets": targets,
+            "weights": weights,
+        }
+
+    # Programs ------------------------------------------------------------------------------------
+
+    def score(self, pairs: Sequence[tuple[list[int], list[int]]]) -> list[tuple[float, bool]]:
+        """(log p(continuation | context), is_greedy) for up to `batch_size` token pairs."""
+        if not 0 < len(pairs) <= self.batch_size:
+            raise ValueError(f"score takes 1 to {self.batch_size} pairs, not {len(pairs)}")
+        batch = self.seq2seq_batch(pairs) if self.seq2seq else self.causal_batch(pairs)
+        with partitioning.activate(self.mesh, self.rules):
+            logp, greedy = self.score_program(self.params, self._on_mesh(batch))
+        total = decode.to_host(logp).astype(np.float64).sum(axis=-1)
+        greedy = decode.to_host(greedy)
+        return [(float(total[i]), bool(greedy[i])) for i in range(len(pairs))]
+
+    def generate(self, prompts: Sequence[list[int]], *, max_new_tokens: int, eos_id, rng,
+                 temperature=0.0, top_k=0, top_p=1.0) -> np.ndarray:  # fmt: skip
+        """(rows, max_new_tokens) new tokens for up to `batch_size` prompts with the KV-cache
+        decoder (train/decode.py): decoder prompts left-padded, encoder inputs right-padded."""
+        if not 0 < len(prompts) <= self.batch_size:
+            raise ValueError(f"generate takes 1 to {self.batch_size} prompts, not {len(prompts)}")
+        length = bucket_of(max(1, max(len(p) for p in prompts)), self.buckets)
+        ids, mask = self._rows(length, self.pad_id), self._rows(length)
+        for row, prompt in enumerate(prompts):
+            place = slice(0, len(prompt)) if self.seq2seq else slice(length - len(prompt), length)
+            ids[row, place], mask[row, place] = prompt, 1
+        mask[len(prompts) :, -1] = 1  # a padding row attends to one token, not none
+        batch = self._on_mesh({"input_ids": ids, "attention_mask": mask})
+        with partitioning.activate(self.mesh, self.rules):
+            tokens = decode.generate(
+                self.model,
+                self.params,
+                batch["input_ids"],
+                attention_mask=batch["attention_mask"],
+                max_new_tokens=int(max_new_tokens),
+                rng=rng,
+                temperature=float(temperature),
+                top_k=int(top_k),
+                top_p=float(top_p),
+                eos_id=eos_id,
+                decoder_start_id=self.decoder_start_id,
+            )
+        return tokens[: len(prompts)]
+
+    def compiled_programs(self) -> int:
+        """How many scoring programs have been compiled so far (one per shape used)."""
+        return self.score_program._cache_size()
