@@ -53,15 +53,16 @@ def _int(value, default: int) -> int:
     return int(value)
 
 
-def _check_model(ref: reference.Reference, config) -> None:
+def check_model(where: str, config) -> None:
+    """HarnessError unless `config` is a decoder or an encoder-decoder with an LM head."""
     if config.family == "encoder":
         raise HarnessError(
-            f"{ref.where} is an encoder-only model ({config.name}): lm-eval scores text with a "
+            f"{where} is an encoder-only model ({config.name}): lm-eval scores text with a "
             "language-model head, which needs a decoder or an encoder-decoder"
         )
     if config.head != "lm":
         raise HarnessError(
-            f"{ref.where} has a {config.head!r} head, not a language-model head (head='lm'); "
+            f"{where} has a {config.head!r} head, not a language-model head (head='lm'); "
             "lm-eval scores text with next-token probabilities"
         )
 
@@ -93,7 +94,7 @@ class TriptychLM(TemplateLM):
                 raise HarnessError("give the model: pretrained=REF (a workdir, directory or id)")
             ref = reference.resolve(pretrained, "--model", step=step)
             config, params = ref.load()
-            _check_model(ref, config)
+            check_model(ref.where, config)
             tokenizer = tokenizer_of(ref)
             self.name = ref.where
         else:
