@@ -186,6 +186,8 @@ class Scorer:
         if not 0 < len(prompts) <= self.batch_size:
             raise ValueError(f"generate takes 1 to {self.batch_size} prompts, not {len(prompts)}")
         length = bucket_of(max(1, max(len(p) for p in prompts)), self.buckets)
+        if not self.seq2seq:  # the prompt and the new tokens share the position table
+            length = min(length, self.max_length - int(max_new_tokens))
         ids, mask = self._rows(length, self.pad_id), self._rows(length)
         for row, prompt in enumerate(prompts):
             place = slice(0, len(prompt)) if self.seq2seq else slice(length - len(prompt), length)
