@@ -34,7 +34,11 @@ from train.harness import __main__ as harness_cli  # noqa: E402
 
 TOL = 1e-4
 TASKS = ("triptych_choice", "triptych_perplexity", "triptych_generate")
-TOKENIZERS = {"gpt2-tiny": ("bpe", "gpt"), "t5-tiny": ("unigram", "t5"), "bart-tiny": ("bpe", "bart")}
+TOKENIZERS = {
+    "gpt2-tiny": ("bpe", "gpt"),
+    "t5-tiny": ("unigram", "t5"),
+    "bart-tiny": ("bpe", "bart"),
+}
 TOKENIZERS["bert-tiny"] = ("wordpiece", "bert")
 
 
@@ -150,8 +154,9 @@ def _run_both(model_dir, name, tasks, backend, tmp_path):
             "--output_path", str(tmp_path / "ours"), "--log_samples"]  # fmt: skip
     assert harness_cli.main(argv) == 0
     _hf_cli(hf_dir, tmp_path / "hf", tasks, backend)
-    (ours, our_samples), (theirs, their_samples) = _written(tmp_path / "ours"), _written(
-        tmp_path / "hf"
+    (ours, our_samples), (theirs, their_samples) = (
+        _written(tmp_path / "ours"),
+        _written(tmp_path / "hf"),
     )
     assert sorted(ours["results"]) == sorted(theirs["results"]) == sorted(tasks)
     worst = {
