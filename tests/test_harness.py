@@ -79,8 +79,7 @@ def model_dir(tmp_path_factory):
     def make(name: str) -> tuple[Path, Path]:
         if name not in made:
             ours = _save(name, root)
-            if name != "bert-tiny":
-                assert convert.main(["--from", str(ours), "--to-hf", f"{ours}-hf"]) == 0
+            assert convert.main(["--from", str(ours), "--to-hf", f"{ours}-hf"]) == 0
             made[name] = (ours, Path(f"{ours}-hf"))
         return made[name]
 
@@ -243,6 +242,15 @@ def test_decoder_traps_match_the_hf_backend(model_dir):
     assert [g for _, g in a] == [g for _, g in b]
     assert a[-1][1] is True
     np.testing.assert_allclose([x for x, _ in a], [x for x, _ in b], atol=TOL, rtol=0)
+    sampling = {"until": ["\n"], "max_gen_toks": 6, "do_sample": True, "temperature": 1.0}
+    sampled = [  # two fresh models with the same seed draw the same samples
+        TriptychLM(str(ours_dir), batch_size=4, seed=7).generate_until(
+            _requests("generate_until", [("The value of", sampling)] * 4)
+        )
+        for _ in range(2)
+    ]
+    assert sampled[0] == sampled[1]
+    assert any(text != generated[0] for text in sampled[0])  # sampled, not greedy
     documents = [("",), ("Short.",), (LONG,), (" starts with a space",)]
     rolled = ours.loglikelihood_rolling(_requests("loglikelihood_rolling", documents))
     expected = theirs.loglikelihood_rolling(_requests("loglikelihood_rolling", documents))
@@ -331,10 +339,11 @@ def test_bad_input_is_one_error_line(model_dir, tmp_path, capsys):
 
 
 @pytest.mark.hf
-@pytest.mark.parametrize("name", ["gpt2-tiny", "t5-tiny", "bart-tiny"])
+@pytest.mark.parametrize("name", ["gpt2-tiny", "t5-tiny", "bart-tiny", "bert-tiny"])
 def test_the_export_tokenizes_in_transformers_as_here(model_dir, name):
     from transformers import AutoConfig, AutoTokenizer
 
+    from data.rows import special_frame
     from data.tokenizers import load_tokenizer
 
     ours_dir, hf_dir = model_dir(name)
@@ -344,6 +353,9 @@ def test_the_export_tokenizes_in_transformers_as_here(model_dir, name):
         assert theirs.encode(text, add_special_tokens=False) == mine.encode(text).tolist()
         ids = mine.encode(text).tolist()
         assert theirs.decode(ids, skip_special_tokens=True) == mine.decode(ids)
+    framed = theirs.encode("a b")  # add_special_tokens: the family's frame, as the harness's
+    begin, _, end = special_frame(mine) if mine.family != "gpt" else ([], [], [])
+    assert framed == [*begin, *mine.encode("a b").tolist(), *end]
     hf_config = AutoConfig.from_pretrained(str(hf_dir))
     assert hf_config.eos_token_id == theirs.eos_token_id == mine.eos_id
-    assert hf_config.pad_token_id == mine.pad_id
+    assert hf_config.pad_token_id == theirs.pad_token_id == mine.pad_id
