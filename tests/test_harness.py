@@ -359,3 +359,39 @@ def test_the_export_tokenizes_in_transformers_as_here(model_dir, name):
     hf_config = AutoConfig.from_pretrained(str(hf_dir))
     assert hf_config.eos_token_id == theirs.eos_token_id == mine.eos_id
     assert hf_config.pad_token_id == theirs.pad_token_id == mine.pad_id
+
+
+# During training --------------------------------------------------------------------------------
+
+
+def test_live_parameters_score_as_the_saved_checkpoint(model_dir):
+    """The `eval_harness` section's scorer on parameters sharded over a training mesh gives
+    the saved checkpoint's metrics, and a second evaluation compiles nothing new."""
+    from train import partitioning, reference
+    from train.harness import live
+    from train.harness.batching import place_params
+    from train.tasks.loading import tokenizer_of
+
+    ours_dir, _ = model_dir("gpt2-tiny")
+    ref = reference.resolve(str(ours_dir))
+    config, params = ref.load()
+    mesh, rules = partitioning.make_mesh({"data": 2, "fsdp": 4}), partitioning.DEFAULT_RULES
+    with partitioning.activate(mesh, rules):
+        placed = place_params(config, params, mesh, rules)
+    cfg = live.section()
+    cfg.tasks, cfg.limit, cfg.batch_size = ["triptych_choice"], 8, 8
+    harness = live.LiveHarness(
+        cfg, config, tokenizer_of(ref), mesh=mesh, rules=rules, params=placed
+    )
+    metrics = harness(placed)
+    programs = harness.lm.scorer.compiled_programs()
+    assert harness(placed) == metrics and harness.lm.scorer.compiled_programs() == programs
+    saved = lm_eval.simple_evaluate(
+        model=TriptychLM(str(ours_dir), batch_size=8), tasks=["triptych_choice"], limit=8,
+        task_manager=task_manager(),
+    )  # fmt: skip
+    assert metrics == live.flat_metrics(saved)
+    assert set(metrics) == {"harness/triptych_choice/acc", "harness/triptych_choice/acc_norm"}
+    assert live.due(cfg, 100) is False  # every_steps 0: never
+    cfg.every_steps = 50
+    assert live.due(cfg, 100) and not live.due(cfg, 101)

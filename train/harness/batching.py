@@ -50,18 +50,27 @@ def bucket_of(length: int, buckets: Sequence[int]) -> int:
 
 
 def place_params(config: ModelConfig, params, mesh, rules):
-    """Numpy parameters as arrays on `mesh`, each laid out by its logical axes (`rules`),
-    built piece by piece from host memory (nothing is first put on one device)."""
+    """Parameters as arrays on `mesh`, each laid out by its logical axes (`rules`): numpy ones
+    built piece by piece from host memory (nothing is first put on one device), arrays already
+    on the devices (a training run's live parameters) resharded where their layout differs."""
     boxed = abstract_params(config)
     shardings = partitioning.logical_shardings(boxed, mesh, rules)
 
     def place(abstract, sharding, value):
-        value = np.asarray(value, abstract.dtype)
         if value.shape != abstract.shape:
             raise ValueError(f"parameter of shape {value.shape} where the model has {abstract}")
+        if isinstance(value, jax.Array):
+            return jax.device_put(value.astype(abstract.dtype), sharding)
+        value = np.asarray(value, abstract.dtype)
         return jax.make_array_from_callback(value.shape, sharding, lambda idx: value[idx])
 
-    return jax.tree.map(place, meta.unbox(boxed), shardings, params)
+    # the boxes' values as they are: `meta.unbox` would add sharding constraints inside a mesh
+    values = jax.tree.map(
+        lambda x: x.value if isinstance(x, meta.AxisMetadata) else x,
+        boxed,
+        is_leaf=lambda x: isinstance(x, meta.AxisMetadata),
+    )
+    return jax.tree.map(place, values, shardings, params)
 
 
 def _token_scores(logits, targets, weights):

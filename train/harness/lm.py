@@ -10,7 +10,10 @@ It answers lm-eval's three request types as the `hf` backend does on the same we
 context/continuation split (`TemplateLM`: trailing spaces of the context move to the
 continuation; a causal pair is encoded whole and split at the context's length);
 `loglikelihood_rolling` scores lm-eval's disjoint windows of max_length tokens; `generate_until`
-decodes with the KV cache, greedily or sampled, and cuts the text at the first `until` string.
+decodes with the KV cache, greedily or sampled, and cuts the text at the first `until` string
+(an encoder-decoder generates at most max_gen_toks tokens; the hf backend's seq2seq limit also
+counts the padded length of the batch's contexts, so a text that meets no `until` may run on
+there).
 Decoders score causally and encoder-decoders as the `hf` backend's `backend="seq2seq"`: the
 context goes to the encoder with the tokenizer's special tokens (T5 `x </s>`, BART
 `<s> x </s>`), the continuation is scored on the decoder after the start token. Tokens come
@@ -20,6 +23,7 @@ from the checkpoint's own tokenizer (data/tokenizers.py).
 from __future__ import annotations
 
 import jax
+from jax.sharding import Mesh
 from lm_eval import utils as lm_utils
 from lm_eval.api.model import TemplateLM
 from lm_eval.api.registry import register_model
@@ -78,15 +82,17 @@ class TriptychLM(TemplateLM):
       max_length: the longest input in tokens; default the model's position table.
       max_gen_toks: new tokens a `generate_until` request may take when it does not say.
       dtype: the compute dtype (float32, as the exported model computes).
-      mesh: {data, fsdp, tensor} sizes (train/partitioning.py); default every device on data.
+      mesh: a `Mesh`, or {data, fsdp, tensor} sizes (train/partitioning.py); default every
+        device on data.
+      rules: the logical axis rules (default train/partitioning.py's).
       seed: the key of sampled generation.
       step: a workdir's checkpoint: a number, 'latest' or 'best'.
       model: in place of `pretrained`, `(config, params, tokenizer)` already in memory.
     """
 
     def __init__(self, pretrained: str | None = None, batch_size=None, max_length=None,
-                 max_gen_toks=None, dtype: str = "float32", mesh=None, seed=1234, step=None,
-                 model=None, **unused):  # fmt: skip
+                 max_gen_toks=None, dtype: str = "float32", mesh=None, rules=None, seed=1234,
+                 step=None, model=None, **unused):  # fmt: skip
         super().__init__()
         del unused  # lm-eval's generic arguments (device, max_batch_size) mean nothing here
         if model is None:
@@ -99,16 +105,18 @@ class TriptychLM(TemplateLM):
             self.name = ref.where
         else:
             config, params, tokenizer = model
+            check_model(config.name, config)
             self.name = config.name
         self.tokenizer: Tokenizer = tokenizer
         self.backend = "seq2seq" if config.family == "encoder_decoder" else "causal"
         self._max_gen_toks = _int(max_gen_toks, DEFAULT_MAX_GEN_TOKS)
-        sizes = mesh if isinstance(mesh, dict) else {"data": -1}
+        if not isinstance(mesh, Mesh):
+            mesh = partitioning.make_mesh(mesh if isinstance(mesh, dict) else {"data": -1})
         self.scorer = Scorer(
             config.replace(dtype=dtype),
             params,
-            mesh=partitioning.make_mesh(sizes),
-            rules=partitioning.DEFAULT_RULES,
+            mesh=mesh,
+            rules=rules or partitioning.DEFAULT_RULES,
             batch_size=_int(batch_size, DEFAULT_BATCH_SIZE),
             max_length=_int(max_length, config.max_positions),
             pad_id=tokenizer.pad_id or 0,
@@ -264,4 +272,13 @@ class TriptychLM(TemplateLM):
     def get_model_info(self) -> dict:
         """What lm-eval records about the model in its results file."""
         cfg = self.scorer.config
-        return {"model_name": self.name, "family": cfg.family, "architecture": cfg.name}
+        return {
+            "model_name": self.name,
+            "family": cfg.family,
+            "architecture": cfg.name,
+            "max_length": self.max_length,
+            "eot_token_id": self.eot_token_id,
+            "tokenizer_special_tokens": dict(self.tokenizer.specials),
+            "length_buckets": list(self.scorer.buckets),
+            "mesh": dict(self.scorer.mesh.shape),
+        }
