@@ -395,3 +395,39 @@ def test_live_parameters_score_as_the_saved_checkpoint(model_dir):
     assert live.due(cfg, 100) is False  # every_steps 0: never
     cfg.every_steps = 50
     assert live.due(cfg, 100) and not live.due(cfg, 101)
+
+
+# Several processes --------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_two_processes_write_the_results_of_one(model_dir, tmp_path):
+    """2 processes x 1 device compute every request on the shared mesh and process 0 writes
+    the results and samples files that 1 process x 2 devices writes."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("JAX_", "TRIPTYCH_"))}
+    env.update(JAX_PLATFORMS="cpu", PYTHONPATH=str(root), HF_DATASETS_OFFLINE="1",
+               HF_HUB_OFFLINE="1")  # fmt: skip
+    env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"  # launch.local sets its own
+    harness = [sys.executable, "-m", "train.harness", "--model", str(model_dir("gpt2-tiny")[0]),
+               "--tasks", ",".join(TASKS), "--log_samples", "--output_path"]  # fmt: skip
+    one = subprocess.run([*harness, str(tmp_path / "one")], env=env, cwd=root, text=True,
+                         capture_output=True, timeout=600)  # fmt: skip
+    assert one.returncode == 0, one.stderr[-3000:]
+    launch = [sys.executable, "-m", "launch.local", "-n", "2", "--devices-per-process", "1", "--"]
+    two = subprocess.run([*launch, *harness, str(tmp_path / "two")], env=env, cwd=root,
+                         text=True, capture_output=True, timeout=600)  # fmt: skip
+    assert two.returncode == 0, two.stdout[-3000:]
+    assert two.stdout.count("|triptych_choice") == 1  # the table, from process 0 only
+    (single, single_samples), (double, double_samples) = (
+        _written(tmp_path / "one"),
+        _written(tmp_path / "two"),
+    )
+    assert double["results"] == single["results"]
+    for task in TASKS:
+        assert [r["resps"] for r in double_samples[task]] == [
+            r["resps"] for r in single_samples[task]
+        ]

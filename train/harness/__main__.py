@@ -144,11 +144,14 @@ def main(argv=None) -> int:
     if args.log_samples and not args.output_path:
         raise HarnessError("--log_samples needs --output_path DIR (where the samples go)")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from train import distributed
     from train.evaluate import quiet_libraries
 
     quiet_libraries()
     logging.getLogger("lm_eval").setLevel(logging.WARNING)
-    run(args)
+    distributed.initialize(distributed.detect())  # several processes: before any device use
+    with distributed.peer_failures_end_the_process():
+        run(args)
     return 0
 
 
