@@ -431,3 +431,20 @@ def test_two_processes_write_the_results_of_one(model_dir, tmp_path):
         assert [r["resps"] for r in double_samples[task]] == [
             r["resps"] for r in single_samples[task]
         ]
+
+
+def test_requests_that_feed_the_model_the_same_input_share_a_row():
+    from train.harness.rows import CANDIDATES, causal_rows, seq2seq_rows
+
+    context = [5, 6, 7]
+    answers = [(context, [t]) for t in range(10, 10 + CANDIDATES + 2)]  # one-token answers
+    longer = [(context[:2], [7, 10]), (context, [10])]  # the same input, split elsewhere
+    rows = causal_rows([*answers, *longer, ([1] * 70, [2])], max_length=64)
+    assert [len(r.tokens) for r in rows] == [64, 3, 3]  # truncated, and sorted longest first
+    first, second = rows[1], rows[2]
+    assert first.tokens == second.tokens == context and len(first.lasts) == CANDIDATES
+    assert sorted(i for r in rows for i, _, _ in r.asks) == list(range(len(answers) + 3))
+    slot = second.lasts.index(10)  # the open row takes what the full one cannot
+    assert {(10, 2, slot), (11, 1, slot)} <= set(second.asks)  # [5, 6] + [7, 10], [5, 6, 7] + [10]
+    same = seq2seq_rows([([1, 2], [3]), ([1, 2], [3]), ([1, 2], [4])], max_length=64)
+    assert [len(r.asks) for r in same] == [2, 1]

@@ -1,27 +1,32 @@
 """lm-eval's requests as a few fixed-shape batches, scored and generated on the device mesh.
 
-A task sends hundreds of requests of every length. Each batch is padded to a length bucket
-(powers of two from 16 up to the model's maximum length, which is the last bucket) and to the fixed
-batch size, so one task compiles at most one program per bucket rather than one per batch. The
-batch axis is split over the mesh's `data` and `fsdp` axes (train/partitioning.py) and the
-parameters are laid out by the same logical rules as in training; every process builds the same
-global batch and reads back every row, so with several processes each gets all the results.
+Requests that feed the model the same input share one row (train/harness/rows.py). Each batch is
+padded to a length bucket (powers of two from 16 up to the model's maximum length, which is the
+last bucket) and to the fixed batch size, so one task compiles a handful of programs rather than
+one per batch. The batch axis is split over the mesh's `data` and `fsdp` axes
+(train/partitioning.py) and the parameters are laid out by the same logical rules as in
+training; every process builds the same global batch and reads back every row, so with several
+processes each gets all the results.
 
 Scoring follows lm-eval's `hf` backend (lm_eval/models/huggingface.py, `_loglikelihood_tokens`):
 
   causal   context + continuation, left-truncated to max_length + 1 tokens, the last dropped:
-           the input is right-padded and the continuation is scored at its last positions
+           the input is right-padded and the continuation is scored at its last positions; the
+           language-model head runs at those positions only (their count is bucketed too: 4,
+           16, 64, ...), which for a short answer after a long few-shot context is most of the
+           head's work saved
   seq2seq  the context (its last max_length tokens) goes to the encoder, right-padded with a
            mask; the continuation is scored on the decoder, fed after the decoder start token
 
-Each row gives the summed log-probability of the continuation and whether every continuation
-token is the argmax (lm-eval's `is_greedy`). Log-probabilities are taken in float32.
+Each request gets the summed log-probability of its continuation and whether every continuation
+token is the argmax (lm-eval's `is_greedy`). Log-probabilities are taken in float32 and summed
+in float64 on the host, so that a long document's total adds no rounding of its own.
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -31,6 +36,8 @@ from flax.core import meta
 from models.config import ModelConfig
 from models.summary import abstract_params
 from train import decode, partitioning
+from train.harness import rows as rows_module
+from train.harness.rows import Row
 
 SMALLEST_BUCKET = 16
 
@@ -75,8 +82,7 @@ def place_params(config: ModelConfig, params, mesh, rules):
 
 def _token_scores(logits, targets, weights):
     """(B, T, V) logits -> log p(target) at the weighted positions (0 elsewhere), (B, T), and
-    whether every weighted target is the argmax, (B,). The host sums the log-probabilities in
-    float64, so that a long document's total carries no float32 rounding of its own."""
+    whether every weighted target is the argmax, (B,)."""
     logits = logits.astype(jnp.float32)
     logp = jax.nn.log_softmax(logits, axis=-1)
     picked = jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]  # (B, T)
@@ -84,9 +90,23 @@ def _token_scores(logits, targets, weights):
     return jnp.where(weights > 0, picked, 0.0), jnp.all(hits, axis=-1)
 
 
+def _lm_head(module, hidden):
+    return module.head(hidden, module.token_embed)
+
+
 def _causal_scores(model, params, batch):
-    logits = model.apply({"params": params}, batch["input_ids"]).logits
-    return _token_scores(logits, batch["targets"], batch["weights"])
+    """The LM head runs only at the C scored positions of each row (its last C), not at all T:
+    (B, C) log p(next token) and argmax hits along them, and at the last position the
+    log-probabilities of the K candidate last tokens (B, K) and the argmax (B,)."""
+    hidden = model.apply({"params": params}, batch["input_ids"]).last_hidden_state  # (B, T, D)
+    hidden = jnp.take_along_axis(hidden, batch["positions"][..., None], axis=1)  # (B, C, D)
+    logits = model.apply({"params": params}, hidden, method=_lm_head).astype(jnp.float32)
+    logp = jax.nn.log_softmax(logits, axis=-1)  # (B, C, V)
+    targets = batch["targets"]
+    picked = jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]  # (B, C)
+    hits = jnp.argmax(logits, axis=-1) == targets  # (B, C)
+    lasts = jnp.take_along_axis(logp[:, -1], batch["lasts"], axis=-1)  # (B, K)
+    return picked, hits, lasts, jnp.argmax(logits[:, -1], axis=-1)
 
 
 def _seq2seq_scores(model, params, batch):
@@ -120,6 +140,8 @@ class Scorer:
         self.batch_size = -(-max(1, int(batch_size)) // shards) * shards
         self.max_length = int(max_length)
         self.buckets = length_buckets(self.max_length)
+        fine = length_buckets(self.max_length, smallest=4)
+        self.scored_buckets = (*fine[:-1:2], fine[-1])  # 4, 16, 64, ... and max_length
         self.pad_id, self.decoder_start_id = int(pad_id), int(decoder_start_id)
         self.seq2seq = config.family == "encoder_decoder"
         self.params = place_params(config, params, mesh, rules)
@@ -140,33 +162,48 @@ class Scorer:
 
         return {k: put(v) for k, v in batch.items()}
 
-    def causal_batch(self, pairs: Sequence[tuple[list[int], list[int]]]) -> dict[str, np.ndarray]:
-        """(context, continuation) token lists -> right-padded input, targets and weights."""
-        windows = [(ctx + cont)[-(self.max_length + 1) :] for ctx, cont in pairs]
-        length = bucket_of(max(len(w) - 1 for w in windows), self.buckets)
-        ids, targets = self._rows(length, self.pad_id), self._rows(length)
-        weights = np.zeros((self.batch_size, length), np.float32)
-        for row, (window, (_, cont)) in enumerate(zip(windows, pairs)):
-            n = len(window) - 1
-            ids[row, :n], targets[row, :n] = window[:-1], window[1:]
-            weights[row, n - len(cont) : n] = 1.0
-        return {"input_ids": ids, "targets": targets, "weights": weights}
+    def causal_batch(self, rows: Sequence[Row]) -> dict[str, np.ndarray]:
+        """Rows -> the right-padded input (B, T), the last C positions of each row with the
+        row's own next token there (B, C), and the candidate last tokens (B, K)."""
+        length = bucket_of(max(len(r.tokens) for r in rows), self.buckets)
+        scored = max(length for r in rows for _, length, _ in r.asks)
+        scored = min(bucket_of(scored, self.scored_buckets), length)
+        ids, lasts = self._rows(length, self.pad_id), self._rows(rows_module.CANDIDATES)
+        positions, targets = self._rows(scored), self._rows(scored)
+        for row, r in enumerate(rows):
+            n = len(r.tokens)
+            ids[row, :n], lasts[row, : len(r.lasts)] = r.tokens, r.lasts
+            where = np.arange(n - scored, n)
+            positions[row] = np.maximum(where, 0)
+            inside = (where >= 0) & (where < n - 1)  # the next token is the row's own
+            targets[row, inside] = np.asarray(r.tokens)[where[inside] + 1]
+        return {"input_ids": ids, "positions": positions, "targets": targets, "lasts": lasts}
 
-    def seq2seq_batch(self, pairs: Sequence[tuple[list[int], list[int]]]) -> dict[str, np.ndarray]:
-        """(context, continuation) -> encoder input and mask; decoder input, targets, weights."""
-        sources = [ctx[-self.max_length :] for ctx, _ in pairs]
-        targets_list = [cont[-self.max_length :] for _, cont in pairs]
-        source_len = bucket_of(max(len(s) for s in sources), self.buckets)
-        target_len = bucket_of(max(len(t) for t in targets_list), self.buckets)
-        ids = self._rows(source_len, self.pad_id)
-        mask = self._rows(source_len)
+    @staticmethod
+    def causal_answers(rows: Sequence[Row], outputs) -> Iterator[tuple[int, tuple[float, bool]]]:
+        """(request index, (log-probability, is_greedy)) of every request of `rows`, the
+        log-probabilities summed in float64 on the host."""
+        picked, hits, lasts, top = outputs
+        scored = picked.shape[1]
+        for row, r in enumerate(rows):
+            for index, length, slot in r.asks:
+                along = slice(scored - length, scored - 1)  # the continuation before its last
+                total = np.sum(picked[row, along], dtype=np.float64) + lasts[row, slot]
+                greedy = bool(np.all(hits[row, along])) and int(top[row]) == r.lasts[slot]
+                yield index, (float(total), greedy)
+
+    def seq2seq_batch(self, rows: Sequence[Row]) -> dict[str, np.ndarray]:
+        """Rows -> encoder input and mask; decoder input, targets and weights."""
+        source_len = bucket_of(max(len(r.tokens) for r in rows), self.buckets)
+        target_len = bucket_of(max(len(r.target) for r in rows), self.buckets)
+        ids, mask = self._rows(source_len, self.pad_id), self._rows(source_len)
         decoder_ids = self._rows(target_len, self.pad_id)
         targets = self._rows(target_len)
         weights = np.zeros((self.batch_size, target_len), np.float32)
-        for row, (source, target) in enumerate(zip(sources, targets_list)):
-            ids[row, : len(source)], mask[row, : len(source)] = source, 1
-            decoder_ids[row, : len(target)] = [self.decoder_start_id, *target[:-1]]
-            targets[row, : len(target)], weights[row, : len(target)] = target, 1.0
+        for row, r in enumerate(rows):
+            ids[row, : len(r.tokens)], mask[row, : len(r.tokens)] = r.tokens, 1
+            decoder_ids[row, : len(r.target)] = [self.decoder_start_id, *r.target[:-1]]
+            targets[row, : len(r.target)], weights[row, : len(r.target)] = r.target, 1.0
         return {
             "input_ids": ids,
             "attention_mask": mask,
@@ -175,18 +212,39 @@ class Scorer:
             "weights": weights,
         }
 
+    @staticmethod
+    def seq2seq_answers(rows: Sequence[Row], outputs) -> Iterator[tuple[int, tuple[float, bool]]]:
+        logp, greedy = outputs
+        for row, r in enumerate(rows):
+            total = float(np.sum(logp[row], dtype=np.float64))
+            for index, _, _ in r.asks:
+                yield index, (total, bool(greedy[row]))
+
     # Programs ------------------------------------------------------------------------------------
 
-    def score(self, pairs: Sequence[tuple[list[int], list[int]]]) -> list[tuple[float, bool]]:
-        """(log p(continuation | context), is_greedy) for up to `batch_size` token pairs."""
-        if not 0 < len(pairs) <= self.batch_size:
-            raise ValueError(f"score takes 1 to {self.batch_size} pairs, not {len(pairs)}")
-        batch = self.seq2seq_batch(pairs) if self.seq2seq else self.causal_batch(pairs)
-        with partitioning.activate(self.mesh, self.rules):
-            logp, greedy = self.score_program(self.params, self._on_mesh(batch))
-        total = decode.to_host(logp).astype(np.float64).sum(axis=-1)
-        greedy = decode.to_host(greedy)
-        return [(float(total[i]), bool(greedy[i])) for i in range(len(pairs))]
+    def score(self, pairs: Sequence[tuple[list[int], list[int]]], progress=None):
+        """[(log p(continuation | context), is_greedy)] of token pairs, in their order.
+
+        Requests that share a model input share its row (train/harness/rows.py); rows go
+        longest first, `batch_size` at a time; `progress(n)` hears of each batch's requests.
+        """
+        if self.seq2seq:
+            rows = rows_module.seq2seq_rows(pairs, self.max_length)
+            build, answers = self.seq2seq_batch, self.seq2seq_answers
+        else:
+            rows = rows_module.causal_rows(pairs, self.max_length)
+            build, answers = self.causal_batch, self.causal_answers
+        results: list = [None] * len(pairs)
+        for start in range(0, len(rows), self.batch_size):
+            chunk = rows[start : start + self.batch_size]
+            batch = self._on_mesh(build(chunk))
+            with partitioning.activate(self.mesh, self.rules):
+                outputs = self.score_program(self.params, batch)
+            for index, answer in answers(chunk, [decode.to_host(x) for x in outputs]):
+                results[index] = answer
+            if progress is not None:
+                progress(sum(len(r.asks) for r in chunk))
+        return results
 
     def generate(self, prompts: Sequence[list[int]], *, max_new_tokens: int, eos_id, rng,
                  temperature=0.0, top_k=0, top_p=1.0) -> np.ndarray:  # fmt: skip

@@ -175,8 +175,8 @@ class TriptychLM(TemplateLM):
     # Scoring -------------------------------------------------------------------------------------
 
     def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, **kwargs):
-        """[(strings, context ids, continuation ids)] -> [(logprob, is_greedy)], in order,
-        scored longest first in batches of fixed shapes."""
+        """[(strings, context ids, continuation ids)] -> [(logprob, is_greedy)], in order;
+        requests sharing a model input share its row (train/harness/rows.py)."""
         for _, context, continuation in requests:
             if not context or not continuation or len(continuation) > self.max_length:
                 raise HarnessError(
@@ -184,18 +184,13 @@ class TriptychLM(TemplateLM):
                     f"continuation tokens; both must be non-empty, the continuation at most "
                     f"max_length={self.max_length}"
                 )
-        collator = Collator(requests, sort_fn=lambda r: (-len(r[1] + r[2]), tuple(r[1] + r[2])))
-        results = []
         bar = tqdm(total=len(requests), disable=disable_tqdm, desc="loglikelihood requests")
-        for chunk in collator.get_batched(n=self.batch_size):
-            scored = self.scorer.score([(context, cont) for _, context, cont in chunk])
-            for (strings, _, _), answer in zip(chunk, scored):
-                if strings is not None:  # rolling windows are cached per document instead
-                    self.cache_hook.add_partial("loglikelihood", strings, answer)
-            results.extend(scored)
-            bar.update(len(chunk))
+        results = self.scorer.score([(c, x) for _, c, x in requests], progress=bar.update)
         bar.close()
-        return collator.get_original(results)
+        for (strings, _, _), answer in zip(requests, results):
+            if strings is not None:  # rolling windows are cached per document instead
+                self.cache_hook.add_partial("loglikelihood", strings, answer)
+        return results
 
     def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
         """One log-likelihood per document: the sum over lm-eval's disjoint windows of at most
