@@ -25,12 +25,16 @@ from models.errors import ArgumentParser, one_line_errors
 from train.harness.lm import DEFAULT_BATCH_SIZE
 
 
-def task_requests(tasks: list[str], include_path=None, limit=None, copies: int = 1) -> dict:
+def task_requests(tasks: list[str], include_path=None, limit=None, copies: int = 1,
+                  num_fewshot: int | None = None) -> dict:  # fmt: skip
     """{request type: [lm-eval Instance]} of `tasks`, as lm-eval's evaluator builds them."""
     from train.harness.tasks import task_manager
 
     by_type = collections.defaultdict(list)
     for task in task_manager(include_path).load(list(tasks))["tasks"].values():
+        if num_fewshot is not None:
+            task.set_config(key="num_fewshot", value=num_fewshot)
+            task.set_fewshot_seed(seed=1234)  # lm-eval's default fewshot seed
         task.build_all_requests(limit=limit, rank=0, world_size=1)
         for instance in task.instances:
             by_type[instance.request_type].extend([instance] * copies)
@@ -84,7 +88,9 @@ def run(args) -> dict:
 
     from train.harness.lm import TriptychLM
 
-    requests = task_requests(args.tasks.split(","), args.include_path, args.limit, args.copies)
+    requests = task_requests(
+        args.tasks.split(","), args.include_path, args.limit, args.copies, args.num_fewshot
+    )
     count = sum(len(v) for v in requests.values())
     ours = TriptychLM(args.model, batch_size=args.batch_size)
     first = answer(ours, requests)
@@ -94,6 +100,7 @@ def run(args) -> dict:
     hf_s = answer(theirs, requests)
     report = {
         "tasks": args.tasks,
+        "num_fewshot": args.num_fewshot,
         "requests": count,
         "batch_size": args.batch_size,
         "ours_requests_per_s": count / breakdown["total_s"],
@@ -115,7 +122,8 @@ def main(argv=None) -> int:
     p.add_argument("--tasks", default="triptych_choice", help="comma-separated task names")
     p.add_argument("--include_path", help="a folder of task YAML files")
     p.add_argument("--limit", type=float, help="documents per task")
-    p.add_argument("--copies", type=int, default=4, help="times each request is asked")
+    p.add_argument("--num_fewshot", type=int, help="examples in each few-shot context")
+    p.add_argument("--copies", type=int, default=1, help="times each request is asked")
     p.add_argument("--batch_size", type=int, default=DEFAULT_BATCH_SIZE)
     p.add_argument("--json", help="also write the report here")
     args = p.parse_args(argv)
