@@ -448,3 +448,19 @@ def test_requests_that_feed_the_model_the_same_input_share_a_row():
     assert {(10, 2, slot), (11, 1, slot)} <= set(second.asks)  # [5, 6] + [7, 10], [5, 6, 7] + [10]
     same = seq2seq_rows([([1, 2], [3]), ([1, 2], [3]), ([1, 2], [4])], max_length=64)
     assert [len(r.asks) for r in same] == [2, 1]
+
+
+@pytest.mark.hf
+def test_the_speed_report_times_both_backends(model_dir):
+    from train.harness import speed
+
+    ours_dir, hf_dir = model_dir("gpt2-tiny")
+    report = speed.run(
+        speed.argparse_namespace(
+            model=str(ours_dir), hf=str(hf_dir), tasks="triptych_choice", limit=4, copies=1
+        )  # fmt: skip
+    )
+    assert report["requests"] == 12  # 4 questions x 3 answers
+    assert report["ours_requests_per_s"] > 0 and report["hf_requests_per_s"] > 0
+    stages = report["ours_breakdown_s"]
+    assert stages["programs_and_transfer_s"] <= stages["total_s"]

@@ -114,8 +114,7 @@ def run(args) -> dict:
     return report
 
 
-@one_line_errors
-def main(argv=None) -> int:
+def parser() -> ArgumentParser:
     p = ArgumentParser(prog="python -m train.harness.speed", description=__doc__.split("\n")[0])
     p.add_argument("--model", required=True, help="our model reference")
     p.add_argument("--hf", required=True, help="the same model exported with --to-hf")
@@ -126,7 +125,20 @@ def main(argv=None) -> int:
     p.add_argument("--copies", type=int, default=1, help="times each request is asked")
     p.add_argument("--batch_size", type=int, default=DEFAULT_BATCH_SIZE)
     p.add_argument("--json", help="also write the report here")
-    args = p.parse_args(argv)
+    return p
+
+
+def argparse_namespace(**values):
+    """The command's arguments with their defaults, `values` set (for use from Python)."""
+    args = parser().parse_args(["--model", values["model"], "--hf", values["hf"]])
+    for key, value in values.items():
+        setattr(args, key, value)
+    return args
+
+
+@one_line_errors
+def main(argv=None) -> int:
+    args = parser().parse_args(argv)
     from train.evaluate import quiet_libraries
 
     quiet_libraries()
