@@ -172,6 +172,11 @@ class TriptychLM(TemplateLM):
         tokens = [tokens] if isinstance(tokens, int) else tokens
         return self.tokenizer.decode(tokens, skip_special_tokens=skip_special_tokens)
 
+    @staticmethod
+    def _quiet(disable_tqdm: bool) -> bool:
+        """Progress bars from process 0 only (every process computes every request)."""
+        return disable_tqdm or jax.process_index() != 0
+
     # Scoring -------------------------------------------------------------------------------------
 
     def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, **kwargs):
@@ -184,7 +189,7 @@ class TriptychLM(TemplateLM):
                     f"continuation tokens; both must be non-empty, the continuation at most "
                     f"max_length={self.max_length}"
                 )
-        bar = tqdm(total=len(requests), disable=disable_tqdm, desc="loglikelihood requests")
+        bar = tqdm(total=len(requests), disable=self._quiet(disable_tqdm), desc="loglikelihood")
         results = self.scorer.score([(c, x) for _, c, x in requests], progress=bar.update)
         bar.close()
         for (strings, _, _), answer in zip(requests, results):
@@ -227,7 +232,7 @@ class TriptychLM(TemplateLM):
         )
         eos = self.tok_decode([self.eot_token_id], skip_special_tokens=False)
         results = []
-        bar = tqdm(total=len(args), disable=disable_tqdm, desc="generate_until requests")
+        bar = tqdm(total=len(args), disable=self._quiet(disable_tqdm), desc="generate_until")
         for chunk in collator.get_batched(n=self.batch_size):
             contexts, all_kwargs = zip(*chunk)
             texts = self._generate(list(contexts), all_kwargs[0], eos)
