@@ -391,7 +391,10 @@ def test_live_parameters_score_as_the_saved_checkpoint(model_dir):
         task_manager=task_manager(),
     )  # fmt: skip
     assert metrics == live.flat_metrics(saved)
-    assert set(metrics) == {"harness/triptych_choice/acc", "harness/triptych_choice/acc_norm"}
+    assert set(metrics) == {
+        "eval_harness/triptych_choice/acc",
+        "eval_harness/triptych_choice/acc_norm",
+    }
     assert live.due(cfg, 100) is False  # every_steps 0: never
     cfg.every_steps = 50
     assert live.due(cfg, 100) and not live.due(cfg, 101)

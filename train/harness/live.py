@@ -1,13 +1,18 @@
 """lm-eval tasks on a training run's live parameters, for an `eval_harness` config section.
 
     harness = LiveHarness(section, model_config, tokenizer, mesh=mesh, rules=rules)
-    metrics = harness(state.params)   # {"harness/triptych_choice/acc": 0.41, ...}
+    metrics = harness(state.params)   # {"eval_harness/triptych_choice/acc": 0.41, ...}
 
 The section (`section()` gives its defaults) names the `tasks`, how often they run
 (`every_steps`, 0 = never), `num_fewshot`, `limit` (documents per task, 0 = all), `batch_size`
 and an `include_path` of task YAML. The parameters stay where training put them: the scoring
 programs take them resharded by the same logical rules (train/harness/batching.py), and the
 programs are compiled once for the run, not at every evaluation.
+
+In the training loop (train/loop.py) it belongs beside `Run.task_metrics`: a `LiveHarness` made
+on the first due step from the run's model config, tokenizer, mesh, rules and parameters, and
+`_evaluate_and_log` adding `harness(params)` to the eval metrics when `due(config.eval_harness,
+step)`, so that they reach metrics.jsonl, TensorBoard and the model card's eval results.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ import ml_collections
 from train.harness.lm import DEFAULT_BATCH_SIZE, TriptychLM
 from train.harness.tasks import task_manager
 
-PREFIX = "harness"
+PREFIX = "eval_harness"  # eval_*: the model card reads these from metrics.jsonl (train/card.py)
 
 
 def section() -> ml_collections.ConfigDict:
@@ -42,7 +47,7 @@ def due(cfg, step: int) -> bool:
 
 
 def flat_metrics(results: dict) -> dict[str, float]:
-    """lm-eval's results -> {"harness/<task>/<metric>": value}, the filter dropped where it is
+    """lm-eval's results -> {"eval_harness/<task>/<metric>": value}, the filter dropped where it is
     lm-eval's default "none" (`acc,none` -> `acc`), standard errors and counts left out."""
     out = {}
     for task, metrics in results["results"].items():
