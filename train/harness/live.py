@@ -1,6 +1,6 @@
 """lm-eval tasks on a training run's live parameters, for an `eval_harness` config section.
 
-    harness = LiveHarness(section, model_config, tokenizer, mesh=mesh, rules=rules)
+    harness = LiveHarness(section, model_config, tokenizer, mesh=mesh, rules=rules, params=params)
     metrics = harness(state.params)   # {"eval_harness/triptych_choice/acc": 0.41, ...}
 
 The section (`section()` gives its defaults) names the `tasks`, how often they run
