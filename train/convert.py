@@ -17,12 +17,14 @@ bucket (`gs://BUCKET/...`).
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import sys
 
 from models import hf, paths
 from models.config import ConfigError, ModelConfig
 from models.errors import ArgumentParser, one_line_errors
+from models.jsonfile import read_json
 from train import card, peft, reference
 from train.checkpoint import save_params, workdir_params
 
@@ -47,6 +49,64 @@ def _copy_tokenizer(ref: reference.Reference, dest) -> None:
         for name in _TOKENIZER_FILES:
             if (folder / name).is_file():
                 (dest / name).write_bytes((folder / name).read_bytes())
+
+
+def _hf_tokenizer(directory: str, config: ModelConfig) -> None:
+    """Makes the tokenizer copied into an exported Hugging Face `directory` load in
+    transformers' `AutoTokenizer` exactly as it tokenizes here, and config.json name its ids.
+
+    A tokenizer trained by a run (its tokenizer_config.json names a `family`) is declared a
+    plain `PreTrainedTokenizerFast`: the model-type classes (T5Tokenizer, ...) rebuild their own
+    normalizer and pre-tokenizer instead of reading tokenizer.json's, and then split other text.
+    tokenizer.json gains the family's special-token template (T5 `x </s>`, BART `<s> x </s>`,
+    BERT `[CLS] x [SEP]`, none for GPT-2), which `add_special_tokens=True` applies.
+    """
+    from tokenizers import Tokenizer as Backend
+    from tokenizers import processors
+
+    from data.rows import special_frame
+    from data.tokenizers import CONFIG_FILE, load_tokenizer
+
+    vocabularies = ("tokenizer.json", "vocab.txt", "vocab.json", "spiece.model")
+    if not any(os.path.isfile(os.path.join(directory, f)) for f in vocabularies):
+        return
+    tok = load_tokenizer(directory)
+    settings_file = os.path.join(directory, CONFIG_FILE)
+    settings = read_json(settings_file, error=ConfigError) if os.path.isfile(settings_file) else {}
+    tokenizer_file = os.path.join(directory, "tokenizer.json")
+    if (
+        "family" in settings
+        and "tokenizer_class" not in settings
+        and os.path.isfile(tokenizer_file)
+    ):
+        backend = Backend.from_file(tokenizer_file)
+        if tok.family != "gpt":
+            begin, middle, end = (
+                [tok.backend.id_to_token(i) for i in ids] for ids in special_frame(tok)
+            )
+            single = [*begin, "$A", *end]
+            pair = [*begin, "$A", *middle, "$B:1", *(f"{t}:1" for t in end)]
+            specials = sorted({(t, tok.backend.token_to_id(t)) for t in begin + middle + end})
+            backend.post_processor = processors.TemplateProcessing(
+                single=" ".join(single), pair=" ".join(pair), special_tokens=specials
+            )
+        backend.save(tokenizer_file)
+        roles = {f"{role}_token": token for role, token in tok.specials.items()}
+        settings.update(
+            tokenizer_class="PreTrainedTokenizerFast",
+            model_max_length=config.max_positions,
+            **roles,
+        )
+        with open(settings_file, "w") as f:
+            json.dump(settings, f, indent=2)
+    config_file = os.path.join(directory, "config.json")
+    hf_config = read_json(config_file, error=ConfigError)
+    ids = {"bos_token_id": tok.bos_id, "eos_token_id": tok.eos_id, "pad_token_id": tok.pad_id}
+    if config.family == "encoder_decoder":
+        ids["decoder_start_token_id"] = tok.decoder_start_id
+    hf_config.update({k: v for k, v in ids.items() if v is not None})
+    with open(config_file, "w") as f:
+        json.dump(hf_config, f, indent=2, sort_keys=True)
 
 
 def convert(args) -> int:
@@ -95,7 +155,10 @@ def _from_peft(args) -> int:
         out = paths.resolve(args.to_hf)
         with paths.local_dir(out) as local:
             hf.save_pretrained(config, params, local)
-    _copy_tokenizer(ref, out)
+            _copy_tokenizer(ref, local)
+            _hf_tokenizer(local, config)
+    if args.to:
+        _copy_tokenizer(ref, out)
     print(f"{config.name} + LoRA adapter {args.from_peft} (merged) -> {out}")
     return 0
 
@@ -127,6 +190,7 @@ def save_pretrained(source, target, *, push_to_hub: str | None = None, private: 
     with paths.local_dir(target) as local:  # copied to a bucket at the end
         hf.save_pretrained(config, params, local)
         _copy_tokenizer(ref, local)
+        _hf_tokenizer(local, config)
         card.model_card(config, params, source).save(os.path.join(local, "README.md"))
         if push_to_hub:
             _push(local, push_to_hub, private)

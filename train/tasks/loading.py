@@ -22,7 +22,8 @@ def _hf_label_names(directory: Path) -> list[str] | None:
     return names if names and not all(n == f"LABEL_{i}" for i, n in enumerate(names)) else None
 
 
-def _tokenizer(ref: Reference) -> Tokenizer:
+def tokenizer_of(ref: Reference) -> Tokenizer:
+    """The checkpoint's own tokenizer; CheckpointError where it has none."""
     folder = ref.tokenizer
     if folder is None:
         raise CheckpointError(
@@ -62,7 +63,7 @@ def load(
         model_config=model_config,
         model=models.build(model_config),
         params=jax.device_put(params),
-        tokenizer=_tokenizer(ref),
+        tokenizer=tokenizer_of(ref),
         run_config=run_config,
         label_names=labels,
         tag_names=tags,
