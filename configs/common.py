@@ -37,6 +37,10 @@ Sections:
              each student layer copies; () = a fresh student), student_decoder_layers,
              teacher_dtype (float32 or bfloat16); the run's model is the student (model.name ''
              = the teacher's architecture; with lora.rank, init_from is the student).
+  eval_harness  lm-eval tasks on the live parameters (train/harness/live.py, the `eval` extra):
+             tasks (names or YAML; () = off), every_steps (and after the last step), num_fewshot,
+             limit (documents per task; 0 = all), batch_size, include_path; metrics are logged
+             as eval_harness/<task>/<metric>.
   decode     generation for task metrics and `python -m train.predict`: beams (1 = greedy or
              sampling), length_penalty, max_new_tokens, temperature, top_k, top_p, batch_size.
   carbon     enabled, country_iso_code, pue, chip_tdp_w, utilization (see docs/carbon.md).
@@ -56,6 +60,7 @@ from data.pipeline import default_config as data_defaults
 from models.config import ModelConfig
 from models.errors import UserError
 from train import compilation, distill, lora, optim, watchdog
+from train.harness import live
 from train.tasks import decode_config
 
 _TYPES = {"int": int, "float": float, "bool": bool, "str": str}
@@ -130,6 +135,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.compilation_cache = ml_collections.ConfigDict(compilation.DEFAULTS)
     c.lora = ml_collections.ConfigDict(lora.DEFAULTS)  # train/lora.py; rank 0 = off
     c.distill = ml_collections.ConfigDict(distill.DEFAULTS)  # train/distill.py; no teacher = off
+    c.eval_harness = live.section()  # train/harness/live.py; no tasks = off
     return c
 
 

@@ -404,6 +404,58 @@ def test_live_parameters_score_as_the_saved_checkpoint(model_dir):
     assert live.due(cfg, 100) and not live.due(cfg, 101)
 
 
+def test_a_training_run_logs_its_harness_tasks_as_its_checkpoints_score(tmp_path):
+    """The `eval_harness` section in the loop: the tasks run every `every_steps` and after the
+    last step, on the live parameters, and what metrics.jsonl logs equals lm-eval on the
+    checkpoint saved at that step."""
+    from configs import gpt_lm
+    from train.harness import live
+    from train.loop import train_and_evaluate
+
+    config = gpt_lm.get_config("smoke")
+    config.steps, config.sample_tokens, config.eval_every_steps = 5, 0, 0
+    config.checkpoint_every_steps, config.keep_checkpoints = 2, 5
+    config.eval_harness.tasks = ("triptych_choice",)
+    config.eval_harness.every_steps, config.eval_harness.limit = 2, 8
+    train_and_evaluate(config, tmp_path / "run")
+    rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    logged = {r["step"]: r for r in rows if "eval_harness/triptych_choice/acc" in r}
+    assert sorted(logged) == [2, 4, 5]
+    for step in (2, 5):
+        saved = lm_eval.simple_evaluate(
+            model=TriptychLM(str(tmp_path / "run"), step=step), tasks=["triptych_choice"],
+            limit=8, task_manager=task_manager(),
+        )  # fmt: skip
+        expected = live.flat_metrics(saved)
+        assert {k: v for k, v in logged[step].items() if k in expected} == expected
+    out = tmp_path / "hf"  # the model card's eval results carry the last step's
+    assert convert.main(["--from", str(tmp_path / "run"), "--to-hf", str(out)]) == 0
+    card = (out / "README.md").read_text()
+    assert "triptych_choice (lm-evaluation-harness)" in card, card
+    acc = logged[5]["eval_harness/triptych_choice/acc"]
+    assert f"value: {acc}" in card, card
+
+
+def test_a_harness_section_the_run_cannot_serve_is_one_line_before_training(tmp_path):
+    from configs import bert_mlm, gpt_lm
+    from models.errors import UserError
+    from train.loop import train_and_evaluate
+
+    cases = []
+    config = gpt_lm.get_config("smoke")
+    config.eval_harness.tasks, config.eval_harness.every_steps = ("no_such_task",), 2
+    cases.append((config, ["eval_harness.tasks: unknown task", "no_such_task"]))
+    config = bert_mlm.get_config("smoke")
+    config.eval_harness.tasks, config.eval_harness.every_steps = ("triptych_choice",), 2
+    cases.append((config, ["encoder-only"]))
+    for config, needles in cases:
+        with pytest.raises(UserError) as error:
+            train_and_evaluate(config, tmp_path / "bad")
+        text = str(error.value)
+        assert all(n in text for n in needles) and "\n" not in text, text
+        assert not (tmp_path / "bad").exists()
+
+
 # Several processes --------------------------------------------------------------------------------
 
 

@@ -216,17 +216,24 @@ def _card_data(config, facts, base, co2, source_kind):
 
     task = pipeline_tag(config)
     run = facts.get("run") or {}
-    results = [
-        EvalResult(
-            task_type=task,
-            dataset_type=(run.get("data") or {}).get("name") or "local-files",
-            dataset_name=(run.get("data") or {}).get("name") or "local files",
-            metric_type=name.removeprefix("eval_"),
-            metric_value=float(value),
+    data = (run.get("data") or {}).get("name")
+    results = []
+    for name, value in sorted(facts.get("metrics", {}).items()):
+        if name in ("eval_nll", "eval_perplexity") and task != "text-generation":
+            continue
+        dataset, metric = (data or "local-files", data or "local files"), name[len("eval_") :]
+        if name.startswith("eval_harness/"):  # an lm-eval task's: eval_harness/<task>/<metric>
+            _, harness_task, metric = name.split("/", 2)
+            dataset = (harness_task, f"{harness_task} (lm-evaluation-harness)")
+        results.append(
+            EvalResult(
+                task_type=task,
+                dataset_type=dataset[0],
+                dataset_name=dataset[1],
+                metric_type=metric,
+                metric_value=float(value),
+            )
         )
-        for name, value in sorted(facts.get("metrics", {}).items())
-        if name not in ("eval_nll", "eval_perplexity") or task == "text-generation"
-    ]
     return ModelCardData(
         library_name="transformers",
         pipeline_tag=task,

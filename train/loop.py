@@ -18,14 +18,13 @@ import time
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from tqdm import tqdm
 
 import models
 from data import objectives
-from data.pipeline import make_pipeline, run_tokenizer
+from data.pipeline import run_tokenizer
 from data.sources import load_source
 from data.tokenizers import load_tokenizer
 from models import paths
@@ -34,16 +33,19 @@ from train import compilation, distill, distributed, goodput, lora, partitioning
 from train.carbon import CarbonTracker
 from train.checkpoint import Checkpointer, check_same_architecture
 from train.decode import sample_text
+from train.evals import device_batch as _device_batch
+from train.evals import evaluate, harness_metrics, run_pipeline, task_metrics
 from train.feed import Feed
 from train.flops import train_flops_per_step
 from train.goodput import Clock, Ledger, segment_record
 from train.hardware import device_peak
+from train.harness import live
 from train.init_from import load_pretrained, merge_params, resolve_model_config
 from train.losses import check_objective
 from train.optim import make_optimizer
 from train.state import abstract_state, create_train_state, full_params
-from train.step import jit_steps, step_options, summarize, waits_for_each_step
-from train.tasks import TASK_METRICS, LoadedModel, TaskError, task_metrics
+from train.step import jit_steps, step_options, waits_for_each_step
+from train.tasks import TASK_METRICS, LoadedModel, TaskError
 from train.writers import MetricWriter, logged_records
 
 log = logging.getLogger("train")
@@ -66,45 +68,6 @@ def get_tokenizer(config, workdir: Path):
         with paths.local_dir(saved) as local, watchdog.doing("tokenizer write", saved):
             tok.save(local)
     return tok
-
-
-def _device_batch(batch: dict, mesh, rules=partitioning.DEFAULT_RULES) -> dict:
-    return {
-        k: jax.make_array_from_process_local_data(
-            partitioning.batch_sharding(mesh, np.ndim(v), rules), np.asarray(v)
-        )
-        for k, v in batch.items()
-    }
-
-
-def evaluate(
-    eval_step, params, config, tokenizer, mesh, objective, rules=partitioning.DEFAULT_RULES
-) -> dict:
-    """Mean metrics over up to `config.eval_batches` batches of the validation split."""
-    it = make_pipeline(
-        config.data,
-        split="validation",
-        tokenizer=tokenizer,
-        global_batch_size=config.batch_size,
-        seq_len=config.seq_len,
-        seed=config.seed,
-        process_index=jax.process_index(),
-        process_count=jax.process_count(),
-        objective=objective,
-        agree=distributed.width_agreement(config.data),
-    )
-    total = None
-    for i in range(config.eval_batches):
-        with watchdog.doing(f"eval batch {i + 1}"):
-            # hosts' packed streams end at different batches; keep them in step (multi-host)
-            batch = distributed.next_in_step(it, config.batch_size // jax.process_count())
-            if batch is None:
-                break
-            sums = eval_step(params, _device_batch(batch, mesh, rules))
-            total = sums if total is None else jax.tree.map(jnp.add, total, sums)
-    if total is None:
-        return {}
-    return {f"eval_{k}": float(v) for k, v in summarize(total).items() if k != "tokens"}
 
 
 @dataclasses.dataclass
@@ -130,41 +93,8 @@ class Run:
     clock: Clock | None = None  # this segment's time breakdown
     ledger: Ledger | None = None  # the earlier segments (train/goodput.py)
     data_state: dict | None = None  # the data iterator's state after the last consumed batch
-    _inference: LoadedModel | None = None
-
-    def task_metrics(self, params) -> dict:
-        """`config.task`'s metric on the validation split ({} without a task); with several
-        hosts each runs its share and all score the gathered predictions (train/tasks)."""
-        config = self.config
-        if config.get("task", "") not in TASK_METRICS:
-            return {}
-        if self._inference is None:
-            several = jax.process_count() > 1
-            self._inference = LoadedModel(
-                self.model_config,
-                self.model,
-                params,
-                self.tokenizer,
-                run_config=config,
-                label_names=self.saved_config.get("label_names"),
-                tag_names=self.saved_config.get("tag_names"),
-                source=str(self.workdir),
-                place=(
-                    functools.partial(_device_batch, mesh=self.mesh, rules=self.rules)
-                    if several
-                    else None
-                ),
-            )
-        self._inference.params = params
-        scores = task_metrics(
-            self._inference,
-            config.task,
-            data=config.data,
-            split="validation",
-            batch_size=config.batch_size,
-            max_examples=config.get("eval_task_examples", 0),
-        )
-        return {f"eval_{k}": v for k, v in scores.items()}
+    _inference: LoadedModel | None = None  # train/evals.py's, built on first use
+    _harness: live.LiveHarness | None = None
 
     def step_flops(self, batch: dict) -> float:
         """Training FLOPs of a step on `batch` (shorter when data.trim_padding cut it)."""
@@ -238,6 +168,7 @@ def _model_config(config, tokenizer, pretrained, teacher, ckpt, latest, workdir)
     if latest is not None:
         saved = ckpt.saved_config(latest) or {}
         check_same_architecture(saved.get("resolved_model", {}), model_config.to_dict(), workdir)
+    live.check(config.get("eval_harness"), model_config)  # lm-eval can score it, tasks exist
     return model_config
 
 
@@ -257,18 +188,7 @@ def _build(config, workdir: Path, ckpt, mesh, rules, objective) -> dict:
     model = models.build(model_config)
     tx, schedule = make_optimizer(config.optimizer, config.steps, lora.lr_ratio(config.get("lora")))
     abstract, shardings = abstract_state(model, model_config, tx, mesh, rules)
-    train_iter = make_pipeline(
-        config.data,
-        split="train",
-        tokenizer=tokenizer,
-        global_batch_size=config.batch_size,
-        seq_len=config.seq_len,
-        seed=config.seed,
-        process_index=jax.process_index(),
-        process_count=jax.process_count(),
-        objective=config.data.objective,
-        agree=distributed.width_agreement(config.data),
-    )
+    train_iter = run_pipeline(config, "train", tokenizer, config.data.objective)
     lora.check_targets(full_params(abstract), model_config)
     # the teacher on the mesh (None without one); its layers may seed the student
     args = (config, teacher, model_config, objective, full_params(abstract), mesh, rules)
@@ -381,8 +301,9 @@ def _check_finite(metrics: dict, step: int, last_good: int | None) -> None:
         )
 
 
-def _evaluate_and_log(run: Run, progress: _Progress, writer: MetricWriter, params, step) -> None:
-    """The periodic eval: loss metrics over the validation batches, then the task's metrics."""
+def _evaluate_and_log(run: Run, progress, writer: MetricWriter, params, step, harness) -> None:
+    """The periodic eval: loss metrics over the validation batches, the task's metrics, then
+    (`harness`) the eval_harness section's lm-eval tasks (train/evals.py)."""
     progress.eval_metrics = evaluate(
         run.eval_step,
         params,
@@ -392,7 +313,9 @@ def _evaluate_and_log(run: Run, progress: _Progress, writer: MetricWriter, param
         run.config.data.objective,
         run.rules,
     )
-    progress.eval_metrics.update(run.task_metrics(params))
+    progress.eval_metrics.update(task_metrics(run, params))
+    if harness:
+        progress.eval_metrics.update(harness_metrics(run, params))
     if progress.eval_metrics:
         writer.write(step, progress.eval_metrics)
         if jax.process_index() == 0:  # tqdm.write prints even when disabled
@@ -433,6 +356,7 @@ def _train_steps(run: Run, progress: _Progress, writer, preemption, clock: Clock
             stop = preemption.due(step)  # read once: SIGTERM may land anywhere in this body
             due_ckpt = step % config.checkpoint_every_steps == 0 or is_last or stop
             due_eval = config.eval_every_steps and (step % config.eval_every_steps == 0 or is_last)
+            due_harness = live.due(config.get("eval_harness"), step, is_last)
             if due_log or due_ckpt:
                 with clock.timing(key):  # blocked on the step's results
                     metrics = jax.device_get(step_metrics)
@@ -440,9 +364,10 @@ def _train_steps(run: Run, progress: _Progress, writer, preemption, clock: Clock
                 _check_finite(progress.metrics, step, last_good)
             if due_log:
                 _log(progress, writer, clock, step)
-            if due_eval:
+            if due_eval or due_harness:
                 with clock.timing("eval"), watchdog.doing("eval", f"step {step}"):
-                    _evaluate_and_log(run, progress, writer, full_params(state), step)
+                    params = full_params(state)
+                    _evaluate_and_log(run, progress, writer, params, step, due_harness)
             if due_ckpt:
                 with clock.timing("checkpoint"):
                     writer.flush()  # first: a bucket's metrics.jsonl reaches every checkpoint

@@ -47,15 +47,16 @@ def _check_model(name: str, step) -> None:
     check_model(f"--model {ref.where}", ref.model_config())
 
 
-def resolve_tasks(names: str, include_path: str | None):
+def resolve_tasks(names: str, include_path: str | None, flags=("--tasks", "--include_path")):
     """(lm-eval's TaskManager, the task names and YAML configs to run), as `lm_eval run`
-    matches them; HarnessError for an include path or a task that does not exist."""
+    matches them; HarnessError for an include path or a task that does not exist (`flags`:
+    how the error names the two settings)."""
     from lm_eval.tasks._yaml_loader import load_yaml
 
     from train.harness.tasks import task_manager
 
     if include_path and not os.path.isdir(include_path):
-        raise HarnessError(f"--include_path {include_path}: no such directory")
+        raise HarnessError(f"{flags[1]} {include_path}: no such directory")
     manager = task_manager(include_path)
     found, missing = [], []
     for name in [n.strip() for n in names.split(",") if n.strip()]:
@@ -67,8 +68,8 @@ def resolve_tasks(names: str, include_path: str | None):
         missing += [] if matches else [name]
     if missing or not found:
         raise HarnessError(
-            f"--tasks: unknown task {', '.join(missing) or names!r}; list them with "
-            "`lm-eval ls tasks`, or give the folder of its YAML with --include_path"
+            f"{flags[0]}: unknown task {', '.join(missing) or names!r}; list them with "
+            f"`lm-eval ls tasks`, or give the folder of its YAML with {flags[1]}"
         )
     return manager, found
 

@@ -39,6 +39,8 @@ from train import decode, partitioning
 from train.harness import rows as rows_module
 from train.harness.rows import Row
 
+DEFAULT_BATCH_SIZE = 16  # rows per scoring program
+
 SMALLEST_BUCKET = 16
 
 

@@ -21,7 +21,8 @@ import math
 
 import ml_collections
 
-from train.harness.lm import DEFAULT_BATCH_SIZE, TriptychLM
+from models.errors import UserError
+from train.harness.batching import DEFAULT_BATCH_SIZE
 from train.harness.tasks import task_manager
 
 PREFIX = "eval_harness"  # eval_*: the model card reads these from metrics.jsonl (train/card.py)
@@ -31,7 +32,7 @@ def section() -> ml_collections.ConfigDict:
     """The `eval_harness` section's keys and defaults (off: no tasks)."""
     return ml_collections.ConfigDict(
         {
-            "tasks": [],
+            "tasks": (),
             "every_steps": 0,
             "num_fewshot": 0,
             "limit": 0,
@@ -41,9 +42,41 @@ def section() -> ml_collections.ConfigDict:
     )
 
 
-def due(cfg, step: int) -> bool:
-    """Whether the section's tasks run after `step`."""
-    return bool(cfg.tasks) and cfg.every_steps > 0 and step % cfg.every_steps == 0
+def due(cfg, step: int, is_last: bool = False) -> bool:
+    """Whether the section's tasks run after `step` (every `every_steps`, and after the last
+    step when they run at all)."""
+    if not task_names(cfg) or cfg.get("every_steps", 0) <= 0:
+        return False
+    return is_last or step % cfg.every_steps == 0
+
+
+def task_names(cfg) -> list[str]:
+    """The section's tasks: a list, or one comma-separated string from the command line."""
+    tasks = cfg.get("tasks") if cfg else None
+    if isinstance(tasks, str):
+        tasks = tasks.split(",")
+    return [str(t).strip() for t in tasks or () if str(t).strip()]
+
+
+def check(cfg, model_config) -> None:
+    """Before the run's first step, one UserError line for what would fail at its first
+    harness evaluation: lm-eval not installed, a model it cannot score (an encoder, a head
+    other than 'lm'), a task or include_path that does not exist."""
+    if not task_names(cfg):
+        return
+    try:
+        import lm_eval  # noqa: F401
+    except ImportError:
+        raise UserError(
+            "eval_harness.tasks needs lm-eval: pip install -e '.[eval]' (or set "
+            "eval_harness.tasks=() to run without it)"
+        ) from None
+    from train.harness.__main__ import resolve_tasks
+    from train.harness.lm import check_model
+
+    check_model("the run's model", model_config)
+    flags = ("eval_harness.tasks", "eval_harness.include_path")
+    resolve_tasks(",".join(task_names(cfg)), cfg.get("include_path") or None, flags)
 
 
 def flat_metrics(results: dict) -> dict[str, float]:
@@ -72,6 +105,8 @@ class LiveHarness:
     """
 
     def __init__(self, cfg, model_config, tokenizer, *, mesh, rules, params):
+        from train.harness.lm import TriptychLM  # lm-eval: the `eval` extra
+
         self.cfg = cfg
         self.lm = TriptychLM(
             model=(model_config, params, tokenizer),
@@ -92,7 +127,7 @@ class LiveHarness:
         scorer.params = place_params(scorer.config, params, scorer.mesh, scorer.rules)
         results = lm_eval.simple_evaluate(
             model=self.lm,
-            tasks=list(self.cfg.tasks),
+            tasks=task_names(self.cfg),
             num_fewshot=self.cfg.num_fewshot or None,
             limit=self.cfg.limit or None,
             task_manager=self.manager,

@@ -39,10 +39,9 @@ from data.rows import special_frame
 from data.tokenizers import Tokenizer
 from models.errors import UserError
 from train import partitioning, reference
-from train.harness.batching import Scorer
+from train.harness.batching import DEFAULT_BATCH_SIZE, Scorer
 from train.tasks.loading import tokenizer_of
 
-DEFAULT_BATCH_SIZE = 16
 DEFAULT_MAX_GEN_TOKS = 256  # the hf backend's
 
 
