@@ -7,8 +7,8 @@ Each argument is `LABEL=MODEL` (a workdir, a converted or Hugging Face directory
 a text file with one input per line, or a TSV whose first column is the input (a header row
 named `sentence` is skipped). Every model is loaded and run once over all texts (compilation
 and warm-up), then the models take turns, `--rounds` times, so that the machine's drift falls
-on all of them alike. It prints one Markdown row per model: texts/s (median of the rounds),
-the speed-up over the first model, and the environment (CPU, cores, JAX, dtype).
+on all of them alike. It prints the environment (CPU, cores, JAX, dtype), then one Markdown row
+per model: texts/s (median of the rounds) and the speed-up over the first model.
 """
 
 from __future__ import annotations
@@ -74,7 +74,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{cpu_name()}, {os.cpu_count()} cores, jax {jax.__version__}, {args.dtype}, "
         f"{len(texts)} texts, median of {args.rounds} rounds"
     )
-    print(f"| model | layers | texts/s | speed-up |  ({env})")
+    print(env)
+    print("| model | layers | texts/s | speed-up |")
     print("|---|---|---|---|")
     first = None
     for label, predict in runs.items():
