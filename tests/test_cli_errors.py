@@ -342,3 +342,28 @@ def test_train_on_a_text_file_from_the_command_line(tmp_path):
     lines = [x for x in corpus.read_text().splitlines() if x.strip()]
     assert len(train) + len(validation) == len(lines) and 0 < len(validation) < len(train)
     assert validation[len(validation) - 1]["text"] == lines[-1]
+
+
+def test_the_harness_without_lm_eval_says_which_extra_to_install(tmp_path):
+    """`python -m train.harness` where lm-eval is not installed (blocked here by a
+    sitecustomize that makes its import fail), and a training run that asks for harness tasks."""
+    (tmp_path / "sitecustomize.py").write_text("import sys\nsys.modules['lm_eval'] = None\n")
+    env = dict(os.environ, PYTHONPATH=f"{tmp_path}{os.pathsep}{ROOT}")
+    env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=1"
+    for module, args in (
+        ("train.harness", ["--model", "runs/x", "--tasks", "triptych_choice"]),
+        (
+            "train",
+            [
+                *SMOKE,
+                "--config.eval_harness.tasks=triptych_choice",
+                f"--workdir={tmp_path / 'run'}",
+            ],
+        ),  # fmt: skip
+    ):
+        result = subprocess.run(
+            [sys.executable, "-m", module, *args],
+            cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        _assert_one_line(result, "lm-eval", "pip install -e '.[eval]'")
+    assert not (tmp_path / "run").exists()

@@ -25,7 +25,14 @@ import sys
 
 from models.errors import ArgumentParser, one_line_errors
 from train import reference
-from train.harness.lm import DEFAULT_BATCH_SIZE, HarnessError, check_model
+
+try:
+    from train.harness.lm import DEFAULT_BATCH_SIZE, HarnessError, check_model
+except ModuleNotFoundError as missing:  # lm-eval is the `eval` extra
+    if not (missing.name or "").startswith("lm_eval") or __name__ != "__main__":
+        raise
+    print("error: python -m train.harness needs lm-eval: pip install -e '.[eval]'", file=sys.stderr)
+    sys.exit(2)
 
 DEFAULT_SEEDS = "0,1234,1234,1234"  # lm_eval run's: python, numpy, torch (our sampling), fewshot
 
