@@ -313,6 +313,42 @@ def test_a_100_document_task_compiles_one_program_per_bucket_at_most(model_dir, 
 # Bad input ----------------------------------------------------------------------------------------
 
 
+def _sst2_dir(root: Path) -> Path:
+    """A small SST-2 folder in GLUE's TSV layout (sentence<TAB>label under a header)."""
+    root.mkdir()
+    rows = {
+        "train.tsv": [("a gripping , funny film . ", 1), ("dull and lifeless ", 0)],
+        "dev.tsv": [("it 's a charming journey . ", 1), ("unflinchingly bleak ", 0),
+                    ("the acting is worse ", 0), ("a \"small\" wonder ", 1)],
+    }  # fmt: skip
+    for name, lines in rows.items():
+        body = "".join(f"{text}\t{label}\n" for text, label in lines)
+        (root / name).write_text("sentence\tlabel\n" + body)
+    return root
+
+
+@pytest.mark.hf
+def test_sst2_from_local_tsv_files_scores_as_the_hf_backend(model_dir, tmp_path, monkeypatch):
+    """triptych_sst2 reads $SST2_DIR's dev.tsv (lm-eval's own sst2 prompt): every sentence is
+    one document with two choices, and both backends score them alike."""
+    monkeypatch.setenv("SST2_DIR", str(_sst2_dir(tmp_path / "sst2")))
+    ours, _ = _run_both(model_dir, "gpt2-tiny", ["triptych_sst2"], "causal", tmp_path)
+    samples = _written(tmp_path / "ours")[1]["triptych_sst2"]
+    assert [int(s["target"]) for s in samples] == [1, 0, 0, 1]
+    assert samples[3]["arguments"]["gen_args_1"] == {
+        "arg_0": 'a "small" wonder\nQuestion: Is this sentence positive or negative?\nAnswer:',
+        "arg_1": " positive",
+    }
+    assert samples[3]["doc"]["sentence"] == 'a "small" wonder'
+    assert 0.0 <= ours["results"]["triptych_sst2"]["acc,none"] <= 1.0
+
+
+def test_sst2_without_its_files_is_one_error_line(model_dir, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("SST2_DIR", str(tmp_path))
+    argv = ["--model", str(model_dir("gpt2-tiny")[0]), "--tasks", "triptych_sst2"]
+    _one_line(capsys, argv, "train.tsv", "SST2_DIR", str(tmp_path))
+
+
 def _one_line(capsys, argv, *needles) -> None:
     code = harness_cli.main(argv)
     err = capsys.readouterr().err

@@ -3,6 +3,7 @@
     triptych_choice      multiple choice (acc, acc_norm): everyday questions, 2-3 answers
     triptych_perplexity  loglikelihood_rolling (word_perplexity, byte_perplexity, bits_per_byte)
     triptych_generate    generate_until (exact_match): short answers ending at a newline
+    triptych_sst2        GLUE SST-2 sentiment as two choices (acc), from $SST2_DIR's TSV files
 
 Each task is a YAML file beside its data (`dataset_path: json`, `dataset_kwargs.data_files`);
 `files.load_json` reads the file names relative to this folder, so the tasks run from any
