@@ -5,7 +5,9 @@ Kernels (ModelConfig.attention_kernel):
   jax     `jax.nn.dot_product_attention` with XLA's own implementation.
   cudnn   `jax.nn.dot_product_attention(implementation="cudnn")`: cuDNN flash attention on NVIDIA
           GPUs (bf16/fp16 inputs).
-  splash  Pallas splash attention on TPU (causal/segment masks, no additive bias).
+  splash  Pallas splash attention on TPU (causal mask, packed segments and key padding as segment
+          ids, no additive bias). Tested on CPU in Pallas interpret mode, turned on for tests and
+          debugging only by `with interpret_kernels():` (tests/test_splash.py).
   blocked causal self-attention in blocks of queries, each attending only to the keys up to its
           own last position (the key blocks above the diagonal are skipped, not masked): about
           half the FLOPs and memory traffic of a full causal mask, in plain XLA. Any other mask or
@@ -16,6 +18,7 @@ A kernel that the hardware or the call cannot use falls back to the reference wi
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 
@@ -31,6 +34,22 @@ from models.position import apply_rope
 log = logging.getLogger(__name__)
 _NEG_INF = -1e30  # large finite value: fully masked rows stay finite
 _WARNED: set[str] = set()
+_INTERPRET = [False]  # set only by `interpret_kernels`
+
+
+@contextlib.contextmanager
+def interpret_kernels():
+    """Runs the Pallas kernels (splash) in interpret mode, on any backend: for tests and debugging.
+
+    Inside the block, `attention_kernel="splash"` runs on a CPU (or GPU) through Pallas' interpreter
+    instead of falling back to xla: same kernel code and masks, slowly. Read at trace time, so wrap
+    the tracing (`jit`, first call) of the function, not a later call of a compiled one.
+    """
+    previous, _INTERPRET[0] = _INTERPRET[0], True
+    try:
+        yield
+    finally:
+        _INTERPRET[0] = previous
 
 
 def _warn_once(key: str, message: str) -> None:
@@ -141,7 +160,29 @@ def _jax_attention(q, k, v, *, mask, bias, scale, causal, implementation):
     )
 
 
-def _splash_attention(q, k, v, *, segment_ids, causal, scale):
+def _splash_segments(mask, segment_ids, batch: int, length: int):
+    """Splash's SegmentIds for this call's mask and packed segments, or None when there are none.
+
+    Splash takes no mask tensor, only segment ids: key padding becomes a segment of its own that
+    no query is in. A key is padding when no query may see it; for the masks that splash accepts
+    (key padding, and the segment mask of `segment_ids`) that is exactly the padding mask.
+    """
+    if mask is None and segment_ids is None:
+        return None
+    from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as sk
+
+    if segment_ids is None:
+        segment_ids = jnp.zeros((batch, length), jnp.int32)
+    q_seg = jnp.broadcast_to(segment_ids, (batch, length)).astype(jnp.int32)  # (B, T)
+    kv_seg = q_seg
+    if mask is not None:
+        visible = jnp.broadcast_to(mask, (batch, 1, mask.shape[2], length))  # (B, 1, T|1, S)
+        kv_valid = jnp.any(visible, axis=2)[:, 0]  # (B, S)
+        kv_seg = jnp.where(kv_valid, q_seg, jnp.iinfo(jnp.int32).min)
+    return sk.SegmentIds(q=q_seg, kv=kv_seg)
+
+
+def _splash_attention(q, k, v, *, mask, segment_ids, causal, scale):
     from jax.experimental.pallas.ops.tpu.splash_attention import (
         splash_attention_kernel as sk,
     )
@@ -155,15 +196,17 @@ def _splash_attention(q, k, v, *, segment_ids, causal, scale):
     v = jnp.repeat(v, groups, axis=2)
     shape = (t, k.shape[1])
     base = sm.CausalMask(shape=shape) if causal else sm.FullMask(shape)
-    kernel = sk.make_splash_mha(mask=sm.MultiHeadMask([base] * n), head_shards=1, q_seq_shards=1)
+    kernel = sk.make_splash_mha(
+        mask=sm.MultiHeadMask([base] * n), head_shards=1, q_seq_shards=1, interpret=_INTERPRET[0]
+    )
     to_bnth = lambda x: jnp.transpose(x, (0, 2, 1, 3))  # noqa: E731  (B, N, T, H)
-    seg = None if segment_ids is None else sk.SegmentIds(q=segment_ids, kv=segment_ids)
+    seg = _splash_segments(mask, segment_ids, b, t)
     call = lambda q_, k_, v_, s_: kernel(q_, k_, v_, segment_ids=s_)
     out = jax.vmap(call)(to_bnth(q * scale), to_bnth(k), to_bnth(v), seg)
     return jnp.transpose(out, (0, 2, 1, 3)).astype(q.dtype)
 
 
-def _resolve_kernel(kernel: str, q, k, *, bias, causal: bool, dropout: bool) -> str:
+def _resolve_kernel(kernel: str, q, k, *, mask, bias, causal: bool, dropout: bool, segments) -> str:
     """The kernel that runs this call: `kernel` ("auto" resolved) if it can, else "xla"."""
     auto = kernel == "auto"
     if auto:
@@ -176,7 +219,7 @@ def _resolve_kernel(kernel: str, q, k, *, bias, causal: bool, dropout: bool) -> 
                 "dropout; using the xla reference (set attention_dropout_rate=0 to avoid)",
             )
         return "xla"
-    reason = _unsupported(kernel, q, k, bias=bias, causal=causal)
+    reason = _unsupported(kernel, q, k, mask=mask, bias=bias, causal=causal, segments=segments)
     if reason is None:
         return kernel
     if not auto:  # a kernel asked for by name says why it is not used; "auto" falls back quietly
@@ -184,7 +227,7 @@ def _resolve_kernel(kernel: str, q, k, *, bias, causal: bool, dropout: bool) -> 
     return "xla"
 
 
-def _unsupported(kernel: str, q, k, *, bias, causal: bool) -> str | None:
+def _unsupported(kernel: str, q, k, *, mask, bias, causal: bool, segments: bool) -> str | None:
     """Why `kernel` cannot run this call on this backend, or None when it can."""
     if kernel == "cudnn":
         if _backend() != "gpu":
@@ -192,12 +235,14 @@ def _unsupported(kernel: str, q, k, *, bias, causal: bool) -> str | None:
         if q.dtype not in (jnp.bfloat16, jnp.float16):
             return f"needs bfloat16/float16 inputs (got {q.dtype})"
     elif kernel == "splash":
-        if _backend() != "tpu":
+        if _backend() != "tpu" and not _INTERPRET[0]:
             return f"needs a TPU (backend is {_backend()})"
         if bias is not None:
             return "does not take an additive bias (T5 relative positions)"
         if q.shape[1] != k.shape[1] or q.shape[1] % 128:
             return "needs self-attention over a multiple of 128 tokens"
+        if mask is not None and mask.shape[2] != 1 and not segments:
+            return "takes only key padding and packed segments (segment_ids) as a mask"
     elif kernel == "blocked":
         if not causal:
             return "is for causal self-attention"
@@ -242,14 +287,26 @@ def dot_product_attention(
     Kernels with causality built in use the flag: cuDNN's causal mask type and the blocked kernel
     skip the tiles above the diagonal, and with no other mask cuDNN reads no mask tensor at all;
     the others get the causal mask added. `segment_ids` repeats the segment part of `mask` for
-    kernels that take it structurally (splash).
+    kernels that take it structurally (splash). Splash reads the rest of `mask` as key padding, and
+    refuses a mask over query rows (T > 1) unless `segment_ids` accounts for it.
     """
     dropout = dropout_rate > 0.0 and dropout_rng is not None
-    kernel = _resolve_kernel(kernel, q, k, bias=bias, causal=causal, dropout=dropout)
+    kernel = _resolve_kernel(
+        kernel,
+        q,
+        k,
+        mask=mask,
+        bias=bias,
+        causal=causal,
+        dropout=dropout,
+        segments=segment_ids is not None,
+    )
     if kernel == "cudnn":
         return _cudnn_attention(q, k, v, mask=mask, bias=bias, scale=scale, causal=causal)
     if kernel == "splash":
-        return _splash_attention(q, k, v, segment_ids=segment_ids, causal=causal, scale=scale)
+        return _splash_attention(
+            q, k, v, mask=mask, segment_ids=segment_ids, causal=causal, scale=scale
+        )
     if kernel == "blocked":
         block = _block_size(q.shape[1])
         return blocked_causal_attention(q, k, v, mask=mask, bias=bias, scale=scale, block=block)
