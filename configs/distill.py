@@ -67,9 +67,7 @@ def _translation():
     c.distill.student_decoder_layers = (0, 2)  # the encoder is copied whole
     # "Shrink and fine-tune": the student starts from the trained teacher's weights, so half the
     # teacher's 2,000 steps, at its peak rate without the warm-up of a from-scratch run.
-    c.steps = 1000
-    c.eval_every_steps = 500
-    c.checkpoint_every_steps = 500
+    c.steps = 1000  # evaluated (BLEU, beam 4) and saved at the end, as the teacher every 1,000
     c.optimizer.warmup_steps = 50
     return c
 
