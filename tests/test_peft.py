@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -174,6 +176,59 @@ def test_per_module_ranks_and_alphas_import_with_peft_logits(tmp_path):
     config, params = ours_peft.import_adapter(tmp_path / "adapter", base_config, base_params)
     assert config.lora_rank == 4  # the largest
     assert _against_peft(config, params, made, _batch_for(config)) < TOL
+
+
+def _damaged_adapters(source: Path):
+    """(name, damage) pairs: each takes a copy of a good adapter directory and breaks it."""
+    from safetensors.numpy import load_file, save_file
+
+    weights, config = "adapter_model.safetensors", "adapter_config.json"
+
+    def tensors(d, change):
+        t = load_file(d / weights)
+        change(t, sorted(t))
+        save_file(t, d / weights)
+
+    def widen_a(t, keys):
+        k = next(k for k in keys if "lora_A" in k)
+        t[k] = np.zeros((t[k].shape[0], t[k].shape[1] + 3), t[k].dtype)
+
+    good = (source / config).read_text()
+    no_rank = good.replace('"r": ', '"r": "x", "_": ')
+    drop_b = lambda t, keys: t.pop(next(k for k in keys if "lora_B" in k))  # noqa: E731
+    return [
+        ("truncated weights", lambda d: (d / weights).write_bytes((d / weights).read_bytes()[:99])),
+        ("random weights", lambda d: (d / weights).write_bytes(os.urandom(300))),
+        ("no weights", lambda d: (d / weights).unlink()),
+        ("garbled config", lambda d: (d / config).write_text("{not json")),
+        ("non-UTF-8 config", lambda d: (d / config).write_bytes(b"\xff\xfe garbage")),
+        ("config without r", lambda d: (d / config).write_text('{"peft_type": "LORA"}')),
+        ("r not a number", lambda d: (d / config).write_text(no_rank)),
+        ("lora_A too wide", lambda d: tensors(d, widen_a)),
+        ("lora_B missing", lambda d: tensors(d, drop_b)),
+    ]  # fmt: skip
+
+
+def test_a_damaged_adapter_is_one_line_and_writes_nothing(tmp_path, capsys):
+    """`models convert --from-peft` on a damaged PEFT adapter: one error line, exit 2, and no
+    output directory; the undamaged adapter converts."""
+    from train import convert
+
+    _our_adapter(tmp_path, CASES["gpt2"][0])
+    good = tmp_path / "adapter"
+    for i, (name, damage) in enumerate([("intact", lambda d: None), *_damaged_adapters(good)]):
+        broken, out = tmp_path / f"a{i}", tmp_path / f"out{i}"
+        shutil.copytree(good, broken)
+        damage(broken)
+        capsys.readouterr()
+        argv = ["--from-peft", str(broken), "--init-from", str(tmp_path / "base"), "--to", str(out)]
+        code = convert.main(argv)
+        err = capsys.readouterr().err.strip().splitlines()
+        if name == "intact":
+            assert code == 0 and out.is_dir(), err
+            continue
+        assert code == 2 and not out.exists(), (name, err)
+        assert len(err) == 1 and err[0].startswith("error:") and str(broken) in err[0], (name, err)
 
 
 def test_to_peft_on_a_run_without_lora_is_one_line(tmp_path):

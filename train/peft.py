@@ -162,6 +162,13 @@ def read_adapter(directory) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
             + (" with DoRA or rsLoRA" if adapter.get("peft_type") == "LORA" else "")
             + "; Triptych reads plain LoRA adapters"
         )
+    for key in ("r", "lora_alpha"):
+        value = adapter.get(key)
+        if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+            raise CheckpointError(
+                f"{folder / ADAPTER_CONFIG}: {key!r} is {value!r}, not a positive number; "
+                "restore the file from its source"
+            )
     with paths.local_copy(folder, files_only=True) as local:
         tensors = read_safetensors(os.path.join(local, ADAPTER_WEIGHTS))
     return adapter, {k.removeprefix(_PREFIX): v for k, v in tensors.items()}
@@ -188,8 +195,10 @@ def import_adapter(adapter_dir, base_config: ModelConfig, base_params):
             f"{adapter_dir}: none of its target modules ({', '.join(targets[:3])}"
             f"{', ...' if len(targets) > 3 else ''}) is a dense layer of this {model_type} model"
         )
-    r, alpha, ranks, scales = _ranks(adapter, {m: tensors[f"{m}.lora_A.weight"] for m in modules})
     leaves = {k: np.asarray(v) for k, v in hf._unstack_layers(lora.flat(base_params)).items()}
+    for module, layers in modules.items():
+        _check_module(adapter_dir, module, tensors, layers, leaves)
+    r, alpha, ranks, scales = _ranks(adapter, {m: tensors[f"{m}.lora_A.weight"] for m in modules})
     adapted = []
     for module, layers in modules.items():
         a, b = tensors[f"{module}.lora_A.weight"], tensors[f"{module}.lora_B.weight"]
@@ -214,6 +223,30 @@ def import_adapter(adapter_dir, base_config: ModelConfig, base_params):
     if base_config.scan_layers:
         leaves = hf._stack_layers(leaves)
     return config, lora._nested(leaves)
+
+
+def _check_module(adapter_dir, module: str, tensors, layers, leaves) -> None:
+    """One adapted module's lora_A (r, in) and lora_B (out, r) exist and fit its base layers."""
+    a, b = (tensors.get(f"{module}.lora_{x}.weight") for x in "AB")
+    problem = None
+    if a is None or b is None:
+        problem = "has lora_A but no lora_B" if b is None else "has lora_B but no lora_A"
+    elif a.ndim != 2 or b.ndim != 2 or a.shape[0] != b.shape[1]:
+        problem = f"has lora_A {a.shape} and lora_B {b.shape}, not (r, in) and (out, r)"
+    else:
+        layer, _, n_in = layers[0]
+        fan_in = math.prod(leaves[f"{layer}/kernel"].shape[:n_in])
+        fan_out = sum(size for _, size, _ in layers)
+        if (a.shape[1], b.shape[0]) != (fan_in, fan_out):
+            problem = (
+                f"has lora_A {a.shape} and lora_B {b.shape}, but its base layer takes "
+                f"{fan_in} inputs to {fan_out} outputs"
+            )
+    if problem:
+        raise CheckpointError(
+            f"{adapter_dir}: {module} {problem}; the adapter is damaged or was trained on "
+            "another base model (give its base with --init-from)"
+        )
 
 
 def _pattern(patterns: dict, module: str, default):
