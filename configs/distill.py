@@ -10,7 +10,7 @@ teacher layers that `distill.student_layers` names.
     python -m train --config configs/distill.py:smoke --config.distill.teacher=RUN --workdir W
     # general distillation with masked LM (the embedded corpus), from all-MiniLM-L6-v2's body:
     python -m train --config configs/distill.py:mlm --workdir runs/mlm-student
-    # an encoder-decoder: a Multi30k translation model with half its decoder layers
+    # an encoder-decoder: the Multi30k translation model with 2 of its 3 decoder layers
     MULTI30K_DIR=path/to/multi30k python -m train --config configs/distill.py:translate \\
         --config.distill.teacher=runs/multi30k --workdir runs/multi30k-student
 
