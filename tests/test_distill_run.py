@@ -176,8 +176,11 @@ def test_a_lora_student_trains_only_its_adapters_against_the_teacher(teacher, tm
     before = _digest(teacher)
     train_and_evaluate(config, tmp_path / "run")
     kd, hidden = _losses(tmp_path / "run", "kd_loss"), _losses(tmp_path / "run", "hidden_loss")
-    assert kd[1] == 0.0 and hidden[1] < 1e-6, (kd, hidden)  # the student is the teacher
-    assert kd[3] > 0.0  # the adapters moved (step 1's learning rate is warmup's 0)
+    # the student is the teacher: 0 up to float rounding (exactly 0 on an AMD EPYC; 1.5e-8 on
+    # an Intel Xeon, whose XLA:CPU kernels order the student's and the teacher's sums apart)
+    assert kd[1] < 1e-6 and hidden[1] < 1e-6, (kd, hidden)
+    # the adapters moved (step 1's learning rate is warmup's 0)
+    assert kd[3] > max(kd[1], 1e-7) and hidden[3] > hidden[1], (kd, hidden)
     stored = lora.flat(workdir_params(tmp_path / "run", 3))
     assert stored and all(name.split("/")[-1] in lora.ADAPTERS for name in stored), list(stored)
     ref = reference.resolve(str(tmp_path / "run"), "init_from")
