@@ -229,8 +229,8 @@ def _check_module(adapter_dir, module: str, tensors, layers, leaves) -> None:
     """One adapted module's lora_A (r, in) and lora_B (out, r) exist and fit its base layers."""
     a, b = (tensors.get(f"{module}.lora_{x}.weight") for x in "AB")
     problem = None
-    if a is None or b is None:
-        problem = "has lora_A but no lora_B" if b is None else "has lora_B but no lora_A"
+    if b is None:  # the adapted modules are those with a lora_A
+        problem = "has lora_A but no lora_B"
     elif a.ndim != 2 or b.ndim != 2 or a.shape[0] != b.shape[1]:
         problem = f"has lora_A {a.shape} and lora_B {b.shape}, not (r, in) and (out, r)"
     else:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from data.builders.files import read_records
 from models.errors import UserError
 
 HERE = Path(__file__).resolve().parent
@@ -25,18 +26,14 @@ def load_json(data_files: dict[str, str], **unused):
 
 
 def _sst2_rows(path: Path) -> dict[str, list]:
-    """`sentence<TAB>label` lines under a header -> {"sentence": [...], "label": [...]}."""
+    """`sentence<TAB>label` rows under a header (the reader `finetune_cls.py:local` uses) ->
+    {"sentence": [...], "label": [...]}."""
     rows = {"sentence": [], "label": []}
-    with open(path, encoding="utf-8") as f:
-        header = f.readline().rstrip("\n").split("\t")
-        if header[:2] != ["sentence", "label"]:
-            raise UserError(f"{path}: expected a 'sentence<TAB>label' header, found {header[:2]}")
-        for number, line in enumerate(f, 2):
-            sentence, _, label = line.rstrip("\n").rpartition("\t")
-            if label not in ("0", "1"):
-                raise UserError(f"{path}:{number}: label {label!r} is not 0 or 1")
-            rows["sentence"].append(sentence.strip())
-            rows["label"].append(int(label))
+    for number, record in read_records(str(path), ("sentence", "label"), table_format="tsv"):
+        if record["label"] not in ("0", "1"):
+            raise UserError(f"{path}:{number}: label {record['label']!r} is not 0 or 1")
+        rows["sentence"].append(record["sentence"].strip())
+        rows["label"].append(int(record["label"]))
     return rows
 
 
