@@ -116,7 +116,12 @@ def base_config() -> ml_collections.ConfigDict:
         )
     )
     c.optimizer = ml_collections.ConfigDict(optim.DEFAULTS)  # train/optim.py documents it
-    c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+    # Device mesh (train/partitioning.py). `context` splits each sequence across devices
+    # (context parallelism, train/context.py); `context_load_balance` reorders causal rows so
+    # that every context shard holds as much attention work ("dual chunk swap").
+    c.mesh = ml_collections.ConfigDict(
+        dict(data=-1, fsdp=1, context=1, tensor=1, context_load_balance=True)
+    )
     c.partitioning_rules = ()  # () = train.partitioning.DEFAULT_RULES
     c.decode = decode_config()
     # Energy and emissions (train/carbon.py, docs/carbon.md): codecarbon offline, or a TDP

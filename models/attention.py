@@ -12,7 +12,8 @@ Kernels (ModelConfig.attention_kernel):
           own last position (the key blocks above the diagonal are skipped, not masked): about
           half the FLOPs and memory traffic of a full causal mask, in plain XLA. Any other mask or
           bias is still applied inside each block; non-causal calls use the reference.
-  auto    cudnn on GPU, splash on TPU, blocked on CPU for causal self-attention, xla otherwise.
+  auto    cudnn on GPU, splash on TPU, blocked on CPU for causal self-attention (unless the
+          sequence is split by context parallelism), xla otherwise.
 A kernel that the hardware or the call cannot use falls back to the reference with one warning.
 """
 
@@ -50,6 +51,19 @@ def interpret_kernels():
         yield
     finally:
         _INTERPRET[0] = previous
+
+
+def length_is_split() -> bool:
+    """Whether the logical rules and mesh in force split the sequence (`length`) axis over more
+    than one device: context parallelism. Attention then gathers the keys and values over that
+    axis while the queries stay split (MaxText's all-gather strategy), so every kernel that takes
+    a mask works unchanged. Read at trace time."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty:
+        return False
+    spec = nn.logical_to_mesh_axes((axes.LENGTH,))[0]
+    names = (spec,) if isinstance(spec, str) else tuple(spec or ())
+    return any(mesh.shape.get(name, 1) > 1 for name in names)
 
 
 def _warn_once(key: str, message: str) -> None:
@@ -248,6 +262,8 @@ def _unsupported(kernel: str, q, k, *, mask, bias, causal: bool, segments: bool)
             return "is for causal self-attention"
         if q.shape[1] != k.shape[1] or _block_size(q.shape[1]) is None:
             return "needs self-attention over at least two equal blocks of queries"
+        if length_is_split():
+            return "slices queries by slot and cannot take a sequence split by mesh.context"
     return None
 
 
@@ -379,6 +395,9 @@ class Attention(nn.Module):
 
         if decode and kv is None:
             k, v = self._update_cache(k, v, cache_index)
+        if length_is_split():  # context parallelism: queries stay split, keys/values gathered
+            k = nn.with_logical_constraint(k, (axes.BATCH, None, axes.HEADS, axes.KV))
+            v = nn.with_logical_constraint(v, (axes.BATCH, None, axes.HEADS, axes.KV))
 
         dropout_rng = None
         if not deterministic and cfg.attention_dropout_rate > 0.0:
@@ -391,7 +410,8 @@ class Attention(nn.Module):
             mask=mask,
             bias=bias,
             scale=h**-0.5 if cfg.scale_attention else 1.0,
-            causal=self.causal and not decode,
+            # with causal_from_positions the stack's mask carries causality (rows may be permuted)
+            causal=self.causal and not decode and not cfg.causal_from_positions,
             segment_ids=segment_ids,
             dropout_rate=cfg.attention_dropout_rate,
             dropout_rng=dropout_rng,

@@ -251,7 +251,8 @@ class TransformerStack(nn.Module):
             segment_ids = None  # a cache holds one example per row
 
         padded = attention_mask is not None or decode
-        mask = _self_mask(k_valid, q_slots, k_slots, segment_ids, padded, self.causal and decode)
+        masked_causal = self.causal and (decode or cfg.causal_from_positions)
+        mask = _self_mask(k_valid, q_slots, k_slots, segment_ids, padded, masked_causal)
         cross_mask = None
         if self.cross_attention:
             cross_mask = _cross_mask(encoder_attention_mask, segment_ids, encoder_segment_ids)
@@ -292,6 +293,8 @@ class TransformerStack(nn.Module):
             self._check_length(t)
             q_slots = masks.arange_slots(b, t)
             positions = q_slots if positions is None else positions
+            if self.causal and self.config.causal_from_positions:
+                q_slots = positions  # rows may be reordered: causality follows the positions
             return q_slots, positions, q_slots, positions, valid, None
         initialised = self.has_variable("cache", "index")
         index = self.variable("cache", "index", lambda: jnp.zeros((), jnp.int32))

@@ -95,6 +95,11 @@ class ModelConfig:
     attention_kernel: str = "auto"
     scan_layers: bool = False
     remat_policy: str = "none"
+    # Causal masks compare position ids instead of row slots, so that a row whose tokens were
+    # reordered (load-balanced context parallelism, train/context.py) stays causal. Position ids
+    # must rise within each packed segment, as the input pipeline's do. The fused kernels that
+    # take causality as a flag then get the mask instead.
+    causal_from_positions: bool = False
 
     # Low-rank adapters (LoRA, Hu et al. 2021); rank 0 = off. Every dense kernel whose module
     # path ('encoder/layers_0/self_attention/query') one of `lora_targets` (regexes) finds gets

@@ -36,6 +36,7 @@ _EXECUTION_FIELDS = {
     "dtype",
     "attention_kernel",
     "remat_policy",
+    "causal_from_positions",
     "dropout_rate",
     "attention_dropout_rate",
     "init_std",

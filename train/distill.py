@@ -589,7 +589,11 @@ def prepare(config, teacher: reference.Reference, model_config: ModelConfig, obj
         )
         leaves = lora.flat(seeded).items()
         seed = (model_config, {k: v for k, v in leaves if not isinstance(v, jax.ShapeDtypeStruct)})
+    # the teacher reads the student's batches: reordered rows (train/context.py) for both
+    teacher_config = dataclasses.replace(
+        teacher.config, causal_from_positions=model_config.causal_from_positions
+    )
     teacher_model, params, shardings = place_teacher(
-        teacher.config, teacher.params, mesh, rules, s["teacher_dtype"]
+        teacher_config, teacher.params, mesh, rules, s["teacher_dtype"]
     )
     return seed, Prepared(Distiller(teacher_model, s, model_config.family), params, shardings)

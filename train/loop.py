@@ -29,7 +29,16 @@ from data.sources import load_source
 from data.tokenizers import load_tokenizer
 from models import paths
 from models.errors import UserError, one_of
-from train import compilation, distill, distributed, goodput, lora, partitioning, watchdog
+from train import (
+    compilation,
+    context,
+    distill,
+    distributed,
+    goodput,
+    lora,
+    partitioning,
+    watchdog,
+)
 from train.carbon import CarbonTracker
 from train.checkpoint import Checkpointer, check_same_architecture
 from train.decode import sample_text
@@ -158,13 +167,14 @@ def _fresh_state(config, model, model_config, tx, mesh, rules, pretrained):
     return state
 
 
-def _model_config(config, tokenizer, pretrained, teacher, ckpt, latest, workdir):
+def _model_config(config, tokenizer, pretrained, teacher, ckpt, latest, workdir, mesh):
     """The run's model: the named architecture, init_from's or the teacher's, with the `model`
     and `lora` sections applied; a resumed run's must be the checkpoint's architecture."""
     teacher_config = teacher.config if teacher else None
     base = pretrained[0] if pretrained else distill.student_base(config.model, teacher_config)
     model_config = resolve_model_config(config.model, tokenizer, base)
     model_config = lora.configure(config.get("lora"), model_config, config.get("init_from"))
+    model_config = context.configure(config, model_config, mesh.shape["context"])
     if latest is not None:
         saved = ckpt.saved_config(latest) or {}
         check_same_architecture(saved.get("resolved_model", {}), model_config.to_dict(), workdir)
@@ -183,7 +193,9 @@ def _build(config, workdir: Path, ckpt, mesh, rules, objective) -> dict:
         tokenizer = get_tokenizer(config, workdir)
         if jax.process_count() > 1:
             load_source(config.data, "train", config.data.objective)
-    model_config = _model_config(config, tokenizer, pretrained, teacher, ckpt, latest, workdir)
+    model_config = _model_config(
+        config, tokenizer, pretrained, teacher, ckpt, latest, workdir, mesh
+    )
     check_objective(objective, model_config)
     model = models.build(model_config)
     tx, schedule = make_optimizer(config.optimizer, config.steps, lora.lr_ratio(config.get("lora")))
@@ -346,6 +358,8 @@ def _train_steps(run: Run, progress: _Progress, writer, preemption, clock: Clock
     last_good = run.ckpt.latest_step()
     rng = jax.random.key(config.seed + 1)
     place = functools.partial(_device_batch, mesh=run.mesh, rules=run.rules)
+    # load-balanced context parallelism: the step sees reordered causal rows
+    place = context.reordering(place, config, run.model_config, run.mesh.shape["context"])
     feed = Feed(run.train_iter, place, config.data.get("prefetch", 2))
     clock.mark("restore", clock.start)
     try:

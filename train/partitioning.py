@@ -1,10 +1,12 @@
 """Device mesh, logical-axis rules and shardings.
 
 models/ names every parameter and activation axis logically (models/axes.py); this module maps the
-names onto the physical mesh `(data, fsdp, tensor)` with priority rules (flax's
+names onto the physical mesh `(data, fsdp, context, tensor)` with priority rules (flax's
 `logical_to_mesh_axes`: a mesh axis is used at most once per array, first rule wins). The same
 vocabulary therefore serves parameters (embed -> fsdp) and activations (batch takes data+fsdp first,
-so an activation's embed axis stays unsharded).
+so an activation's embed axis stays unsharded). The `context` axis splits the activations'
+sequence (`length`) axis: context parallelism, with the keys and values gathered in attention
+(models/attention.py) and causal rows reordered for balance by train/context.py.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 from models import axes
 from models.errors import UserError
 
-MESH_AXES = ("data", "fsdp", "tensor")
+MESH_AXES = ("data", "fsdp", "context", "tensor")
 
 # One rule per logical axis of models/axes.py (rules_from_config checks that every axis has one).
 DEFAULT_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
@@ -30,7 +32,7 @@ DEFAULT_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
     (axes.MLP, "tensor"),
     (axes.EMBED, "fsdp"),
     (axes.KV, None),
-    (axes.LENGTH, None),
+    (axes.LENGTH, "context"),
     (axes.LAYERS, None),
 )
 
@@ -39,8 +41,8 @@ class MeshError(UserError):
     """A mesh that does not fit the devices or the batch."""
 
 
-def mesh_shape(sizes: dict[str, int], num_devices: int) -> tuple[int, int, int]:
-    """Resolves `{data, fsdp, tensor}` sizes (one of them may be -1 = the rest) to a shape."""
+def mesh_shape(sizes: dict[str, int], num_devices: int) -> tuple[int, ...]:
+    """Resolves `{data, fsdp, context, tensor}` sizes (one may be -1 = the rest) to a shape."""
     shape = [int(sizes.get(axis, 1)) for axis in MESH_AXES]
     if sum(s == -1 for s in shape) > 1:
         raise MeshError(f"mesh {dict(zip(MESH_AXES, shape))}: at most one axis may be -1")
@@ -56,22 +58,23 @@ def mesh_shape(sizes: dict[str, int], num_devices: int) -> tuple[int, int, int]:
         shape[shape.index(-1)] = num_devices // known
     if math.prod(shape) != num_devices:
         raise MeshError(
-            f"mesh data={shape[0]} x fsdp={shape[1]} x tensor={shape[2]} = {math.prod(shape)} "
-            f"devices, but {num_devices} are available; set config.mesh so the product is "
-            f"{num_devices} (use -1 for one axis to take the rest)"
+            f"mesh {' x '.join(f'{a}={n}' for a, n in zip(MESH_AXES, shape))} = "
+            f"{math.prod(shape)} devices, but {num_devices} are available; set config.mesh so "
+            f"the product is {num_devices} (use -1 for one axis to take the rest)"
         )
     return tuple(shape)
 
 
 def make_mesh(sizes: dict[str, int], devices: Sequence[jax.Device] | None = None) -> Mesh:
-    """A (data, fsdp, tensor) mesh with Auto axis types (linen's tensor-parallel layers need
-    them; Explicit axes fail with 'Contracting dimensions are sharded')."""
+    """A (data, fsdp, context, tensor) mesh with Auto axis types (linen's tensor-parallel layers
+    need them; Explicit axes fail with 'Contracting dimensions are sharded')."""
     devices = list(jax.devices() if devices is None else devices)
     shape = mesh_shape(dict(sizes), len(devices))
+    auto = (AxisType.Auto,) * len(shape)
     try:
-        return jax.make_mesh(shape, MESH_AXES, axis_types=(AxisType.Auto,) * 3, devices=devices)
+        return jax.make_mesh(shape, MESH_AXES, axis_types=auto, devices=devices)
     except Exception:  # make_mesh rejects some device orders; a plain reshape always works
-        return Mesh(np.asarray(devices).reshape(shape), MESH_AXES, axis_types=(AxisType.Auto,) * 3)
+        return Mesh(np.asarray(devices).reshape(shape), MESH_AXES, axis_types=auto)
 
 
 def rules_from_config(rules) -> tuple:
