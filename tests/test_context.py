@@ -138,3 +138,75 @@ def test_context_split_equals_the_batch_split(name, ctx, balanced):
         )
     # the keys and values are gathered over the context axis (the batch-split step has none)
     assert hlo.count("all-gather") > ref_hlo.count("all-gather")
+
+
+def test_reordered_rows_need_masks_from_positions():
+    """The check above can fail: balanced rows read with slot-order causal masks differ."""
+    config = models.get_config("gpt2-tiny", dropout_rate=0.0, attention_dropout_rate=0.0)
+    batch, params = _batch("decoder"), _init(config)
+    ref_loss, _, _ = _loss_and_grads(config, params, batch, {"data": 8})
+    wrong, _, _ = _loss_and_grads(
+        config, params, context.balance(batch, "decoder", 2), {"data": 4, "context": 2}
+    )
+    assert abs(wrong - ref_loss) / ref_loss > 1e-4  # ten times the tolerance of the tests above
+
+
+def test_dual_chunk_order():
+    np.testing.assert_array_equal(context.dual_chunk_order(8, 2), [0, 1, 6, 7, 2, 3, 4, 5])
+    np.testing.assert_array_equal(
+        context.dual_chunk_order(16, 4), [0, 1, 14, 15, 2, 3, 12, 13, 4, 5, 10, 11, 6, 7, 8, 9]
+    )
+    # every device gets the same causal work: the sum of its query positions + 1
+    order = context.dual_chunk_order(64, 4)
+    work = (order + 1).reshape(4, -1).sum(axis=1)
+    assert len(set(work.tolist())) == 1
+
+
+@pytest.mark.parametrize("family", ["decoder", "encoder_decoder"])
+def test_reordering_and_its_inverse_are_the_identity_on_every_field(family):
+    batch = _batch(family)
+    balanced = context.balance(batch, family, 4)
+    positions = "positions" if family == "decoder" else "decoder_positions"
+    assert positions in balanced  # added, so that the reordered rows keep their order
+    restored = context.unbalance(balanced, family, 4)
+    for key, value in batch.items():
+        moved = key in context.CAUSAL_FIELDS[family]
+        assert moved != np.array_equal(balanced[key], value), key  # random rows: all differ
+        np.testing.assert_array_equal(restored[key], value, err_msg=key)
+    if family == "encoder_decoder":  # the added positions are the source slots
+        order = context.dual_chunk_order(LENGTH, 4)
+        np.testing.assert_array_equal(balanced[positions], np.broadcast_to(order, (ROWS, LENGTH)))
+
+
+def _run_config(**overrides):
+    import configs.gpt_lm
+
+    config = configs.gpt_lm.get_config("smoke")
+    for key, value in overrides.items():
+        node = config
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node[p]
+        node[leaf] = value
+    return config
+
+
+@pytest.mark.parametrize(
+    "overrides,needle",
+    [
+        ({"mesh.context": 4, "seq_len": 36}, "seq_len=36 is not divisible by 2 x mesh.context = 8"),
+        (
+            {"mesh.context": 4, "mesh.context_load_balance": False, "seq_len": 34},
+            "seq_len=34 is not divisible by mesh.context = 4",
+        ),
+        ({"mesh.context": 3}, "mesh.context=3 is odd; load balancing"),
+        ({"mesh.context": 2, "model.attention_kernel": "blocked"}, "attention_kernel='blocked'"),
+    ],
+)
+def test_bad_context_settings_are_one_line(overrides, needle):
+    kernel = overrides.pop("model.attention_kernel", "auto")
+    config = _run_config(**overrides)
+    model_config = models.get_config("gpt2-tiny", attention_kernel=kernel)
+    with pytest.raises(context.ContextError) as error:
+        context.configure(config, model_config, config.mesh.context)
+    assert needle in str(error.value) and "\n" not in str(error.value)
