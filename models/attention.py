@@ -22,10 +22,12 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import math
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from models import axes, masks
 from models.config import ModelConfig
@@ -53,17 +55,63 @@ def interpret_kernels():
         _INTERPRET[0] = previous
 
 
-def length_is_split() -> bool:
-    """Whether the logical rules and mesh in force split the sequence (`length`) axis over more
-    than one device: context parallelism. Attention then gathers the keys and values over that
-    axis while the queries stay split (MaxText's all-gather strategy), so every kernel that takes
-    a mask works unchanged. Read at trace time."""
+def context_shards() -> int:
+    """How many devices the logical rules and mesh in force split the sequence (`length`) axis
+    over: context parallelism when more than 1. Read at trace time."""
     mesh = jax.sharding.get_abstract_mesh()
     if mesh.empty:
-        return False
+        return 1
     spec = nn.logical_to_mesh_axes((axes.LENGTH,))[0]
     names = (spec,) if isinstance(spec, str) else tuple(spec or ())
-    return any(mesh.shape.get(name, 1) > 1 for name in names)
+    return math.prod(mesh.shape.get(name, 1) for name in names)
+
+
+def length_is_split() -> bool:
+    """Whether the sequence axis is split over devices (`context_shards` > 1). Attention then
+    gathers the keys and values over that axis while the queries stay split (MaxText's
+    all-gather strategy), so every kernel that takes a mask works unchanged."""
+    return context_shards() > 1
+
+
+def _gathered_over_context(*keys_and_values):
+    """Keys and values (B, S, K, H) gathered over a sequence split by context parallelism (the
+    queries stay split); unchanged when the sequence is not split."""
+    if not length_is_split():
+        return keys_and_values
+    spec = (axes.BATCH, None, axes.HEADS, axes.KV)
+    return tuple(nn.with_logical_constraint(x, spec) for x in keys_and_values)
+
+
+@functools.cache
+def _load_balanced_causal_mask_class():
+    from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as sm
+
+    class LoadBalancedCausalMask(sm._ComputableMask):
+        """Splash's causal mask for rows in dual-chunk order over `shards` devices: query slot q
+        may see key slot s when source(s) <= source(q) (masks.dual_chunk_source). Splash
+        computes it in the kernel from the queries' sources and the key slots, and skips the
+        blocks it leaves empty, as MaxText's LoadBalancedCausalMask does for its order."""
+
+        def __init__(self, shape: tuple[int, int], shards: int):
+            self.shards, length = shards, shape[1]
+
+            def visible(q_sources, kv_slots):
+                return q_sources >= masks.dual_chunk_source(kv_slots, shards, length)
+
+            super().__init__(shape=shape, mask_function=visible)
+            self.q_sequence = np.asarray(
+                masks.dual_chunk_source(np.arange(shape[0]), shards, length), np.int32
+            )
+
+        def __eq__(self, other: object):
+            if not isinstance(other, type(self)):
+                return NotImplemented
+            return self.shape == other.shape and self.shards == other.shards
+
+        def __hash__(self):
+            return hash((type(self), self.shape, self.shards))
+
+    return LoadBalancedCausalMask
 
 
 def _warn_once(key: str, message: str) -> None:
@@ -196,7 +244,7 @@ def _splash_segments(mask, segment_ids, batch: int, length: int):
     return sk.SegmentIds(q=q_seg, kv=kv_seg)
 
 
-def _splash_attention(q, k, v, *, mask, segment_ids, causal, scale):
+def _splash_attention(q, k, v, *, mask, segment_ids, causal, scale, load_balanced=0):
     from jax.experimental.pallas.ops.tpu.splash_attention import (
         splash_attention_kernel as sk,
     )
@@ -209,7 +257,10 @@ def _splash_attention(q, k, v, *, mask, segment_ids, causal, scale):
     k = jnp.repeat(k, groups, axis=2)
     v = jnp.repeat(v, groups, axis=2)
     shape = (t, k.shape[1])
-    base = sm.CausalMask(shape=shape) if causal else sm.FullMask(shape)
+    if load_balanced:  # `mask` holds the reordered rows' causal part; splash builds it itself
+        base = _load_balanced_causal_mask_class()(shape, load_balanced)
+    else:
+        base = sm.CausalMask(shape=shape) if causal else sm.FullMask(shape)
     kernel = sk.make_splash_mha(
         mask=sm.MultiHeadMask([base] * n), head_shards=1, q_seq_shards=1, interpret=_INTERPRET[0]
     )
@@ -220,7 +271,9 @@ def _splash_attention(q, k, v, *, mask, segment_ids, causal, scale):
     return jnp.transpose(out, (0, 2, 1, 3)).astype(q.dtype)
 
 
-def _resolve_kernel(kernel: str, q, k, *, mask, bias, causal: bool, dropout: bool, segments) -> str:
+def _resolve_kernel(
+    kernel: str, q, k, *, mask, bias, causal: bool, dropout: bool, segments, balanced=False
+) -> str:
     """The kernel that runs this call: `kernel` ("auto" resolved) if it can, else "xla"."""
     auto = kernel == "auto"
     if auto:
@@ -233,7 +286,9 @@ def _resolve_kernel(kernel: str, q, k, *, mask, bias, causal: bool, dropout: boo
                 "dropout; using the xla reference (set attention_dropout_rate=0 to avoid)",
             )
         return "xla"
-    reason = _unsupported(kernel, q, k, mask=mask, bias=bias, causal=causal, segments=segments)
+    reason = _unsupported(
+        kernel, q, k, mask=mask, bias=bias, causal=causal, segments=segments, balanced=balanced
+    )
     if reason is None:
         return kernel
     if not auto:  # a kernel asked for by name says why it is not used; "auto" falls back quietly
@@ -241,13 +296,17 @@ def _resolve_kernel(kernel: str, q, k, *, mask, bias, causal: bool, dropout: boo
     return "xla"
 
 
-def _unsupported(kernel: str, q, k, *, mask, bias, causal: bool, segments: bool) -> str | None:
+def _unsupported(
+    kernel: str, q, k, *, mask, bias, causal: bool, segments: bool, balanced: bool = False
+) -> str | None:
     """Why `kernel` cannot run this call on this backend, or None when it can."""
     if kernel == "cudnn":
         if _backend() != "gpu":
             return f"needs an NVIDIA GPU (backend is {_backend()})"
         if q.dtype not in (jnp.bfloat16, jnp.float16):
             return f"needs bfloat16/float16 inputs (got {q.dtype})"
+        if length_is_split():  # jax's cuDNN partitioning: "Sharding on sequence dim is not allowed"
+            return "cannot take a sequence split by mesh.context"
     elif kernel == "splash":
         if _backend() != "tpu" and not _INTERPRET[0]:
             return f"needs a TPU (backend is {_backend()})"
@@ -255,7 +314,7 @@ def _unsupported(kernel: str, q, k, *, mask, bias, causal: bool, segments: bool)
             return "does not take an additive bias (T5 relative positions)"
         if q.shape[1] != k.shape[1] or q.shape[1] % 128:
             return "needs self-attention over a multiple of 128 tokens"
-        if mask is not None and mask.shape[2] != 1 and not segments:
+        if mask is not None and mask.shape[2] != 1 and not (segments or balanced):
             return "takes only key padding and packed segments (segment_ids) as a mask"
     elif kernel == "blocked":
         if not causal:
@@ -295,6 +354,7 @@ def dot_product_attention(
     segment_ids=None,
     dropout_rate: float = 0.0,
     dropout_rng=None,
+    load_balanced: int = 0,
 ):
     """One entry point for every kernel; shapes as in `reference_attention`.
 
@@ -305,6 +365,9 @@ def dot_product_attention(
     the others get the causal mask added. `segment_ids` repeats the segment part of `mask` for
     kernels that take it structurally (splash). Splash reads the rest of `mask` as key padding, and
     refuses a mask over query rows (T > 1) unless `segment_ids` accounts for it.
+    `load_balanced=c` says that the rows are in dual-chunk order over c devices
+    (train/context.py) and that `mask` holds their causal part: splash then builds that causal
+    mask itself (the other kernels read it from `mask`).
     """
     dropout = dropout_rate > 0.0 and dropout_rng is not None
     kernel = _resolve_kernel(
@@ -316,12 +379,20 @@ def dot_product_attention(
         causal=causal,
         dropout=dropout,
         segments=segment_ids is not None,
+        balanced=bool(load_balanced),
     )
     if kernel == "cudnn":
         return _cudnn_attention(q, k, v, mask=mask, bias=bias, scale=scale, causal=causal)
     if kernel == "splash":
         return _splash_attention(
-            q, k, v, mask=mask, segment_ids=segment_ids, causal=causal, scale=scale
+            q,
+            k,
+            v,
+            mask=mask,
+            segment_ids=segment_ids,
+            causal=causal,
+            scale=scale,
+            load_balanced=load_balanced,
         )
     if kernel == "blocked":
         block = _block_size(q.shape[1])
@@ -395,10 +466,10 @@ class Attention(nn.Module):
 
         if decode and kv is None:
             k, v = self._update_cache(k, v, cache_index)
-        if length_is_split():  # context parallelism: queries stay split, keys/values gathered
-            k = nn.with_logical_constraint(k, (axes.BATCH, None, axes.HEADS, axes.KV))
-            v = nn.with_logical_constraint(v, (axes.BATCH, None, axes.HEADS, axes.KV))
+        k, v = _gathered_over_context(k, v)
 
+        # rows reordered for load-balanced context parallelism: `mask` holds causality
+        reordered = self.causal and cfg.causal_from_positions and not decode
         dropout_rng = None
         if not deterministic and cfg.attention_dropout_rate > 0.0:
             dropout_rng = self.make_rng("dropout")
@@ -410,11 +481,11 @@ class Attention(nn.Module):
             mask=mask,
             bias=bias,
             scale=h**-0.5 if cfg.scale_attention else 1.0,
-            # with causal_from_positions the stack's mask carries causality (rows may be permuted)
             causal=self.causal and not decode and not cfg.causal_from_positions,
             segment_ids=segment_ids,
             dropout_rate=cfg.attention_dropout_rate,
             dropout_rng=dropout_rng,
+            load_balanced=context_shards() if reordered else 0,
         )  # (B, T, N, H)
         out = nn.with_logical_constraint(out, (axes.BATCH, axes.LENGTH, axes.HEADS, axes.KV))
         return proj(cfg.d_model, (axes.HEADS, axes.KV, axes.EMBED), contract=2, name="out")(out)

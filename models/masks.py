@@ -37,3 +37,14 @@ def combine(*masks: jax.Array | None) -> jax.Array | None:
 
 def arange_slots(batch: int, length: int, start: jax.Array | int = 0) -> jax.Array:
     return jnp.broadcast_to(start + jnp.arange(length, dtype=jnp.int32), (batch, length))
+
+
+def dual_chunk_source(slots, shards: int, length: int):
+    """The source position of each slot of a row of `length` tokens in dual-chunk order over
+    `shards` devices (load-balanced context parallelism, train/context.py): slot chunk j = 2i + k
+    (device i, k in {0, 1}) of 2 x shards holds source chunk i (k = 0) or 2 x shards - 1 - i
+    (k = 1). Integer arithmetic only, so that it runs on NumPy arrays and inside a kernel alike."""
+    chunk = length // (2 * shards)
+    j, offset = slots // chunk, slots % chunk
+    i, k = j // 2, j % 2
+    return (i + k * (2 * shards - 1 - 2 * i)) * chunk + offset

@@ -3,6 +3,7 @@ gradients with the sequence split 2 and 4 ways (with and without load balancing)
 step split only by batch; the reordering and its inverse; the K/V all-gathers in the compiled
 step; and the one-line errors."""
 
+import contextlib
 import dataclasses
 
 import flax.linen as nn
@@ -11,6 +12,7 @@ import numpy as np
 import pytest
 
 import models
+from models import attention
 from models.summary import dummy_inputs
 from train import context, losses, partitioning
 
@@ -18,21 +20,22 @@ LENGTH = 16
 ROWS = 8
 
 
-def _packed_rows(rng, vocab):
+def _packed_rows(rng, vocab, rows=ROWS, length=LENGTH):
     """Decoder rows of 1-2 packed examples and trailing padding: ids, segments, positions."""
-    ids = rng.integers(2, vocab, (ROWS, LENGTH + 1)).astype(np.int32)
-    segments = np.zeros((ROWS, LENGTH), np.int32)
-    positions = np.zeros((ROWS, LENGTH), np.int32)
-    for r in range(ROWS):
-        first, used = rng.integers(3, 9), rng.integers(10, LENGTH + 1)
+    ids = rng.integers(2, vocab, (rows, length + 1)).astype(np.int32)
+    segments = np.zeros((rows, length), np.int32)
+    positions = np.zeros((rows, length), np.int32)
+    for r in range(rows):
+        first = rng.integers(3, length // 2 + 1)
+        used = rng.integers(length * 5 // 8, length + 1)
         segments[r, :first], segments[r, first:used] = 1, 2
         positions[r, :first], positions[r, first:used] = np.arange(first), np.arange(used - first)
     return ids, segments, positions
 
 
-def _batch(family: str, seed: int = 0, vocab: int = 128) -> dict:
+def _batch(family: str, seed: int = 0, vocab: int = 128, rows=ROWS, length=LENGTH) -> dict:
     rng = np.random.default_rng(seed)
-    ids, segments, positions = _packed_rows(rng, vocab)
+    ids, segments, positions = _packed_rows(rng, vocab, rows, length)
     valid = (segments > 0).astype(np.int32)
     if family == "decoder":  # packed causal LM rows
         return dict(
@@ -67,8 +70,9 @@ def _batch(family: str, seed: int = 0, vocab: int = 128) -> dict:
 OBJECTIVES = {"decoder": "clm", "encoder": "mlm", "encoder_decoder": "seq2seq"}
 
 
-def _loss_and_grads(config, params, batch, sizes):
-    """The mean loss and its gradients on a mesh of `sizes`, and the compiled program's text."""
+def _loss_and_grads(config, params, batch, sizes, interpret=False):
+    """The mean loss and its gradients on a mesh of `sizes`, and the compiled program's text
+    (with `interpret`, also whether a Pallas kernel ran, in interpret mode)."""
     model = models.build(config)
     mesh = partitioning.make_mesh(sizes)
     rules = partitioning.DEFAULT_RULES
@@ -84,10 +88,14 @@ def _loss_and_grads(config, params, batch, sizes):
         sums = losses.loss_sums(model, p, b, objective)
         return sums["loss"] / sums["weight"]
 
-    with partitioning.activate(mesh, rules):
-        step = jax.jit(jax.value_and_grad(mean_loss))
-        compiled = step.lower(params, batch).compile()
+    with partitioning.activate(mesh, rules), contextlib.ExitStack() as stack:
+        if interpret:
+            stack.enter_context(attention.interpret_kernels())
+        traced = jax.jit(jax.value_and_grad(mean_loss)).trace(params, batch)
+        compiled = traced.lower().compile()
         loss, grads = compiled(params, batch)
+    if interpret:
+        return float(loss), jax.device_get(grads), "pallas_call" in str(traced.jaxpr)
     return float(loss), jax.device_get(grads), compiled.as_text()
 
 
@@ -95,6 +103,18 @@ def _init(config):
     model = models.build(config)
     variables = model.init(jax.random.key(1), **dummy_inputs(config))
     return jax.device_get(nn.meta.unbox(variables["params"]))
+
+
+def _assert_same(loss, grads, ref_loss, ref_grads, tol=1e-5):
+    np.testing.assert_allclose(loss, ref_loss, rtol=tol)
+    # within `tol` of the largest gradient (a key bias's gradient is 0 up to round-off)
+    scale = max(float(np.abs(r).max()) for r in jax.tree.leaves(ref_grads))
+    for (path, g), r in zip(
+        jax.tree_util.tree_leaves_with_path(grads), jax.tree.leaves(ref_grads), strict=True
+    ):
+        np.testing.assert_allclose(
+            g, r, rtol=tol, atol=tol * scale, err_msg=jax.tree_util.keystr(path)
+        )
 
 
 CASES = [
@@ -127,15 +147,7 @@ def test_context_split_equals_the_batch_split(name, ctx, balanced):
     loss, grads, hlo = _loss_and_grads(
         split_config, params, split_batch, {"data": 8 // ctx, "context": ctx}
     )
-    np.testing.assert_allclose(loss, ref_loss, rtol=1e-5)
-    # within 1e-5 of the largest gradient (a key bias's gradient is 0 up to round-off)
-    scale = max(float(np.abs(r).max()) for r in jax.tree.leaves(ref_grads))
-    for (path, g), r in zip(
-        jax.tree_util.tree_leaves_with_path(grads), jax.tree.leaves(ref_grads), strict=True
-    ):
-        np.testing.assert_allclose(
-            g, r, rtol=1e-5, atol=1e-5 * scale, err_msg=jax.tree_util.keystr(path)
-        )
+    _assert_same(loss, grads, ref_loss, ref_grads)
     # the keys and values are gathered over the context axis (the batch-split step has none)
     assert hlo.count("all-gather") > ref_hlo.count("all-gather")
 
@@ -208,5 +220,23 @@ def test_bad_context_settings_are_one_line(overrides, needle):
     config = _run_config(**overrides)
     model_config = models.get_config("gpt2-tiny", attention_kernel=kernel)
     with pytest.raises(context.ContextError) as error:
-        context.configure(config, model_config, config.mesh.context)
+        context.train_config(config, model_config, config.mesh.context)
     assert needle in str(error.value) and "\n" not in str(error.value)
+
+
+def test_splash_takes_the_load_balanced_causal_mask():
+    """Splash (Pallas, interpret mode) on reordered packed rows split over context=2: its own
+    load-balanced causal mask, no fallback, the loss and gradients of xla without context."""
+    config = models.get_config(
+        "llama-tiny", num_heads=2, num_kv_heads=2, max_positions=256, dropout_rate=0.0,
+        attention_dropout_rate=0.0, attention_kernel="xla",
+    )  # fmt: skip
+    batch, params = _batch("decoder", rows=4, length=256), _init(config)
+    ref_loss, ref_grads, _ = _loss_and_grads(config, params, batch, {"data": 4, "tensor": 2})
+    splash = dataclasses.replace(config, attention_kernel="splash", causal_from_positions=True)
+    balanced = context.balance(batch, "decoder", 2)
+    loss, grads, ran = _loss_and_grads(
+        splash, params, balanced, {"data": 4, "context": 2}, interpret=True
+    )
+    assert ran, "splash fell back to xla"
+    _assert_same(loss, grads, ref_loss, ref_grads)

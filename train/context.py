@@ -13,8 +13,8 @@ chunks and device i holds chunks i and 2c-1-i. The models then build their causa
 the (reordered) position ids instead of the row slots (`ModelConfig.causal_from_positions`);
 RoPE, position tables and T5's relative bias already read the position ids. Loss sums do not
 depend on the order of the tokens, so the step computes the same loss and gradients. Eval,
-decode and predict never reorder, and checkpoints hold parameters only, so nothing else sees
-the order.
+decode and predict never reorder (their model keeps slot-order causal masks), and checkpoints
+hold parameters only, so nothing else sees the order.
 
     order = dual_chunk_order(8, 2)          # [0 1 6 7 2 3 4 5]
     balanced = balance(batch, "decoder", 2) # per-token fields permuted, positions added
@@ -28,6 +28,7 @@ import logging
 
 import numpy as np
 
+from models import masks
 from models.config import ModelConfig
 from models.errors import UserError
 
@@ -73,9 +74,7 @@ def dual_chunk_order(length: int, context: int) -> np.ndarray:
             f"sequence length {length} is not divisible by 2 x mesh.context = {2 * context}; "
             "change seq_len (or data.target_length) or mesh.context"
         )
-    chunk = length // (2 * context)
-    chunks = [c for i in range(context) for c in (i, 2 * context - 1 - i)]
-    return np.concatenate([np.arange(c * chunk, (c + 1) * chunk) for c in chunks])
+    return masks.dual_chunk_source(np.arange(length), context, length)
 
 
 def _permute(batch: dict, family: str, order: np.ndarray) -> dict:
@@ -160,9 +159,9 @@ def check(config, model_config: ModelConfig, context: int) -> None:
             )
 
 
-def configure(config, model_config: ModelConfig, context: int) -> ModelConfig:
-    """The model config a run with `context` devices per sequence trains with: causal masks from
-    position ids when its rows are reordered."""
+def train_config(config, model_config: ModelConfig, context: int) -> ModelConfig:
+    """The model config of the train step of a run with `context` devices per sequence: causal
+    masks from position ids when its rows are reordered. Checks the run first (`check`)."""
     check(config, model_config, context)
     if not load_balanced(config, model_config, context):
         return model_config

@@ -167,14 +167,13 @@ def _fresh_state(config, model, model_config, tx, mesh, rules, pretrained):
     return state
 
 
-def _model_config(config, tokenizer, pretrained, teacher, ckpt, latest, workdir, mesh):
+def _model_config(config, tokenizer, pretrained, teacher, ckpt, latest, workdir):
     """The run's model: the named architecture, init_from's or the teacher's, with the `model`
     and `lora` sections applied; a resumed run's must be the checkpoint's architecture."""
     teacher_config = teacher.config if teacher else None
     base = pretrained[0] if pretrained else distill.student_base(config.model, teacher_config)
     model_config = resolve_model_config(config.model, tokenizer, base)
     model_config = lora.configure(config.get("lora"), model_config, config.get("init_from"))
-    model_config = context.configure(config, model_config, mesh.shape["context"])
     if latest is not None:
         saved = ckpt.saved_config(latest) or {}
         check_same_architecture(saved.get("resolved_model", {}), model_config.to_dict(), workdir)
@@ -193,9 +192,7 @@ def _build(config, workdir: Path, ckpt, mesh, rules, objective) -> dict:
         tokenizer = get_tokenizer(config, workdir)
         if jax.process_count() > 1:
             load_source(config.data, "train", config.data.objective)
-    model_config = _model_config(
-        config, tokenizer, pretrained, teacher, ckpt, latest, workdir, mesh
-    )
+    model_config = _model_config(config, tokenizer, pretrained, teacher, ckpt, latest, workdir)
     check_objective(objective, model_config)
     model = models.build(model_config)
     tx, schedule = make_optimizer(config.optimizer, config.steps, lora.lr_ratio(config.get("lora")))
@@ -203,7 +200,10 @@ def _build(config, workdir: Path, ckpt, mesh, rules, objective) -> dict:
     train_iter = run_pipeline(config, "train", tokenizer, config.data.objective)
     lora.check_targets(full_params(abstract), model_config)
     # the teacher on the mesh (None without one); its layers may seed the student
-    args = (config, teacher, model_config, objective, full_params(abstract), mesh, rules)
+    # the train step's model: with load-balanced context parallelism its causal masks follow the
+    # reordered rows' positions (eval, tasks and the saved config keep `model_config`)
+    train_config = context.train_config(config, model_config, mesh.shape["context"])
+    args = (config, teacher, train_config, objective, full_params(abstract), mesh, rules)
     seed, prepared = distill.prepare(*args)
     pretrained = pretrained or seed
     if latest is None or model_config.lora_rank:  # LoRA: the base is init_from's every time
@@ -220,8 +220,9 @@ def _build(config, workdir: Path, ckpt, mesh, rules, objective) -> dict:
         with watchdog.doing("config write", workdir / "config.json"):
             (workdir / "config.json").write_text(json.dumps(saved_config, indent=2, default=str))
     options = {**step_options(config), **(prepared.jit_options() if prepared else {})}
+    train_model = models.build(train_config)
     train_step, eval_step = jit_steps(
-        model, tx, schedule, objective, shardings, mesh, rules, **options
+        train_model, tx, schedule, objective, shardings, mesh, rules, eval_model=model, **options
     )
     train_step = prepared.bind(train_step) if prepared else train_step
     return dict(

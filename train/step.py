@@ -135,6 +135,7 @@ def jit_steps(
     dropout: bool = True,
     distiller=None,
     teacher_shardings=None,
+    eval_model=None,
 ):
     """The one place steps are compiled: (train_step, eval_step), jitted for `mesh`.
 
@@ -144,7 +145,8 @@ def jit_steps(
     and the benchmark measure the step that training runs. Lower or call them inside
     `partitioning.activate(mesh, rules)`, so that the models' logical constraints apply. With a
     `distiller` (train/distill.py) the train step also takes the teacher's parameters, laid out
-    as `teacher_shardings`.
+    as `teacher_shardings`. `eval_model` (default `model`) is the eval step's model when it
+    differs from the train step's (load-balanced context parallelism reorders training rows).
     """
     with partitioning.activate(mesh, rules):
         train_step = jax.jit(
@@ -163,7 +165,7 @@ def jit_steps(
             out_shardings=(shardings, None),
             donate_argnums=(0,),
         )
-        eval_step = jax.jit(make_eval_step(model, objective))
+        eval_step = jax.jit(make_eval_step(eval_model or model, objective))
     return train_step, eval_step
 
 
