@@ -1,7 +1,7 @@
 """Ahead-of-time memory and speed plan for a training config on a mesh of N devices.
 
     python -m launch.plan --config configs/gpt_lm.py:gpt2 --config.model.name=gpt2-xl \\
-        --devices 8 --mesh data=1,fsdp=8,tensor=1 --chip h100 [--json] [--out FILE_OR_GS_URL]
+        --devices 8 --mesh data=1,fsdp=8,context=1,tensor=1 --chip h100 [--json] [--out FILE]
 
 The train step of `train/step.py` is compiled ahead of time for N simulated CPU devices
 (`jax.jit(step).lower(abstract state, ShapeDtypeStruct batch, rng).compile()`), nothing is
@@ -17,6 +17,11 @@ allocated, and the report gives per device:
   bandwidth, interconnect bandwidth): max(compute, memory traffic, collectives), where memory
   traffic is the state's (parameters, gradients, optimizer) and XLA:CPU's `bytes accessed`
   is shown as an upper bound, and the time at 50% model-FLOPs utilisation as a realistic guess.
+
+With `--mesh context=N` (context parallelism, train/context.py) the step is compiled with every
+sequence split N ways, so XLA's figures hold each device's T/N tokens; the report's `context`
+section and the roofline add the per-layer key/value all-gathers and their gradients'
+reduce-scatters (launch/plan_context.py). Without it the report reads as before the axis existed.
 
 XLA:CPU's buffer assignment stands in for the GPU/TPU compilers, which fuse more: treat the
 memory figure as a close upper estimate and keep the headroom the report asks for. XLA counts a
@@ -34,6 +39,8 @@ from dataclasses import asdict
 
 from absl import flags
 
+from launch import plan_context
+from launch.plan_context import MESH_KEYS
 from models import paths
 from models.errors import UserError
 from train.flops import six_n_flops, train_flops_per_step
@@ -48,7 +55,9 @@ flags.DEFINE_string(  # parsed by configs.cli, with the --config.KEY=VALUE overr
     "config", None, "Experiment config, e.g. configs/gpt_lm.py:gpt2 (keys: configs/common.py)"
 )
 _DEVICES = flags.DEFINE_integer("devices", None, "Number of devices to plan for.")
-_MESH = flags.DEFINE_string("mesh", None, "data=..,fsdp=..,tensor=.. (default: config.mesh)")
+_MESH = flags.DEFINE_string(
+    "mesh", None, "data=..,fsdp=..,context=..,tensor=.. (default: config.mesh)"
+)
 _CHIP = flags.DEFINE_enum("chip", "h100", list(CHIPS), "Accelerator for memory and speed.")
 _JSON = flags.DEFINE_bool("json", False, "Print the report as JSON.")
 _OUT = flags.DEFINE_string(
@@ -61,15 +70,21 @@ class PlanError(UserError):
 
 
 def parse_mesh(text: str) -> dict[str, int]:
+    """`data=..,fsdp=..,context=..,tensor=..` (axes left out are 1, one may be -1 = the rest)."""
     sizes = {}
+    use = "use data=..,fsdp=..,context=..,tensor=.. (-1 = the rest)"
     for part in filter(None, (p.strip() for p in text.split(","))):
-        key, sep, value = part.partition("=")
-        if not sep or key.strip() not in ("data", "fsdp", "tensor"):
-            raise PlanError(f"--mesh {text!r}: use data=..,fsdp=..,tensor=.. (-1 = the rest)")
+        key, sep, value = (x.strip() for x in part.partition("="))
+        if not sep or key not in MESH_KEYS:
+            raise PlanError(f"--mesh {text!r}: unknown axis {key!r}; {use}")
+        if key in sizes:
+            raise PlanError(f"--mesh {text!r}: {key} is given twice; {use}")
         try:
-            sizes[key.strip()] = int(value)
+            sizes[key] = int(value)
         except ValueError:
-            raise PlanError(f"--mesh {text!r}: {key.strip()}={value!r} is not an integer") from None
+            raise PlanError(f"--mesh {text!r}: {key}={value!r} is not an integer; {use}") from None
+        if sizes[key] == 0 or sizes[key] < -1:
+            raise PlanError(f"--mesh {text!r}: {key}={value} must be positive or -1; {use}")
     return {"data": 1, "fsdp": 1, "tensor": 1, **sizes}
 
 
@@ -85,15 +100,18 @@ def use_cpu_devices(n: int) -> None:
     jax.config.update("jax_num_cpu_devices", n)
 
 
-def _batch_spec(config, mesh, objective: str, rules, model_family: str) -> dict:
+def _batch_spec(config, mesh, objective: str, rules, model_config) -> dict:
     """ShapeDtypeStructs of one global batch: the objective's all-padding row (built with a tiny
-    tokenizer of the run's family), stacked `batch_size` times."""
+    tokenizer of the run's family), stacked `batch_size` times; with load-balanced context
+    parallelism, as the training feed reorders it (position ids added, train/context.py)."""
     import jax
     import numpy as np
 
     from data import objectives
     from data.tokenizers import train_tokenizer
-    from train import partitioning
+    from train import context, partitioning
+
+    model_family = model_config.family
 
     family = config.tokenizer.family or {"encoder": "bert", "decoder": "gpt"}.get(
         model_family, "t5"
@@ -101,13 +119,16 @@ def _batch_spec(config, mesh, objective: str, rules, model_family: str) -> dict:
     text = ["the quick brown fox jumps over the lazy dog"] * 8
     tok = train_tokenizer(text, kind=config.tokenizer.kind, vocab_size=300, family=family)
     row = objectives.get(objective).rows(tok, config.seq_len, config.data).empty()
+    rows = {k: np.asarray(v)[None] for k, v in row.items()}
+    if context.load_balanced(config, model_config, mesh.shape["context"]):
+        rows = context.balance(rows, model_family, mesh.shape["context"])
     return {
         k: jax.ShapeDtypeStruct(
-            (config.batch_size, *np.shape(v)),
-            np.asarray(v).dtype,
-            sharding=partitioning.batch_sharding(mesh, 1 + np.ndim(v), rules),
+            (config.batch_size, *v.shape[1:]),
+            v.dtype,
+            sharding=partitioning.batch_sharding(mesh, v.ndim, rules),
         )
-        for k, v in row.items()
+        for k, v in rows.items()
     }
 
 
@@ -168,12 +189,14 @@ def compile_step(config, devices: int, mesh_sizes: dict | None = None):
     rules = partitioning.rules_from_config(config.get("partitioning_rules"))
     partitioning.check_batch(config.batch_size, mesh, config.microbatches, rules)
     objective = config.data.objective
-    teacher = _teacher(config, mesh, rules)  # (config, abstract params, step options) or None
-    model_config = _model_config(config, teacher[0] if teacher else None)
+    teacher_config = _teacher_config(config)
+    model_config = _context_config(config, _model_config(config, teacher_config), mesh)
+    # (config, abstract params, step options) or None
+    teacher = _teacher(config, teacher_config, mesh, rules, model_config.causal_from_positions)
     model = models.build(model_config)
     tx, schedule = make_optimizer(config.optimizer, config.steps, lora.lr_ratio(config.get("lora")))
     abstract, shardings = abstract_state(model, model_config, tx, mesh, rules)
-    batch = _batch_spec(config, mesh, objective, rules, model_config.family)
+    batch = _batch_spec(config, mesh, objective, rules, model_config)
     options = {**step_options(config), **(teacher[2] if teacher else {})}
     jitted, _ = jit_steps(model, tx, schedule, objective, shardings, mesh, rules, **options)
     args = (abstract, batch, jax.random.key(0), *([teacher[1]] if teacher else []))
@@ -182,15 +205,39 @@ def compile_step(config, devices: int, mesh_sizes: dict | None = None):
     return compiled, abstract, batch, model_config, mesh, teacher[1] if teacher else None
 
 
-def _teacher(config, mesh, rules):
-    """A distillation run's teacher, planned from its config alone (no weights are read):
-    (its ModelConfig, its abstract parameters on the mesh, the jit_steps options)."""
+def _context_config(config, model_config, mesh):
+    """The model config the loop trains with on `mesh` (train/context.py: causal masks from
+    position ids when rows are reordered); one PlanError line when the sequence cannot be split."""
+    from train import context
+
+    c = mesh.shape["context"]
+    try:
+        return context.configure(config, model_config, c)
+    except context.ContextError as e:
+        raise PlanError(f"mesh context={c}: {e}") from None
+
+
+def _teacher_config(config):
+    """A distillation run's teacher's ModelConfig (from its config alone), or None."""
     from train import distill
 
     ref = distill.teacher(config.get("distill"))
-    if ref is None:
+    return None if ref is None else ref.model_config()
+
+
+def _teacher(config, teacher_config, mesh, rules, causal_from_positions: bool):
+    """A distillation run's teacher, planned from its config alone (no weights are read):
+    (its ModelConfig, its abstract parameters on the mesh, the jit_steps options). It reads the
+    student's batches, reordered for context parallelism as theirs are (train/distill.py)."""
+    import dataclasses
+
+    from train import distill
+
+    if teacher_config is None:
         return None
-    teacher_config = ref.model_config()
+    teacher_config = dataclasses.replace(
+        teacher_config, causal_from_positions=causal_from_positions
+    )
     s = distill.settings(config.get("distill"))
     model, abstract, shardings = distill.abstract_teacher(
         teacher_config, mesh, rules, s["teacher_dtype"]
@@ -216,10 +263,7 @@ def plan(
     trained = sum(x.size for x in jax.tree.leaves(abstract.params))
     abstract = abstract.replace(params=full_params(abstract), frozen=None)  # every weight
     num_params = sum(x.size for x in jax.tree.leaves(abstract.params))
-    shape = batch["input_ids"].shape
-    target = batch["decoder_input_ids"].shape[1] if "decoder_input_ids" in batch else None
-    flops = six_n_flops(model_config, num_params, shape[0], shape[1], target)
-    flops["total"] = train_flops_per_step(model_config, shape[0], shape[1], target)
+    flops = _analytic_flops(model_config, num_params, batch)
     spec = CHIPS[chip]
     memory = _memory_per_device(compiled.memory_analysis(), abstract, batch)
     if teacher is not None:  # distillation: the frozen teacher's weights, also in the peak
@@ -243,7 +287,7 @@ def plan(
         "scan_layers": bool(model_config.scan_layers),
         "remat_policy": model_config.remat_policy,
         "devices": devices,
-        "mesh": dict(mesh.shape),
+        "mesh": _mesh_report(mesh),
         "memory_per_device": memory,
         "memory_total": {
             "params": _total_bytes(abstract.params),
@@ -257,8 +301,33 @@ def plan(
         "usable_hbm_per_device": usable,
         "roofline": roofline,
     }
+    if mesh.shape["context"] > 1:
+        report["context"] = plan_context.report(
+            config, model_config, batch, dict(mesh.shape), _balanced(config, model_config, mesh)
+        )
     report["hints"] = _hints(report, model_config, config)
     return report
+
+
+def _analytic_flops(model_config, num_params: int, batch) -> dict:
+    """train/flops.py's counts for one global batch: 6*N*tokens, attention, and their total."""
+    shape = batch["input_ids"].shape
+    target = batch["decoder_input_ids"].shape[1] if "decoder_input_ids" in batch else None
+    flops = six_n_flops(model_config, num_params, shape[0], shape[1], target)
+    flops["total"] = train_flops_per_step(model_config, shape[0], shape[1], target)
+    return flops
+
+
+def _mesh_report(mesh) -> dict:
+    """The mesh's axis sizes; `context` only where it splits the sequence (so a plan without
+    context parallelism reads as before the axis existed)."""
+    return {k: int(v) for k, v in mesh.shape.items() if k != "context" or v > 1}
+
+
+def _balanced(config, model_config, mesh) -> bool:
+    from train import context
+
+    return context.load_balanced(config, model_config, mesh.shape["context"])
 
 
 def _memory_per_device(mem, abstract, batch) -> dict:
@@ -299,7 +368,9 @@ def _roofline(model_config, spec, flops, cost, devices, abstract, batch, shape, 
     # XLA:CPU's `bytes accessed` (it fuses far less than the GPU/TPU compilers) is an upper bound.
     traffic = 5 * memory["params"] + 2 * memory["optimizer"] + memory.get("teacher", 0)
     memory_s = traffic / spec.hbm_bandwidth  # a distillation teacher is read once
+    kv = plan_context.kv_traffic(model_config, batch, shape)  # 0 without context parallelism
     comm_bytes = _collective_bytes(model_config, abstract.params, batch, shape)
+    comm_bytes += kv["kv_all_gather"] + kv["kv_reduce_scatter"]
     comm_s = comm_bytes / spec.link_bandwidth
     step_s = max(compute_s, memory_s, comm_s)
     bound = {compute_s: "compute", memory_s: "memory bandwidth", comm_s: "collectives"}[step_s]
@@ -318,7 +389,9 @@ def _roofline(model_config, spec, flops, cost, devices, abstract, batch, shape, 
         "memory_s": memory_s,
         "memory_upper_s": xla_bytes / spec.hbm_bandwidth,
         "collectives_s": comm_s,
-        "collective_bytes_per_device": comm_bytes,
+        "collective_bytes_per_device": comm_bytes,  # all of them, the K/V ones included
+        "kv_all_gather_bytes_per_device": kv["kv_all_gather"],
+        "kv_reduce_scatter_bytes_per_device": kv["kv_reduce_scatter"],
         "xla_bytes_accessed_per_device": xla_bytes,
         "step_s": step_s,
         "bound": bound,
@@ -331,19 +404,23 @@ def _roofline(model_config, spec, flops, cost, devices, abstract, batch, shape, 
 def _collective_bytes(model_config, params, batch, shape: dict) -> float:
     """Bytes each device sends per step (ring collectives): FSDP all-gathers the parameters for
     the forward and backward passes and reduce-scatters the gradients; data parallelism
-    all-reduces its gradient shard; tensor parallelism all-reduces activations 4x per layer."""
+    all-reduces its gradient shard, over the context axis too (the weights are replicated there
+    and each device's gradient covers its T/context tokens only); tensor parallelism all-reduces
+    activations 4x per layer (each device's T/context tokens of its rows). Context
+    parallelism's K/V all-gathers and reduce-scatters are launch/plan_context.py's."""
     import jax
 
     data, fsdp, tensor = shape["data"], shape["fsdp"], shape["tensor"]
+    replicas = data * shape.get("context", 1)  # the gradient all-reduce's group
     full = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(params)) / tensor
     out = 0.0
     if fsdp > 1:
         out += 3 * full * (fsdp - 1) / fsdp
-    if data > 1:
-        out += 2 * (full / fsdp) * (data - 1) / data
+    if replicas > 1:
+        out += 2 * (full / fsdp) * (replicas - 1) / replicas
     if tensor > 1:
         rows = batch["input_ids"].shape[0] / (data * fsdp)
-        act = rows * batch["input_ids"].shape[1] * model_config.d_model
+        act = rows * batch["input_ids"].shape[1] / shape.get("context", 1) * model_config.d_model
         act *= 2 if model_config.dtype in ("bfloat16", "float16") else 4
         layers = model_config.num_layers + (model_config.decoder_layers or 0) * (
             model_config.family == "encoder_decoder"
@@ -383,6 +460,13 @@ def _hints(report: dict, model_config, config) -> list[str]:
 
 def _gb(x: float) -> str:
     return f"{x / 1e9:8.2f} GB"
+
+
+def _kv_note(roof: dict, chip: dict) -> str:
+    kv = roof["kv_all_gather_bytes_per_device"] + roof["kv_reduce_scatter_bytes_per_device"]
+    if not kv:
+        return ""
+    return f"   (of which context K/V {kv / chip['link_bandwidth'] * 1e3:.1f} ms)"
 
 
 def format_report(r: dict) -> str:
@@ -430,12 +514,13 @@ def format_report(r: dict) -> str:
         f"  compute              {roof['compute_s'] * 1e3:10.1f} ms",
         f"  memory traffic       {roof['memory_s'] * 1e3:10.1f} ms   (weights, gradients, "
         f"optimizer; XLA:CPU upper bound {roof['memory_upper_s'] * 1e3:.1f} ms)",
-        f"  collectives          {roof['collectives_s'] * 1e3:10.1f} ms",
+        f"  collectives          {roof['collectives_s'] * 1e3:10.1f} ms" + _kv_note(roof, chip),
         f"  step (lower bound)   {roof['step_s'] * 1e3:10.1f} ms, {roof['bound']}-bound, "
         f"{roof['tokens_per_s']:,.0f} tokens/s",
         f"  at 50% MFU           {roof['step_s_at_50pct_mfu'] * 1e3:10.1f} ms, "  # or the bound
         f"{r['tokens_per_step'] / roof['step_s_at_50pct_mfu']:,.0f} tokens/s",
     ]
+    lines += plan_context.format_lines(r)
     if r["hints"]:
         lines += ["", "hints"] + [f"  - {h}" for h in r["hints"]]
     return "\n".join(lines)

@@ -117,26 +117,33 @@ def test_cli_json_and_errors():
     assert bad.returncode == 2 and "error:" in bad.stderr and "4" in bad.stderr
 
 
-def test_the_planner_compiles_the_step_the_loop_runs(tmp_path):
+@pytest.mark.parametrize(
+    "mesh", [dict(data=2, fsdp=2, tensor=2), dict(data=2, fsdp=2, context=2, tensor=1)]
+)
+def test_the_planner_compiles_the_step_the_loop_runs(tmp_path, mesh):
     """Both build their step with train.step.jit_steps: the planner's, compiled on abstract
     inputs, is the loop's, compiled on its first real batch, instruction for instruction (a
-    different label smoothing alone fails this)."""
+    different label smoothing alone fails this). With context parallelism both reorder the rows
+    (position ids in the batch, causal masks from them)."""
+    import functools
     import re
 
     import jax
 
     from configs import gpt_lm
     from launch.plan import compile_step
-    from train import loop, partitioning
+    from train import context, loop, partitioning
 
     config = gpt_lm.get_config("smoke")
-    config.mesh.update(data=2, fsdp=2, tensor=2)
+    config.mesh.update(**mesh)
     config.model.vocab_size = 512
     config.async_checkpoints = False
     planned = compile_step(config, 8)[0].as_text()
     run = loop.setup(config, tmp_path)
     try:
-        batch = loop._device_batch(next(run.train_iter), run.mesh, run.rules)
+        place = functools.partial(loop._device_batch, mesh=run.mesh, rules=run.rules)
+        place = context.reordering(place, config, run.model_config, run.mesh.shape["context"])
+        batch = place(next(run.train_iter))
         with partitioning.activate(run.mesh, run.rules):
             ran = run.train_step.lower(run.state, batch, jax.random.key(1)).compile().as_text()
     finally:
@@ -151,3 +158,144 @@ def test_the_planner_compiles_the_step_the_loop_runs(tmp_path):
         return [x for x in hlo.split("\n\n") if x.startswith(("ENTRY", "%", "fused"))]
 
     assert code(planned) == code(ran) and len(code(ran)) > 10
+
+
+# Context parallelism (`--mesh context=N`) ---------------------------------------------------------
+
+
+def _long_rows(**model):
+    """A narrow two-layer GPT-2 on 1024-token rows: activations, not weights, fill the memory."""
+    from configs.gpt_lm import get_config
+
+    c = get_config("gpt2")
+    c.model.update(num_layers=2, d_model=128, num_heads=4, d_ff=512, max_positions=1024)
+    c.model.update(vocab_size=512, attention_kernel="xla", **model)
+    c.tokenizer.vocab_size = 512
+    c.batch_size, c.seq_len = 8, 1024
+    return c
+
+
+def test_context_2_halves_the_sequence_activations_per_device():
+    """The same rows per device (fsdp=4), their 1024 tokens whole on 4 devices and split in two
+    on 8: XLA's temporaries (activations, gradients, workspace) halve, up to the gathered keys
+    and values, which stay full length; weights and optimizer state do not change."""
+    from launch.plan import plan
+
+    whole = plan(_long_rows(), 4, {"data": 1, "fsdp": 4, "tensor": 1})
+    split = plan(_long_rows(), 8, {"data": 1, "fsdp": 4, "context": 2, "tensor": 1})
+    assert "context" not in whole and "context" not in whole["mesh"]
+    assert split["mesh"] == {"data": 1, "fsdp": 4, "context": 2, "tensor": 1}
+    one, two = whole["memory_per_device"], split["memory_per_device"]
+    assert (one["params"], one["optimizer"]) == (two["params"], two["optimizer"])
+    ctx = split["context"]
+    assert ctx["size"] == 2 and ctx["load_balance"] is True
+    assert ctx["tokens_per_device"] == 8 / 4 * 1024 / 2  # rows per device x T / context
+    # the gathered K+V of both layers: 2 rows x 1024 tokens x 4 heads x 32 x 4 bytes x (K, V)
+    assert ctx["kv_gathered_per_layer"] == 2 * 1024 * 4 * 32 * 4 * 2
+    assert ctx["attention_scores_per_layer_xla"] == 2 * 4 * 512 * 1024 * 4
+    half = one["xla_temporaries"] / 2
+    assert half <= two["xla_temporaries"] <= half + 2 * ctx["kv_gathered_per_layer"] + 0.05 * half
+    assert two["peak"] < 0.55 * one["peak"]
+
+
+def _kv_formula(c, rows, t, kv_heads, head_dim, dtype_bytes, layers):
+    """Per device and step: (c-1)/c of each layer's full-length K and V, once per pass."""
+    return layers * (c - 1) / c * rows * t * kv_heads * head_dim * dtype_bytes * 2
+
+
+def test_kv_all_gather_and_reduce_scatter_bytes_match_the_formula():
+    from configs.gpt_lm import get_config
+    from launch.plan import format_report, plan
+    from train.hardware import CHIPS
+
+    c = get_config("smoke")  # llama-tiny: 2 layers, 4 heads of 8, 2 kv heads (GQA)
+    c.model.update(name="llama-tiny", dtype="bfloat16", attention_kernel="xla")
+    c.tokenizer.vocab_size, c.batch_size, c.seq_len = 128, 8, 64
+    report = plan(c, 8, {"data": 2, "fsdp": 1, "context": 4, "tensor": 1})
+    roof = report["roofline"]
+    # 8 rows over data=2: 4 rows per device, 64 tokens, bf16
+    expected = _kv_formula(4, rows=4, t=64, kv_heads=2, head_dim=8, dtype_bytes=2, layers=2)
+    assert expected == 3 / 4 * 4 * 64 * 2 * 8 * 2 * 2 * 2
+    assert roof["kv_all_gather_bytes_per_device"] == expected
+    assert roof["kv_reduce_scatter_bytes_per_device"] == expected
+    assert report["context"]["kv_all_gather_bytes_per_device"] == expected
+    # the collectives' total: the gradient all-reduce over data x context = 8 replicas (the
+    # weights are replicated over both), then both K/V collectives
+    params = report["memory_total"]["params"]
+    assert roof["collective_bytes_per_device"] == pytest.approx(2 * params * 7 / 8 + 2 * expected)
+    assert roof["collectives_s"] == pytest.approx(
+        roof["collective_bytes_per_device"] / CHIPS["h100"].link_bandwidth
+    )
+    text = format_report(report)
+    assert "mesh data=2 x fsdp=1 x context=4 x tensor=1 on 8" in text
+    assert "context parallelism (4 ways, load balance on)" in text and "K/V all-gather" in text
+    # remat recomputes the layer in the backward pass, the all-gather with it
+    c.model.update(scan_layers=True, remat_policy="full")
+    remat = plan(c, 8, {"data": 2, "fsdp": 1, "context": 4, "tensor": 1})["roofline"]
+    assert remat["kv_all_gather_bytes_per_device"] == 2 * expected
+    assert remat["kv_reduce_scatter_bytes_per_device"] == expected
+
+
+def test_context_1_plans_as_before(fsdp_report):
+    """An explicit context=1 is the plan without the axis: the same report, which the tests
+    above pin (mesh without `context`, FSDP-only collectives, no context section)."""
+    from launch.plan import format_report, plan
+
+    again = plan(_config(), 8, {"data": 1, "fsdp": 8, "context": 1, "tensor": 1}, chip="h100")
+    assert again == fsdp_report
+    assert "context" not in fsdp_report
+    assert fsdp_report["mesh"] == {"data": 1, "fsdp": 8, "tensor": 1}
+    assert fsdp_report["roofline"]["kv_all_gather_bytes_per_device"] == 0
+    assert fsdp_report["roofline"]["kv_reduce_scatter_bytes_per_device"] == 0
+    assert "context" not in format_report(fsdp_report)
+
+
+@pytest.mark.parametrize(
+    "text, wanted",
+    [
+        ("data=2,seq=2", "unknown axis 'seq'"),
+        ("data=2,context", "unknown axis 'context'"),
+        ("data=2,context=two", "context='two' is not an integer"),
+        ("context=0", "context=0 must be positive or -1"),
+        ("context=2,context=4", "context is given twice"),
+    ],
+)
+def test_bad_mesh_values_are_one_line(text, wanted):
+    from launch.plan import PlanError, parse_mesh
+
+    with pytest.raises(PlanError) as e:
+        parse_mesh(text)
+    message = str(e.value)
+    assert wanted in message and "\n" not in message
+    assert "use data=..,fsdp=..,context=..,tensor=.." in message
+
+
+def test_context_must_split_the_sequence():
+    from launch.plan import PlanError, plan
+
+    c = _long_rows()
+    c.seq_len = 1020  # not a multiple of 2 x context = 8 (load balancing)
+    with pytest.raises(PlanError, match=r"mesh context=4: seq_len=1020 is not divisible") as e:
+        plan(c, 8, {"data": 2, "context": 4})
+    assert "\n" not in str(e.value)
+    with pytest.raises(PlanError, match="mesh context=3: mesh.context=3 is odd") as e:
+        plan(c, 6, {"data": 2, "context": 3})
+
+
+def test_cli_bad_mesh_is_one_line():
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env["PYTHONPATH"] = str(ROOT)
+    bad = subprocess.run(
+        [
+            *(sys.executable, "-m", "launch.plan", "--config", "configs/gpt_lm.py:smoke"),
+            *("--devices", "8", "--mesh", "data=2,context=4,pipeline=1"),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=240,
+    )
+    errors = [line for line in bad.stderr.splitlines() if "error:" in line]
+    assert bad.returncode == 2 and len(errors) == 1, bad.stderr[-2000:]
+    assert "unknown axis 'pipeline'" in errors[0] and "context=.." in errors[0]
