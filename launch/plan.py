@@ -212,7 +212,7 @@ def _context_config(config, model_config, mesh):
 
     c = mesh.shape["context"]
     try:
-        return context.configure(config, model_config, c)
+        return context.train_config(config, model_config, c)
     except context.ContextError as e:
         raise PlanError(f"mesh context={c}: {e}") from None
 
