@@ -117,21 +117,25 @@ def _assert_same(loss, grads, ref_loss, ref_grads, tol=1e-5):
         )
 
 
-CASES = [
-    ("gpt2-tiny", 2, True),
-    ("gpt2-tiny", 4, True),
-    ("gpt2-tiny", 2, False),
-    ("llama-tiny", 4, True),
-    ("bert-tiny", 2, False),
-    ("bert-tiny", 4, False),
-    ("t5-tiny", 2, True),
-    ("bart-tiny", 4, True),
-    ("bart-tiny", 2, False),
+CASES = [  # (model, the mesh that splits the sequence, load balancing)
+    ("gpt2-tiny", {"data": 4, "context": 2}, True),
+    ("gpt2-tiny", {"data": 2, "context": 4}, True),
+    ("gpt2-tiny", {"data": 4, "context": 2}, False),
+    ("llama-tiny", {"data": 2, "context": 4}, True),
+    ("llama-tiny", {"fsdp": 2, "context": 2, "tensor": 2}, True),
+    ("bert-tiny", {"data": 4, "context": 2}, False),
+    ("bert-tiny", {"data": 2, "context": 4}, False),
+    ("bert-tiny", {"data": 2, "fsdp": 2, "context": 2}, False),
+    ("t5-tiny", {"data": 4, "context": 2}, True),
+    ("t5-tiny", {"data": 2, "context": 2, "tensor": 2}, True),
+    ("bart-tiny", {"data": 2, "context": 4}, True),
+    ("bart-tiny", {"data": 4, "context": 2}, False),
 ]
 
 
-@pytest.mark.parametrize("name,ctx,balanced", CASES)
-def test_context_split_equals_the_batch_split(name, ctx, balanced):
+@pytest.mark.parametrize("name,mesh,balanced", CASES)
+def test_context_split_equals_the_batch_split(name, mesh, balanced):
+    ctx = mesh["context"]
     head = {"bert-tiny": "mlm"}.get(name, "lm")
     config = models.get_config(
         name, head=head, dropout_rate=0.0, attention_dropout_rate=0.0, attention_kernel="xla"
@@ -144,9 +148,7 @@ def test_context_split_equals_the_batch_split(name, ctx, balanced):
         split_config = dataclasses.replace(config, causal_from_positions=True)
         split_batch = context.balance(batch, config.family, ctx)
         assert not np.array_equal(split_batch["targets"], batch["targets"])
-    loss, grads, hlo = _loss_and_grads(
-        split_config, params, split_batch, {"data": 8 // ctx, "context": ctx}
-    )
+    loss, grads, hlo = _loss_and_grads(split_config, params, split_batch, mesh)
     _assert_same(loss, grads, ref_loss, ref_grads)
     # the keys and values are gathered over the context axis (the batch-split step has none)
     assert hlo.count("all-gather") > ref_hlo.count("all-gather")
