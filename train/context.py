@@ -159,6 +159,20 @@ def check(config, model_config: ModelConfig, context: int) -> None:
             )
 
 
+def check_hosts(mesh) -> None:
+    """One ContextError line when the `context` axis spans processes: each process reads its own
+    rows of the global batch, and the devices of one context group must hold the same rows."""
+    axis = mesh.axis_names.index("context")
+    devices = np.moveaxis(np.asarray(mesh.devices), axis, -1)
+    processes = np.vectorize(lambda d: d.process_index)(devices)
+    if (processes != processes[..., :1]).any():
+        raise ContextError(
+            f"mesh.context={devices.shape[-1]} spans processes (hosts); each process reads its "
+            "own rows, so a sequence's devices must share one: make mesh.context at most the "
+            "devices per process, or put the other hosts on mesh.data / mesh.fsdp"
+        )
+
+
 def train_config(config, model_config: ModelConfig, context: int) -> ModelConfig:
     """The model config of the train step of a run with `context` devices per sequence: causal
     masks from position ids when its rows are reordered. Checks the run first (`check`)."""

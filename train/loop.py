@@ -243,6 +243,7 @@ def setup(config: ml_collections.ConfigDict, workdir: Path) -> Run:
     mesh = partitioning.make_mesh(config.mesh.to_dict())
     rules = partitioning.rules_from_config(config.get("partitioning_rules"))
     partitioning.check_batch(config.batch_size, mesh, config.microbatches, rules)
+    context.check_hosts(mesh)
     objective = _objective(config)
     ckpt = Checkpointer(
         workdir / "checkpoints",
