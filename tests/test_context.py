@@ -128,6 +128,8 @@ CASES = [  # (model, the mesh that splits the sequence, load balancing)
     ("bert-tiny", {"data": 2, "fsdp": 2, "context": 2}, False),
     ("t5-tiny", {"data": 4, "context": 2}, True),
     ("t5-tiny", {"data": 2, "context": 2, "tensor": 2}, True),
+    ("t5-tiny", {"data": 2, "context": 4}, False),
+    ("llama-tiny", {"data": 4, "context": 2}, False),
     ("bart-tiny", {"data": 2, "context": 4}, True),
     ("bart-tiny", {"data": 4, "context": 2}, False),
 ]
