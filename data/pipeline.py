@@ -26,7 +26,8 @@ table_format, token_column, tag_column, data_dir, download) it reads:
   noise_density, mean_noise_span_length       span (0.15, 3.0)
   mask_ratio, poisson_lambda, permute_sentences   denoise (0.3, 3.0, True)
   task_prefix    seq2seq: text put before every source, e.g. "translate English to German: "
-  target_length  seq2seq: decoder length (default seq_len; span derives it from T5's formula)
+  target_length  seq2seq: decoder length (default seq_len; span derives it from T5's formula
+                 and pads up to target_length when that is longer)
   shuffle        shuffle the training split (default True for "train", False otherwise)
   num_epochs     None: "train" repeats forever, other splits run once; N >= 1: N epochs;
                  0: forever

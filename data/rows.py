@@ -219,6 +219,8 @@ class SpanRows(Seq2SeqRows):
         self.raw_len, self.target_len = ob.random_spans_helper(
             seq_len, self._density, self._mean_span
         )
+        # a longer data.target_length pads the targets (e.g. to a multiple of 2 x mesh.context)
+        self.target_len = max(self.target_len, int(cfg.get("target_length") or 0))
         spans = max(1, int(round(round(self.raw_len * self._density) / self._mean_span)))
         self._sentinels = tokenizer.sentinel_ids(spans)
 

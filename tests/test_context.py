@@ -217,6 +217,11 @@ def _run_config(**overrides):
         ),
         ({"mesh.context": 3}, "mesh.context=3 is odd; load balancing"),
         ({"mesh.context": 2, "model.attention_kernel": "blocked"}, "attention_kernel='blocked'"),
+        (
+            {"mesh.context": 2, "seq_len": 128, "data.objective": "span"},
+            "span targets' length (T5's formula)=29 is not divisible by 2 x mesh.context = 4; "
+            "set --config.data.target_length=32",
+        ),
     ],
 )
 def test_bad_context_settings_are_one_line(overrides, needle):
@@ -258,3 +263,10 @@ def test_a_context_axis_across_processes_is_one_line():
     with pytest.raises(context.ContextError, match="spans processes") as error:
         context.check_hosts(mesh([[[[0], [1]]], [[[0], [1]]]]))  # context over the hosts
     assert "\n" not in str(error.value)
+
+
+def test_a_longer_target_length_lets_span_targets_split():
+    config = _run_config(**{"mesh.context": 2, "seq_len": 128, "data.objective": "span"})
+    config.data.target_length = 32
+    model_config = models.get_config("t5-tiny")
+    assert context.train_config(config, model_config, 2).causal_from_positions

@@ -192,6 +192,22 @@ def test_span_corruption_pipeline_uses_t5_lengths(cfg, toks):
     np.testing.assert_array_equal(batch["decoder_input_ids"][:, 1:], batch["targets"][:, :-1])
 
 
+def test_span_targets_pad_up_to_a_longer_target_length(cfg, toks):
+    """data.target_length above T5's 114 pads the targets (for a length that a context split
+    needs), with the same tokens and weights as without it."""
+    tok = toks["span"]
+    plain = next(_make(cfg, tok, "span", seq_len=512, global_batch_size=2))
+    padded_cfg = cfg.copy_and_resolve_references()
+    padded_cfg.target_length = 120
+    padded = next(_make(padded_cfg, tok, "span", seq_len=512, global_batch_size=2))
+    assert padded["targets"].shape == (2, 120) and (padded["weights"].sum(1) == 114).all()
+    for key in ("targets", "weights", "decoder_input_ids", "decoder_attention_mask"):
+        np.testing.assert_array_equal(padded[key][:, :114], plain[key], err_msg=key)
+    for key in ("targets", "weights", "decoder_attention_mask"):  # padding, weighted 0
+        assert not padded[key][:, 114:].any(), key
+    np.testing.assert_array_equal(padded["input_ids"], plain["input_ids"])
+
+
 def test_denoise_pipeline_targets_are_clean_text(cfg, toks):
     tok = toks["denoise"]
     batch = next(_make(cfg, tok, "denoise"))

@@ -28,6 +28,7 @@ import logging
 
 import numpy as np
 
+from data.transforms import random_spans_helper
 from models import masks
 from models.config import ModelConfig
 from models.errors import UserError
@@ -105,13 +106,23 @@ def unbalance(batch: dict, family: str, context: int) -> dict:
     return _permute(batch, family, np.argsort(dual_chunk_order(length, context)))
 
 
-def _lengths(config) -> list[tuple[str, int]]:
-    """(name, value) of each configured sequence length a batch can have."""
-    lengths = [("seq_len", int(config.seq_len))]
-    if config.data.get("target_length"):
-        lengths.append(("data.target_length", int(config.data.target_length)))
+def _lengths(config) -> list[tuple[str, int, str]]:
+    """(what, value, the setting that changes it) of each sequence length a batch can have."""
+    lengths = [("seq_len", int(config.seq_len), "seq_len")]
+    target = int(config.data.get("target_length") or 0)
+    if config.data.get("objective") == "span":  # T5's formula, padded up to target_length
+        _, derived = random_spans_helper(
+            int(config.seq_len),
+            float(config.data.get("noise_density") or 0.15),
+            float(config.data.get("mean_noise_span_length") or 3.0),
+        )
+        if derived >= target:
+            lengths.append(("the span targets' length (T5's formula)", derived, "target_length"))
+            target = 0
+    if target:
+        lengths.append(("data.target_length", target, "target_length"))
     if config.data.get("trim_padding"):
-        lengths.append(("data.trim_padding", int(config.data.trim_padding)))
+        lengths.append(("data.trim_padding", int(config.data.trim_padding), "trim_padding"))
     return lengths
 
 
@@ -150,12 +161,15 @@ def check(config, model_config: ModelConfig, context: int) -> None:
             "mesh.context"
         )
     multiple = 2 * context if balanced else context
-    for name, value in _lengths(config):
+    for name, value, setting in _lengths(config):
         if value % multiple:
+            fix = f"make it a multiple of {multiple}"
+            if setting == "target_length":
+                fix = f"set --config.data.target_length={-(-value // multiple) * multiple}"
             raise ContextError(
                 f"{name}={value} is not divisible by "
-                f"{'2 x ' if balanced else ''}mesh.context = {multiple}; "
-                f"make it a multiple of {multiple} or change mesh.context"
+                f"{'2 x ' if balanced else ''}mesh.context = {multiple}; {fix} or change "
+                "mesh.context"
             )
 
 
