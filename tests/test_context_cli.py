@@ -2,8 +2,6 @@
 sequence split over `mesh.context` equal those of the batch split over `mesh.data`, a checkpoint
 written with context resumes on a data-only mesh, and a SIGKILLed context run resumes exactly."""
 
-import hashlib
-import json
 import os
 import shutil
 import signal
@@ -14,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_train_cli import _digest, _losses
 
 ROOT = Path(__file__).resolve().parents[1]
 # No dropout: with load balancing the tokens sit in another order, so a dropout mask drawn per
@@ -39,22 +38,6 @@ def _train(config: str, workdir, *flags, wait=True, check=True):
     result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0 or not check, result.stderr[-3000:]
     return result
-
-
-def _digest(directory) -> dict[str, str]:
-    files = sorted(p for p in Path(directory).rglob("*") if p.is_file())
-    return {
-        str(p.relative_to(directory)): hashlib.sha256(p.read_bytes()).hexdigest() for p in files
-    }
-
-
-def _losses(workdir) -> dict[int, float]:
-    out = {}
-    for line in (Path(workdir) / "metrics.jsonl").read_text().splitlines():
-        record = json.loads(line)
-        if "loss" in record:
-            out[record["step"]] = record["loss"]
-    return out
 
 
 @pytest.mark.parametrize(

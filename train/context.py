@@ -24,7 +24,7 @@ hold parameters only, so nothing else sees the order.
 from __future__ import annotations
 
 import dataclasses
-import logging
+import functools
 
 import numpy as np
 
@@ -32,8 +32,6 @@ from data.transforms import random_spans_helper
 from models import masks
 from models.config import ModelConfig
 from models.errors import UserError
-
-log = logging.getLogger(__name__)
 
 # The per-token fields of each family's causal side; everything else (the encoder's inputs,
 # per-row labels) keeps its order.
@@ -66,16 +64,20 @@ class ContextError(UserError):
     """A run that context parallelism cannot split as configured."""
 
 
+@functools.cache
 def dual_chunk_order(length: int, context: int) -> np.ndarray:
     """The load-balanced order of a row of `length` tokens over `context` devices: the source
     index of each new slot. The row is cut into 2 x context equal chunks; device i (slots
-    [i*length/c, (i+1)*length/c)) holds chunks i and 2c-1-i."""
+    [i*length/c, (i+1)*length/c)) holds chunks i and 2c-1-i. Computed once per shape (the feed
+    asks for every batch); read-only."""
     if length % (2 * context):
         raise ContextError(
             f"sequence length {length} is not divisible by 2 x mesh.context = {2 * context}; "
             "change seq_len (or data.target_length) or mesh.context"
         )
-    return masks.dual_chunk_source(np.arange(length), context, length)
+    order = masks.dual_chunk_source(np.arange(length), context, length)
+    order.flags.writeable = False
+    return order
 
 
 def _permute(batch: dict, family: str, order: np.ndarray) -> dict:

@@ -199,10 +199,10 @@ def _build(config, workdir: Path, ckpt, mesh, rules, objective) -> dict:
     abstract, shardings = abstract_state(model, model_config, tx, mesh, rules)
     train_iter = run_pipeline(config, "train", tokenizer, config.data.objective)
     lora.check_targets(full_params(abstract), model_config)
-    # the teacher on the mesh (None without one); its layers may seed the student
     # the train step's model: with load-balanced context parallelism its causal masks follow the
     # reordered rows' positions (eval, tasks and the saved config keep `model_config`)
     train_config = context.train_config(config, model_config, mesh.shape["context"])
+    # the teacher on the mesh (None without one); its layers may seed the student
     args = (config, teacher, train_config, objective, full_params(abstract), mesh, rules)
     seed, prepared = distill.prepare(*args)
     pretrained = pretrained or seed
