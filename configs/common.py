@@ -27,7 +27,8 @@ Sections:
              (special tokens: bert|gpt|t5|bart|transformer; default from the model family),
              vocab_size, lowercase, train_examples (how many examples to train it on).
   optimizer  see train/optim.py.
-  mesh       data, fsdp, tensor sizes; -1 = the remaining devices.
+  mesh       data, stage, fsdp, context, tensor sizes; -1 = the remaining devices.
+  pipeline   microbatches (0 = mesh.stage), repeats: pipeline parallelism (train/stages.py).
   partitioning_rules  logical axis -> mesh axes, e.g. [["batch", ["data", "fsdp"]],
              ["embed", "fsdp"], ["mlp", "tensor"], ...]; () = train.partitioning.DEFAULT_RULES.
   lora       low-rank adapters (train/lora.py): rank (0 = off), alpha, dropout, targets (regexes
@@ -72,7 +73,8 @@ def model_section(name: str, **fields) -> ml_collections.ConfigDict:
     section = ml_collections.ConfigDict()
     section.name = name
     for f in dataclasses.fields(ModelConfig):
-        if f.name == "name" or f.name.startswith("lora_"):  # the `lora` section sets those
+        # the `lora` section and mesh.stage / `pipeline` set those
+        if f.name == "name" or f.name.startswith(("lora_", "pipeline_")):
             continue
         kind = _TYPES[str(f.type).split("|")[0].strip()]
         section[f.name] = fields.pop(f.name) if f.name in fields else placeholder(kind)
@@ -119,9 +121,13 @@ def base_config() -> ml_collections.ConfigDict:
     # Device mesh (train/partitioning.py). `context` splits each sequence across devices
     # (context parallelism, train/context.py); `context_load_balance` reorders causal rows so
     # that every context shard holds as much attention work ("dual chunk swap").
+    # `stage` splits the stacked layers into pipeline stages (train/stages.py; needs
+    # model.scan_layers): `pipeline.microbatches` per batch (0 = one per stage) flow through
+    # them, `pipeline.repeats` times (> 1: the circular schedule, a smaller bubble).
     c.mesh = ml_collections.ConfigDict(
-        dict(data=-1, fsdp=1, context=1, tensor=1, context_load_balance=True)
+        dict(data=-1, stage=1, fsdp=1, context=1, tensor=1, context_load_balance=True)
     )
+    c.pipeline = ml_collections.ConfigDict(dict(microbatches=0, repeats=1))
     c.partitioning_rules = ()  # () = train.partitioning.DEFAULT_RULES
     c.decode = decode_config()
     # Energy and emissions (train/carbon.py, docs/carbon.md): codecarbon offline, or a TDP

@@ -319,9 +319,9 @@ def _analytic_flops(model_config, num_params: int, batch) -> dict:
 
 
 def _mesh_report(mesh) -> dict:
-    """The mesh's axis sizes; `context` only where it splits the sequence (so a plan without
-    context parallelism reads as before the axis existed)."""
-    return {k: int(v) for k, v in mesh.shape.items() if k != "context" or v > 1}
+    """The mesh's axis sizes; `context` and `stage` only where they split something (so a plan
+    without them reads as before the axes existed)."""
+    return {k: int(v) for k, v in mesh.shape.items() if k not in ("context", "stage") or v > 1}
 
 
 def _balanced(config, model_config, mesh) -> bool:

@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 
-from models import axes, masks
+from models import axes, masks, pipeline
 from models.attention import Attention
 from models.config import ConfigError, ModelConfig
 from models.layers import MLP, Embed, dtypes, make_norm
@@ -266,7 +266,9 @@ class TransformerStack(nn.Module):
         args += (deterministic, decode)
         # Called here, not in a helper: the compiled step names the scan's rng keys by their caller.
         block = _block_class(cfg, self.num_layers, len(args))
-        if cfg.scan_layers:
+        if cfg.pipeline_stages > 1 and not decode and not self.is_initializing():
+            x = self._pipelined(x, args)
+        elif cfg.scan_layers:
             x, _ = block(cfg, self.causal, self.cross_attention, name="layers")(x, *args)
         else:
             fence = jax.default_backend() == "cpu"  # elsewhere a cond would cost a device sync
@@ -314,6 +316,34 @@ class TransformerStack(nn.Module):
         k_valid, kv_positions = slot_valid.value, slot_pos.value
         k_slots = masks.arange_slots(b, k_valid.shape[1])
         return q_slots, positions, k_slots, kv_positions, k_valid, start
+
+    @nn.nowrap
+    def _pipelined(self, x, args):
+        """The scanned layers ("layers", stacked (L, ...)) run as a pipeline (models/pipeline.py).
+
+        The weights are read where `nn.scan` keeps them, so a pipelined and an unpipelined
+        model share one parameter tree; each stage runs its layers as the same scanned,
+        rematerialised block."""
+        cfg = self.config
+        schedule = pipeline.Schedule(
+            cfg.pipeline_stages, cfg.pipeline_microbatches, cfg.pipeline_repeats
+        )
+        per_stage = schedule.layers_per_stage(self.num_layers)
+        stage_block = _block_class(cfg, per_stage, len(args))(
+            cfg, self.causal, self.cross_attention
+        )
+        *tensors, deterministic, decode = args
+
+        def stage_fn(params, x, rows, rng):
+            rngs = {} if rng is None else {"dropout": rng}
+            out, _ = stage_block.apply(
+                {"params": params}, x, *rows, deterministic, decode, rngs=rngs
+            )
+            return out
+
+        rng = None if deterministic else self.make_rng("dropout")
+        layer_params = self.variables["params"]["layers"]
+        return pipeline.run(stage_fn, layer_params, x, tuple(tensors), schedule, rng)
 
     @nn.nowrap
     def _relative_bias(self, positions, kv_positions):

@@ -100,6 +100,13 @@ class ModelConfig:
     # must rise within each packed segment, as the input pipeline's do. The fused kernels that
     # take causality as a flag then get the mask instead.
     causal_from_positions: bool = False
+    # Pipeline parallelism (models/pipeline.py): each scanned layer stack runs as
+    # `pipeline_stages` stages over the `stage` mesh axis, its batch cut into
+    # `pipeline_microbatches` microbatches, the stages passed `pipeline_repeats` times (1 = GPipe,
+    # more = the circular schedule). A run sets them from config.mesh.stage and config.pipeline.
+    pipeline_stages: int = 1
+    pipeline_microbatches: int = 1
+    pipeline_repeats: int = 1
 
     # Low-rank adapters (LoRA, Hu et al. 2021); rank 0 = off. Every dense kernel whose module
     # path ('encoder/layers_0/self_attention/query') one of `lora_targets` (regexes) finds gets
@@ -157,6 +164,41 @@ class ModelConfig:
                 raise ConfigError(f"{field}={getattr(self, field)} must be in [0, 1)")
         if self.lora_rank < 0:
             raise ConfigError(f"lora.rank={self.lora_rank} must be >= 0 (0 turns LoRA off)")
+        self._check_pipeline()
+
+    def _check_pipeline(self) -> None:
+        stages, micro, repeats = (
+            self.pipeline_stages,
+            self.pipeline_microbatches,
+            self.pipeline_repeats,
+        )
+        if min(stages, micro, repeats) < 1:
+            raise ConfigError(
+                f"pipeline stages={stages}, microbatches={micro}, repeats={repeats} must all "
+                "be >= 1"
+            )
+        if stages == 1:
+            return
+        if not self.scan_layers:
+            raise ConfigError(
+                f"{stages} pipeline stages need the stacked layers of scan_layers=True; "
+                "set model.scan_layers=True"
+            )
+        if micro % stages:
+            raise ConfigError(
+                f"pipeline microbatches={micro} is not a multiple of the {stages} stages; "
+                f"use {stages * max(1, -(-micro // stages))} microbatches"
+            )
+        per_round = stages * repeats
+        stacks = [("num_layers", self.num_layers)]
+        if self.family == "encoder_decoder":
+            stacks.append(("num_decoder_layers", self.decoder_layers))
+        for name, layers in stacks:
+            if layers % per_round:
+                raise ConfigError(
+                    f"{name}={layers} is not divisible by {stages} stages x {repeats} repeats; "
+                    "choose stages and repeats whose product divides the layers"
+                )
 
     # Derived sizes -------------------------------------------------------------------------------
 

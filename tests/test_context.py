@@ -47,20 +47,20 @@ def _batch(family: str, seed: int = 0, vocab: int = 128, rows=ROWS, length=LENGT
             weights=valid.astype(np.float32),
         )
     if family == "encoder":  # masked LM with padding
-        masked = (rng.random((ROWS, LENGTH)) < 0.3) & (valid > 0)
+        masked = (rng.random((rows, length)) < 0.3) & (valid > 0)
         return dict(
             input_ids=np.where(masked, 1, ids[:, :-1]),
             attention_mask=valid,
             targets=ids[:, :-1],
             weights=masked.astype(np.float32),
         )
-    _, dec_segments, _ = _packed_rows(rng, vocab)  # seq2seq with padding on both sides
+    _, dec_segments, _ = _packed_rows(rng, vocab, rows, length)  # seq2seq, padding on both sides
     dec_valid = (dec_segments > 0).astype(np.int32)
-    targets = rng.integers(2, vocab, (ROWS, LENGTH)).astype(np.int32)
+    targets = rng.integers(2, vocab, (rows, length)).astype(np.int32)
     return dict(
         input_ids=ids[:, :-1],
         attention_mask=valid,
-        decoder_input_ids=np.concatenate([np.zeros((ROWS, 1), np.int32), targets[:, :-1]], 1),
+        decoder_input_ids=np.concatenate([np.zeros((rows, 1), np.int32), targets[:, :-1]], 1),
         decoder_attention_mask=dec_valid,
         targets=targets,
         weights=dec_valid.astype(np.float32),

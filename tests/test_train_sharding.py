@@ -89,7 +89,7 @@ def single_device_run():
 def test_same_losses_on_every_mesh(single_device_run, mesh):
     _, reference, _ = single_device_run
     _, losses, m = _train(dict(zip(("data", "fsdp", "tensor"), mesh)), _batches(10))
-    assert dict(m.shape) == dict(zip(("data", "fsdp", "tensor"), mesh), context=1)
+    assert dict(m.shape) == dict(zip(("data", "fsdp", "tensor"), mesh), context=1, stage=1)
     np.testing.assert_allclose(losses, reference, rtol=1e-5)
     assert len(set(losses)) == len(losses)  # ten different batches, ten different losses
 

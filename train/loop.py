@@ -37,6 +37,7 @@ from train import (
     goodput,
     lora,
     partitioning,
+    stages,
     watchdog,
 )
 from train.carbon import CarbonTracker
@@ -181,6 +182,15 @@ def _model_config(config, tokenizer, pretrained, teacher, ckpt, latest, workdir)
     return model_config
 
 
+def _step_configs(config, model_config, mesh, rules):
+    """The train and eval steps' model configs. Both run the layers as pipeline stages over
+    mesh.stage (train/stages.py); with load-balanced context parallelism the train step's causal
+    masks follow the reordered rows' positions. Tasks, decoding and the saved config keep
+    `model_config`."""
+    eval_config = stages.model_config(config, model_config, mesh, rules)
+    return context.train_config(config, eval_config, mesh.shape["context"]), eval_config
+
+
 def _build(config, workdir: Path, ckpt, mesh, rules, objective) -> dict:
     """The tokenizer, model, data, state and steps of `setup` (restored, pretrained or fresh)."""
     latest = ckpt.latest_step()
@@ -199,9 +209,7 @@ def _build(config, workdir: Path, ckpt, mesh, rules, objective) -> dict:
     abstract, shardings = abstract_state(model, model_config, tx, mesh, rules)
     train_iter = run_pipeline(config, "train", tokenizer, config.data.objective)
     lora.check_targets(full_params(abstract), model_config)
-    # the train step's model: with load-balanced context parallelism its causal masks follow the
-    # reordered rows' positions (eval, tasks and the saved config keep `model_config`)
-    train_config = context.train_config(config, model_config, mesh.shape["context"])
+    train_config, eval_config = _step_configs(config, model_config, mesh, rules)
     # the teacher on the mesh (None without one); its layers may seed the student
     args = (config, teacher, train_config, objective, full_params(abstract), mesh, rules)
     seed, prepared = distill.prepare(*args)
@@ -220,9 +228,17 @@ def _build(config, workdir: Path, ckpt, mesh, rules, objective) -> dict:
         with watchdog.doing("config write", workdir / "config.json"):
             (workdir / "config.json").write_text(json.dumps(saved_config, indent=2, default=str))
     options = {**step_options(config), **(prepared.jit_options() if prepared else {})}
-    train_model = models.build(train_config)
+    train_model, eval_model = models.build(train_config), models.build(eval_config)
     train_step, eval_step = jit_steps(
-        train_model, tx, schedule, objective, shardings, mesh, rules, eval_model=model, **options
+        train_model,
+        tx,
+        schedule,
+        objective,
+        shardings,
+        mesh,
+        rules,
+        eval_model=eval_model,
+        **options,
     )
     train_step = prepared.bind(train_step) if prepared else train_step
     return dict(
@@ -244,6 +260,7 @@ def setup(config: ml_collections.ConfigDict, workdir: Path) -> Run:
     rules = partitioning.rules_from_config(config.get("partitioning_rules"))
     partitioning.check_batch(config.batch_size, mesh, config.microbatches, rules)
     context.check_hosts(mesh)
+    stages.check_hosts(mesh)
     objective = _objective(config)
     ckpt = Checkpointer(
         workdir / "checkpoints",

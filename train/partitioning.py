@@ -1,12 +1,14 @@
 """Device mesh, logical-axis rules and shardings.
 
 models/ names every parameter and activation axis logically (models/axes.py); this module maps the
-names onto the physical mesh `(data, fsdp, context, tensor)` with priority rules (flax's
+names onto the physical mesh `(data, stage, fsdp, context, tensor)` with priority rules (flax's
 `logical_to_mesh_axes`: a mesh axis is used at most once per array, first rule wins). The same
 vocabulary therefore serves parameters (embed -> fsdp) and activations (batch takes data+fsdp first,
 so an activation's embed axis stays unsharded). The `context` axis splits the activations'
 sequence (`length`) axis: context parallelism, with the keys and values gathered in attention
-(models/attention.py) and causal rows reordered for balance by train/context.py.
+(models/attention.py) and causal rows reordered for balance by train/context.py. The `stage`
+axis splits the stacked layers (`layers`) into pipeline stages (models/pipeline.py,
+train/stages.py).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 from models import axes
 from models.errors import UserError
 
-MESH_AXES = ("data", "fsdp", "context", "tensor")
+MESH_AXES = ("data", "stage", "fsdp", "context", "tensor")
 
 # One rule per logical axis of models/axes.py (rules_from_config checks that every axis has one).
 DEFAULT_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
@@ -33,7 +35,7 @@ DEFAULT_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
     (axes.EMBED, "fsdp"),
     (axes.KV, None),
     (axes.LENGTH, "context"),
-    (axes.LAYERS, None),
+    (axes.LAYERS, "stage"),
 )
 
 
@@ -42,7 +44,8 @@ class MeshError(UserError):
 
 
 def mesh_shape(sizes: dict[str, int], num_devices: int) -> tuple[int, ...]:
-    """Resolves `{data, fsdp, context, tensor}` sizes (one may be -1 = the rest) to a shape."""
+    """Resolves `{data, stage, fsdp, context, tensor}` sizes (one may be -1 = the rest) to a
+    shape."""
     shape = [int(sizes.get(axis, 1)) for axis in MESH_AXES]
     if sum(s == -1 for s in shape) > 1:
         raise MeshError(f"mesh {dict(zip(MESH_AXES, shape))}: at most one axis may be -1")
@@ -66,8 +69,8 @@ def mesh_shape(sizes: dict[str, int], num_devices: int) -> tuple[int, ...]:
 
 
 def make_mesh(sizes: dict[str, int], devices: Sequence[jax.Device] | None = None) -> Mesh:
-    """A (data, fsdp, context, tensor) mesh with Auto axis types (linen's tensor-parallel layers
-    need them; Explicit axes fail with 'Contracting dimensions are sharded')."""
+    """A (data, stage, fsdp, context, tensor) mesh with Auto axis types (linen's tensor-parallel
+    layers need them; Explicit axes fail with 'Contracting dimensions are sharded')."""
     devices = list(jax.devices() if devices is None else devices)
     shape = mesh_shape(dict(sizes), len(devices))
     auto = (AxisType.Auto,) * len(shape)
