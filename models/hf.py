@@ -242,11 +242,16 @@ def _stack_layers(flat: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         index, _, leaf = rest.partition("/")
         groups.setdefault(f"{stack}/layers/{leaf}", {})[int(index)] = value
     for path, by_index in groups.items():
-        out[path] = np.stack([by_index[i] for i in range(len(by_index))])
+        layers = [by_index[i] for i in range(len(by_index))]
+        if any(isinstance(v, jax.ShapeDtypeStruct) for v in layers):  # not all there: abstract
+            out[path] = jax.ShapeDtypeStruct((len(layers), *layers[0].shape), layers[0].dtype)
+        else:
+            out[path] = np.stack(layers)
     return out
 
 
 def _unstack_layers(flat: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The inverse of `_stack_layers` (abstract stacked leaves give abstract layers)."""
     out = {}
     for path, value in flat.items():
         stack, sep, leaf = path.partition("/layers/")
@@ -254,7 +259,12 @@ def _unstack_layers(flat: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
             out[path] = value
             continue
         for i in range(value.shape[0]):
-            out[f"{stack}/layers_{i}/{leaf}"] = value[i]
+            if isinstance(value, jax.ShapeDtypeStruct):
+                out[f"{stack}/layers_{i}/{leaf}"] = jax.ShapeDtypeStruct(
+                    value.shape[1:], value.dtype
+                )
+            else:
+                out[f"{stack}/layers_{i}/{leaf}"] = value[i]
     return out
 
 

@@ -200,6 +200,18 @@ def test_scanned_and_unscanned_trees_on_either_side(teacher_scan, student_scan):
     _check_copied(teacher, student, fresh, {"decoder": (3, 0)})
 
 
+def test_a_scanned_student_takes_its_layers_from_abstract_fresh_params():
+    """The training loop passes the student's abstract parameters (nothing allocated yet)."""
+    teacher_config = models.get_config("gpt2-tiny", num_layers=4)
+    student_config = models.get_config("gpt2-tiny", num_layers=2, scan_layers=True)
+    teacher, fresh = _init(teacher_config), _init(student_config)
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), fresh)
+    student = distill.student_params(teacher_config, teacher, student_config, abstract, (3, 0))
+    flat = lora.flat(student)
+    assert not any(isinstance(v, jax.ShapeDtypeStruct) for v in flat.values())
+    _check_copied(teacher, student, fresh, {"decoder": (3, 0)})
+
+
 @pytest.mark.parametrize("name,scan", [("t5-tiny", False), ("bart-tiny", True)])
 def test_an_encoder_decoder_takes_a_map_per_stack(name, scan):
     teacher_config = models.get_config(name, num_layers=4, num_decoder_layers=4)
