@@ -255,13 +255,14 @@ def test_a_context_axis_across_processes_is_one_line():
     """Each process reads its own rows, so the devices of one sequence must be one process's."""
     from types import SimpleNamespace
 
-    def mesh(processes):  # (data, fsdp, context, tensor) devices with these process indices
-        devices = np.vectorize(lambda p: SimpleNamespace(process_index=p))(np.asarray(processes))
+    def mesh(processes):  # (data, context) devices with these process indices
+        processes = np.asarray(processes)[:, None, None, :, None]  # (data, stage, fsdp, c, tensor)
+        devices = np.vectorize(lambda p: SimpleNamespace(process_index=p))(processes)
         return SimpleNamespace(axis_names=partitioning.MESH_AXES, devices=devices)
 
-    context.check_hosts(mesh([[[[0], [0]]], [[[1], [1]]]]))  # data over hosts, context within
+    context.check_hosts(mesh([[0, 0], [1, 1]]))  # data over hosts, context within
     with pytest.raises(context.ContextError, match="spans processes") as error:
-        context.check_hosts(mesh([[[[0], [1]]], [[[0], [1]]]]))  # context over the hosts
+        context.check_hosts(mesh([[0, 1], [0, 1]]))  # context over the hosts
     assert "\n" not in str(error.value)
 
 

@@ -164,3 +164,18 @@ def test_the_model_config_refuses_a_schedule_it_cannot_run():
         _pipelined(base, 4, 4, 2)
     with pytest.raises(ConfigError, match="scan_layers=True"):
         _pipelined(base.replace(scan_layers=False), 2, 2, 1)
+
+
+def test_a_stage_axis_across_processes_is_one_line():
+    """Each process reads its own rows, so the stages of one pipeline must be one process's."""
+    from types import SimpleNamespace
+
+    def mesh(processes):  # (data, stage) devices with these process indices
+        processes = np.asarray(processes)[:, :, None, None, None]  # (data, stage, fsdp, c, t)
+        devices = np.vectorize(lambda p: SimpleNamespace(process_index=p))(processes)
+        return SimpleNamespace(axis_names=partitioning.MESH_AXES, devices=devices)
+
+    stages.check_hosts(mesh([[0, 0], [1, 1]]))  # data over hosts, the stages within
+    with pytest.raises(stages.PipelineError, match="spans processes") as error:
+        stages.check_hosts(mesh([[0, 1], [0, 1]]))  # the stages over the hosts
+    assert "\n" not in str(error.value)
