@@ -313,16 +313,22 @@ def plan(
         "usable_hbm_per_device": usable,
         "roofline": roofline,
     }
-    if mesh.shape["context"] > 1:
-        report["context"] = plan_context.report(
-            config, model_config, batch, dict(mesh.shape), _balanced(config, model_config, mesh)
-        )
-    if mesh.shape["stage"] > 1:
-        report["pipeline"] = plan_pipeline.report(
-            config, model_config, batch, dict(mesh.shape), abstract.params, abstract.opt_state
-        )
+    report.update(_axis_sections(config, model_config, batch, mesh, abstract))
     report["hints"] = _hints(report, model_config, config) + plan_pipeline.hints(report)
     return report
+
+
+def _axis_sections(config, model_config, batch, mesh, abstract) -> dict:
+    """The report's `context` and `pipeline` sections, each only where its axis splits."""
+    shape, out = dict(mesh.shape), {}
+    if shape["context"] > 1:
+        balanced = _balanced(config, model_config, mesh)
+        out["context"] = plan_context.report(config, model_config, batch, shape, balanced)
+    if shape["stage"] > 1:
+        out["pipeline"] = plan_pipeline.report(
+            config, model_config, batch, shape, abstract.params, abstract.opt_state
+        )
+    return out
 
 
 def _analytic_flops(model_config, num_params: int, batch) -> dict:

@@ -294,14 +294,12 @@ def test_context_must_split_the_sequence():
         plan(c, 6, {"data": 2, "context": 3})
 
 
-def test_cli_bad_mesh_is_one_line():
+def _cli_error(*args: str) -> str:
+    """The one `error:` line of a planner run of the smoke config that exits 2."""
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     env["PYTHONPATH"] = str(ROOT)
     bad = subprocess.run(
-        [
-            *(sys.executable, "-m", "launch.plan", "--config", "configs/gpt_lm.py:smoke"),
-            *("--devices", "8", "--mesh", "data=2,context=4,pipeline=1"),
-        ],
+        [sys.executable, "-m", "launch.plan", "--config", "configs/gpt_lm.py:smoke", *args],
         env=env,
         capture_output=True,
         text=True,
@@ -310,7 +308,12 @@ def test_cli_bad_mesh_is_one_line():
     )
     errors = [line for line in bad.stderr.splitlines() if "error:" in line]
     assert bad.returncode == 2 and len(errors) == 1, bad.stderr[-2000:]
-    assert "unknown axis 'pipeline'" in errors[0] and "context=.." in errors[0]
+    return errors[0]
+
+
+def test_cli_bad_mesh_is_one_line():
+    error = _cli_error("--devices", "8", "--mesh", "data=2,context=4,pipeline=1")
+    assert "unknown axis 'pipeline'" in error and "context=.." in error
 
 
 # Pipeline parallelism (`--mesh stage=S`) ----------------------------------------------------------
@@ -429,20 +432,8 @@ def test_stages_must_divide_the_layers():
 
 
 def test_cli_bad_stage_is_one_line():
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    env["PYTHONPATH"] = str(ROOT)
-    bad = subprocess.run(
-        [
-            *(sys.executable, "-m", "launch.plan", "--config", "configs/gpt_lm.py:smoke"),
-            *("--devices", "4", "--mesh", "data=2,stage=2", "--config.pipeline.microbatches=3"),
-            "--config.model.scan_layers=True",
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=240,
+    error = _cli_error(
+        *("--devices", "4", "--mesh", "data=2,stage=2", "--config.pipeline.microbatches=3"),
+        "--config.model.scan_layers=True",
     )
-    errors = [line for line in bad.stderr.splitlines() if "error:" in line]
-    assert bad.returncode == 2 and len(errors) == 1, bad.stderr[-2000:]
-    assert "mesh stage=2: config.pipeline.microbatches=3 is not a multiple" in errors[0]
+    assert "mesh stage=2: config.pipeline.microbatches=3 is not a multiple" in error
