@@ -14,7 +14,9 @@ traffic that the roofline adds:
   T/context x d_model x the compute dtype's bytes (A = config.microbatches, gradient
   accumulation), to the next stage, and their gradient back in the backward pass: per step
   2 x A x (R.M+S-1) sends per layer stack. The stages of one pipeline share a process
-  (train/stages.py check_hosts), so these collective permutes stay on the intra-node link;
+  (train/stages.py check_hosts), so these collective permutes stay on the intra-node link.
+  (XLA:CPU's compiled step moves bf16 activations as float32; the figure is the compute dtype's,
+  as a GPU or TPU sends them);
 - with fsdp > 1 each layer's weights are all-gathered where the layer runs, in every iteration:
   per pass R.M+S-1 times L/(S.R) layers, M/(1 - bubble) times the stage's weights, where the
   unpipelined step gathers each layer once.
