@@ -21,7 +21,12 @@ allocated, and the report gives per device:
 With `--mesh context=N` (context parallelism, train/context.py) the step is compiled with every
 sequence split N ways, so XLA's figures hold each device's T/N tokens; the report's `context`
 section and the roofline add the per-layer key/value all-gathers and their gradients'
-reduce-scatters (launch/plan_context.py). Without it the report reads as before the axis existed.
+reduce-scatters (launch/plan_context.py). With `--mesh stage=S` (pipeline parallelism,
+train/stages.py; `--config.pipeline.microbatches=M --config.pipeline.repeats=R`) the step is the
+pipelined one the loop compiles, each device holding its stage's layers; the `pipeline` section
+gives the bubble (S-1)/(R.M+S-1), the per-stage weights and the stage-to-stage sends, which the
+roofline adds to the collectives, its compute time divided by 1 - bubble
+(launch/plan_pipeline.py). Without these axes the report reads as before they existed.
 
 XLA:CPU's buffer assignment stands in for the GPU/TPU compilers, which fuse more: treat the
 memory figure as a close upper estimate and keep the headroom the report asks for. XLA counts a
@@ -39,7 +44,7 @@ from dataclasses import asdict
 
 from absl import flags
 
-from launch import plan_context
+from launch import plan_context, plan_pipeline
 from launch.plan_context import MESH_KEYS
 from models import paths
 from models.errors import UserError
@@ -56,7 +61,7 @@ flags.DEFINE_string(  # parsed by configs.cli, with the --config.KEY=VALUE overr
 )
 _DEVICES = flags.DEFINE_integer("devices", None, "Number of devices to plan for.")
 _MESH = flags.DEFINE_string(
-    "mesh", None, "data=..,fsdp=..,context=..,tensor=.. (default: config.mesh)"
+    "mesh", None, "data=..,stage=..,fsdp=..,context=..,tensor=.. (default: config.mesh)"
 )
 _CHIP = flags.DEFINE_enum("chip", "h100", list(CHIPS), "Accelerator for memory and speed.")
 _JSON = flags.DEFINE_bool("json", False, "Print the report as JSON.")
@@ -66,13 +71,14 @@ _OUT = flags.DEFINE_string(
 
 
 class PlanError(UserError):
-    """A plan that cannot be made (bad mesh, too few devices)."""
+    """A plan that cannot be made (bad mesh, too few devices, stages that do not split)."""
 
 
 def parse_mesh(text: str) -> dict[str, int]:
-    """`data=..,fsdp=..,context=..,tensor=..` (axes left out are 1, one may be -1 = the rest)."""
+    """`data=..,stage=..,fsdp=..,context=..,tensor=..` (axes left out are 1, one may be -1 = the
+    rest)."""
     sizes = {}
-    use = "use data=..,fsdp=..,context=..,tensor=.. (-1 = the rest)"
+    use = "use data=..,stage=..,fsdp=..,context=..,tensor=.. (-1 = the rest)"
     for part in filter(None, (p.strip() for p in text.split(","))):
         key, sep, value = (x.strip() for x in part.partition("="))
         if not sep or key not in MESH_KEYS:
@@ -190,7 +196,7 @@ def compile_step(config, devices: int, mesh_sizes: dict | None = None):
     partitioning.check_batch(config.batch_size, mesh, config.microbatches, rules)
     objective = config.data.objective
     teacher_config = _teacher_config(config)
-    model_config = _context_config(config, _model_config(config, teacher_config), mesh)
+    model_config = _step_config(config, _model_config(config, teacher_config), mesh, rules)
     # (config, abstract params, step options) or None
     teacher = _teacher(config, teacher_config, mesh, rules, model_config.causal_from_positions)
     model = models.build(model_config)
@@ -205,12 +211,18 @@ def compile_step(config, devices: int, mesh_sizes: dict | None = None):
     return compiled, abstract, batch, model_config, mesh, teacher[1] if teacher else None
 
 
-def _context_config(config, model_config, mesh):
-    """The model config the loop trains with on `mesh` (train/context.py: causal masks from
-    position ids when rows are reordered); one PlanError line when the sequence cannot be split."""
-    from train import context
+def _step_config(config, model_config, mesh, rules):
+    """The model config the loop trains with on `mesh`, as train/loop.py's `_step_configs` builds
+    it: the layers as pipeline stages (train/stages.py), then causal masks from position ids when
+    rows are reordered (train/context.py); one PlanError line when either cannot split the run.
+    The weights keep the (L, ...) layout, so the state is the unpipelined model's."""
+    from train import context, stages
 
-    c = mesh.shape["context"]
+    s, c = mesh.shape["stage"], mesh.shape["context"]
+    try:
+        model_config = stages.model_config(config, model_config, mesh, rules)
+    except stages.PipelineError as e:
+        raise PlanError(f"mesh stage={s}: {e}") from None
     try:
         return context.train_config(config, model_config, c)
     except context.ContextError as e:
@@ -301,12 +313,22 @@ def plan(
         "usable_hbm_per_device": usable,
         "roofline": roofline,
     }
-    if mesh.shape["context"] > 1:
-        report["context"] = plan_context.report(
-            config, model_config, batch, dict(mesh.shape), _balanced(config, model_config, mesh)
-        )
-    report["hints"] = _hints(report, model_config, config)
+    report.update(_axis_sections(config, model_config, batch, mesh, abstract))
+    report["hints"] = _hints(report, model_config, config) + plan_pipeline.hints(report)
     return report
+
+
+def _axis_sections(config, model_config, batch, mesh, abstract) -> dict:
+    """The report's `context` and `pipeline` sections, each only where its axis splits."""
+    shape, out = dict(mesh.shape), {}
+    if shape["context"] > 1:
+        balanced = _balanced(config, model_config, mesh)
+        out["context"] = plan_context.report(config, model_config, batch, shape, balanced)
+    if shape["stage"] > 1:
+        out["pipeline"] = plan_pipeline.report(
+            config, model_config, batch, shape, abstract.params, abstract.opt_state
+        )
+    return out
 
 
 def _analytic_flops(model_config, num_params: int, batch) -> dict:
@@ -362,7 +384,8 @@ def _roofline(model_config, spec, flops, cost, devices, abstract, batch, shape, 
     peak_flops = spec.peak_bf16 if model_config.dtype in ("bfloat16", "float16") else spec.peak_f32
     # Full remat runs the forward pass twice: 8 instead of 6 FLOPs per parameter and token.
     recompute = 4 / 3 if model_config.remat_policy == "full" else 1.0
-    compute_s = recompute * flops_dev / peak_flops
+    busy = 1 - plan_pipeline.schedule(model_config).bubble  # the bubble idles every stage
+    compute_s = recompute * flops_dev / peak_flops / busy
     # HBM traffic, lower bound: parameters read twice (forward, backward) and written once,
     # gradients written and read, optimizer state read and written. Activations come on top;
     # XLA:CPU's `bytes accessed` (it fuses far less than the GPU/TPU compilers) is an upper bound.
@@ -370,7 +393,8 @@ def _roofline(model_config, spec, flops, cost, devices, abstract, batch, shape, 
     memory_s = traffic / spec.hbm_bandwidth  # a distillation teacher is read once
     kv = plan_context.kv_traffic(model_config, batch, shape)  # 0 without context parallelism
     comm_bytes = _collective_bytes(model_config, abstract.params, batch, shape)
-    comm_bytes += kv["kv_all_gather"] + kv["kv_reduce_scatter"]
+    sends = plan_pipeline.send_bytes(model_config, batch, shape)["per_step"]  # 0 without stages
+    comm_bytes += kv["kv_all_gather"] + kv["kv_reduce_scatter"] + sends
     comm_s = comm_bytes / spec.link_bandwidth
     step_s = max(compute_s, memory_s, comm_s)
     bound = {compute_s: "compute", memory_s: "memory bandwidth", comm_s: "collectives"}[step_s]
@@ -392,30 +416,36 @@ def _roofline(model_config, spec, flops, cost, devices, abstract, batch, shape, 
         "collective_bytes_per_device": comm_bytes,  # all of them, the K/V ones included
         "kv_all_gather_bytes_per_device": kv["kv_all_gather"],
         "kv_reduce_scatter_bytes_per_device": kv["kv_reduce_scatter"],
+        "stage_send_bytes_per_device": sends,
         "xla_bytes_accessed_per_device": xla_bytes,
         "step_s": step_s,
         "bound": bound,
         "tokens_per_s": flops["tokens"] / step_s,
-        "step_s_at_50pct_mfu": max(step_s, flops_dev / (0.5 * peak_flops)),
+        "step_s_at_50pct_mfu": max(step_s, flops_dev / (0.5 * peak_flops) / busy),
     }
     return flops_report, roofline
 
 
 def _collective_bytes(model_config, params, batch, shape: dict) -> float:
     """Bytes each device sends per step (ring collectives): FSDP all-gathers the parameters for
-    the forward and backward passes and reduce-scatters the gradients; data parallelism
+    the forward and backward passes (a pipeline's layers in each of its iterations) and
+    reduce-scatters the gradients; data parallelism
     all-reduces its gradient shard, over the context axis too (the weights are replicated there
     and each device's gradient covers its T/context tokens only); tensor parallelism all-reduces
-    activations 4x per layer (each device's T/context tokens of its rows). Context
-    parallelism's K/V all-gathers and reduce-scatters are launch/plan_context.py's."""
-    import jax
-
+    activations 4x per layer (each device's T/context tokens of its rows). With pipeline stages
+    a stage group holds, gathers and reduces only its layers (and the unsplit rest), and runs
+    the per-layer all-reduces for its layers, bubble included. Context parallelism's K/V
+    collectives are launch/plan_context.py's, the stages' sends launch/plan_pipeline.py's."""
     data, fsdp, tensor = shape["data"], shape["fsdp"], shape["tensor"]
     replicas = data * shape.get("context", 1)  # the gradient all-reduce's group
-    full = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(params)) / tensor
+    full = plan_pipeline.held_bytes(params, shape) / tensor
     out = 0.0
-    if fsdp > 1:
-        out += 3 * full * (fsdp - 1) / fsdp
+    if fsdp > 1:  # gathered forward and backward (in every iteration of a pipeline), reduced once
+        out += (
+            (2 * plan_pipeline.gathered_bytes(model_config, params, shape) / tensor + full)
+            * (fsdp - 1)
+            / fsdp
+        )
     if replicas > 1:
         out += 2 * (full / fsdp) * (replicas - 1) / replicas
     if tensor > 1:
@@ -425,7 +455,8 @@ def _collective_bytes(model_config, params, batch, shape: dict) -> float:
         layers = model_config.num_layers + (model_config.decoder_layers or 0) * (
             model_config.family == "encoder_decoder"
         )
-        out += 4 * layers * 2 * act * (tensor - 1) / tensor
+        share = plan_pipeline.layer_share(model_config)
+        out += 4 * layers * share * 2 * act * (tensor - 1) / tensor
     return out
 
 
@@ -464,9 +495,16 @@ def _gb(x: float) -> str:
 
 def _kv_note(roof: dict, chip: dict) -> str:
     kv = roof["kv_all_gather_bytes_per_device"] + roof["kv_reduce_scatter_bytes_per_device"]
-    if not kv:
-        return ""
-    return f"   (of which context K/V {kv / chip['link_bandwidth'] * 1e3:.1f} ms)"
+    sends = roof.get("stage_send_bytes_per_device", 0)
+    parts = [f"context K/V {kv / chip['link_bandwidth'] * 1e3:.1f} ms"] if kv else []
+    if sends:
+        parts.append(f"stage sends {sends / chip['link_bandwidth'] * 1e3:.1f} ms")
+    return f"   (of which {', '.join(parts)})" if parts else ""
+
+
+def _bubble_note(r: dict) -> str:
+    p = r.get("pipeline")
+    return f"   (over 1 - bubble = {1 - p['bubble']:.2f}: stages idle)" if p else ""
 
 
 def format_report(r: dict) -> str:
@@ -511,7 +549,7 @@ def format_report(r: dict) -> str:
         f"roofline on {chip['name']} ({roof['peak_flops'] / 1e12:.0f} TFLOP/s "
         f"{'bf16' if roof['peak_flops'] == chip['peak_bf16'] else 'float32/TF32'}, "
         f"{chip['hbm_bandwidth'] / 1e12:.2f} TB/s HBM)",
-        f"  compute              {roof['compute_s'] * 1e3:10.1f} ms",
+        f"  compute              {roof['compute_s'] * 1e3:10.1f} ms" + _bubble_note(r),
         f"  memory traffic       {roof['memory_s'] * 1e3:10.1f} ms   (weights, gradients, "
         f"optimizer; XLA:CPU upper bound {roof['memory_upper_s'] * 1e3:.1f} ms)",
         f"  collectives          {roof['collectives_s'] * 1e3:10.1f} ms" + _kv_note(roof, chip),
@@ -520,7 +558,7 @@ def format_report(r: dict) -> str:
         f"  at 50% MFU           {roof['step_s_at_50pct_mfu'] * 1e3:10.1f} ms, "  # or the bound
         f"{r['tokens_per_step'] / roof['step_s_at_50pct_mfu']:,.0f} tokens/s",
     ]
-    lines += plan_context.format_lines(r)
+    lines += plan_context.format_lines(r) + plan_pipeline.format_lines(r)
     if r["hints"]:
         lines += ["", "hints"] + [f"  - {h}" for h in r["hints"]]
     return "\n".join(lines)

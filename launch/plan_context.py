@@ -13,7 +13,9 @@ gradients, each sending (c-1)/c x rows x T x kv_heads x head_dim x bytes x 2 per
 
 from __future__ import annotations
 
-MESH_KEYS = ("data", "fsdp", "context", "tensor")
+from launch import plan_pipeline
+
+MESH_KEYS = ("data", "stage", "fsdp", "context", "tensor")
 
 
 def dtype_bytes(model_config) -> int:
@@ -44,14 +46,15 @@ def _local(heads: int, tensor: int) -> float:
 
 def kv_traffic(model_config, batch, shape: dict) -> dict:
     """Bytes each device sends per step for the keys and values of context parallelism: the
-    forward all-gathers (twice with remat) and the backward reduce-scatters; 0 at context 1."""
+    forward all-gathers (twice with remat) and the backward reduce-scatters; 0 at context 1.
+    With pipeline stages a device runs its stage's layers, bubble iterations included."""
     c = shape.get("context", 1)
     rows = batch["input_ids"].shape[0] / (shape["data"] * shape["fsdp"])
     gathered = sum(
         layers * rows * length * _local(kv, shape["tensor"]) * dim * dtype_bytes(model_config) * 2
         for layers, length, kv, dim, _ in _attentions(model_config, batch)
     )
-    moved = gathered * (c - 1) / c
+    moved = gathered * (c - 1) / c * plan_pipeline.layer_share(model_config)
     passes = 1 if model_config.remat_policy == "none" else 2  # remat gathers again to recompute
     return {"kv_all_gather": passes * moved, "kv_reduce_scatter": moved}
 
@@ -60,7 +63,8 @@ def report(config, model_config, batch, shape: dict, balanced: bool) -> dict:
     """The report's `context` section: the split, and the per-device, per-layer buffers that
     do not shrink with it (the largest attention's, per microbatch)."""
     c = shape.get("context", 1)
-    rows = batch["input_ids"].shape[0] / (shape["data"] * shape["fsdp"] * config.microbatches)
+    micro = config.microbatches * model_config.pipeline_microbatches  # pipeline: 1 without stages
+    rows = batch["input_ids"].shape[0] / (shape["data"] * shape["fsdp"] * micro)
     tensor = shape["tensor"]
     kv = scores = 0.0
     for _, length, kv_heads, dim, heads in _attentions(model_config, batch):

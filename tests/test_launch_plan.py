@@ -118,13 +118,19 @@ def test_cli_json_and_errors():
 
 
 @pytest.mark.parametrize(
-    "mesh", [dict(data=2, fsdp=2, tensor=2), dict(data=2, fsdp=2, context=2, tensor=1)]
+    "mesh",
+    [
+        dict(data=2, fsdp=2, tensor=2),
+        dict(data=2, fsdp=2, context=2, tensor=1),
+        dict(data=2, stage=2, fsdp=2, tensor=1),
+    ],
 )
 def test_the_planner_compiles_the_step_the_loop_runs(tmp_path, mesh):
     """Both build their step with train.step.jit_steps: the planner's, compiled on abstract
     inputs, is the loop's, compiled on its first real batch, instruction for instruction (a
     different label smoothing alone fails this). With context parallelism both reorder the rows
-    (position ids in the batch, causal masks from them)."""
+    (position ids in the batch, causal masks from them); with stages both run the pipelined
+    model (train/stages.py)."""
     import functools
     import re
 
@@ -137,6 +143,8 @@ def test_the_planner_compiles_the_step_the_loop_runs(tmp_path, mesh):
     config = gpt_lm.get_config("smoke")
     config.mesh.update(**mesh)
     config.model.vocab_size = 512
+    if mesh.get("stage", 1) > 1:  # the stages split the stacked layers
+        config.model.scan_layers = True
     config.async_checkpoints = False
     planned = compile_step(config, 8)[0].as_text()
     run = loop.setup(config, tmp_path)
@@ -237,17 +245,21 @@ def test_kv_all_gather_and_reduce_scatter_bytes_match_the_formula():
 
 
 def test_context_1_plans_as_before(fsdp_report):
-    """An explicit context=1 is the plan without the axis: the same report, which the tests
-    above pin (mesh without `context`, FSDP-only collectives, no context section)."""
+    """An explicit context=1 and stage=1 is the plan without the axes: the same report, which
+    the tests above pin (mesh without `context` or `stage`, FSDP-only collectives, no context
+    or pipeline section)."""
     from launch.plan import format_report, plan
 
-    again = plan(_config(), 8, {"data": 1, "fsdp": 8, "context": 1, "tensor": 1}, chip="h100")
+    sizes = {"data": 1, "stage": 1, "fsdp": 8, "context": 1, "tensor": 1}
+    again = plan(_config(), 8, sizes, chip="h100")
     assert again == fsdp_report
-    assert "context" not in fsdp_report
+    assert "context" not in fsdp_report and "pipeline" not in fsdp_report
+    assert fsdp_report["roofline"]["stage_send_bytes_per_device"] == 0
     assert fsdp_report["mesh"] == {"data": 1, "fsdp": 8, "tensor": 1}
     assert fsdp_report["roofline"]["kv_all_gather_bytes_per_device"] == 0
     assert fsdp_report["roofline"]["kv_reduce_scatter_bytes_per_device"] == 0
     assert "context" not in format_report(fsdp_report)
+    assert "pipeline" not in format_report(fsdp_report)
 
 
 @pytest.mark.parametrize(
@@ -267,7 +279,7 @@ def test_bad_mesh_values_are_one_line(text, wanted):
         parse_mesh(text)
     message = str(e.value)
     assert wanted in message and "\n" not in message
-    assert "use data=..,fsdp=..,context=..,tensor=.." in message
+    assert "use data=..,stage=..,fsdp=..,context=..,tensor=.." in message
 
 
 def test_context_must_split_the_sequence():
@@ -282,14 +294,12 @@ def test_context_must_split_the_sequence():
         plan(c, 6, {"data": 2, "context": 3})
 
 
-def test_cli_bad_mesh_is_one_line():
+def _cli_error(*args: str) -> str:
+    """The one `error:` line of a planner run of the smoke config that exits 2."""
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     env["PYTHONPATH"] = str(ROOT)
     bad = subprocess.run(
-        [
-            *(sys.executable, "-m", "launch.plan", "--config", "configs/gpt_lm.py:smoke"),
-            *("--devices", "8", "--mesh", "data=2,context=4,pipeline=1"),
-        ],
+        [sys.executable, "-m", "launch.plan", "--config", "configs/gpt_lm.py:smoke", *args],
         env=env,
         capture_output=True,
         text=True,
@@ -298,4 +308,132 @@ def test_cli_bad_mesh_is_one_line():
     )
     errors = [line for line in bad.stderr.splitlines() if "error:" in line]
     assert bad.returncode == 2 and len(errors) == 1, bad.stderr[-2000:]
-    assert "unknown axis 'pipeline'" in errors[0] and "context=.." in errors[0]
+    return errors[0]
+
+
+def test_cli_bad_mesh_is_one_line():
+    error = _cli_error("--devices", "8", "--mesh", "data=2,context=4,pipeline=1")
+    assert "unknown axis 'pipeline'" in error and "context=.." in error
+
+
+# Pipeline parallelism (`--mesh stage=S`) ----------------------------------------------------------
+
+
+def _staged(**changes):
+    """GPT-2 widths, four scanned layers (two per stage), 8 rows of 64 tokens."""
+    c = _config(**changes)
+    c.model.update(num_layers=4, scan_layers=True)
+    return c
+
+
+def _param_bytes(model_config) -> tuple[int, int]:
+    """(the stacked layers' bytes, the rest's) from the model's own parameter shapes."""
+    import jax
+
+    import models
+    from models.summary import dummy_inputs
+
+    shapes = jax.eval_shape(
+        lambda: models.build(model_config).init(jax.random.key(0), **dummy_inputs(model_config))
+    )["params"]
+    layers = other = 0
+    for path, x in jax.tree_util.tree_leaves_with_path(shapes):
+        nbytes = x.size * x.dtype.itemsize
+        if any(getattr(k, "key", None) == "layers" for k in path):
+            layers += nbytes
+        else:
+            other += nbytes
+    return layers, other
+
+
+@pytest.fixture(scope="module")
+def stage_report():
+    """data=2 x stage=2 on 4 devices, 4 microbatches, the circular schedule with 2 repeats."""
+    from launch.plan import plan
+
+    c = _staged()
+    c.pipeline.update(microbatches=4, repeats=2)
+    return plan(c, 4, {"data": 2, "stage": 2})
+
+
+def test_stage_bubble_follows_the_formula(stage_report):
+    from launch.plan import format_report
+
+    s, m, r = 2, 4, 2
+    p = stage_report["pipeline"]
+    assert (p["stages"], p["microbatches"], p["repeats"]) == (s, m, r)
+    assert p["iterations"] == r * m + s - 1 == 9
+    assert p["bubble"] == pytest.approx((s - 1) / (r * m + s - 1))  # 1/9
+    assert p["layers_per_stage"] == [2] and p["schedule"] == "circular"
+    assert stage_report["mesh"] == {"data": 2, "stage": 2, "fsdp": 1, "tensor": 1}
+    # the bubble idles every stage: compute over 1 - bubble
+    roof, flops = stage_report["roofline"], stage_report["flops_per_step"]
+    peak = stage_report["chip"]["peak_f32"]  # _config computes in float32
+    assert roof["compute_s"] == pytest.approx(flops["analytic_per_device"] / peak * 9 / 8)
+    # each iteration sends one microbatch's activations on, forward and backward: 8 rows over
+    # data=2 in 4 microbatches = 1 row x 64 tokens x 768 x 4 bytes, 9 iterations, 2 passes
+    sends = 2 * 9 * 1 * 64 * 768 * 4
+    assert p["send_bytes_per_device"] == roof["stage_send_bytes_per_device"] == sends
+    # with the data-parallel all-reduce of the stage's weights (the layers / 2 and the rest)
+    held = p["params"]["layers_total"] / 2 + p["params"]["other_total"]
+    assert roof["collective_bytes_per_device"] == pytest.approx(2 * held / 2 + sends)
+    text = format_report(stage_report)
+    assert "mesh data=2 x stage=2 x fsdp=1 x tensor=1 on 4" in text
+    assert "pipeline (2 stages, circular, 2 repeats)" in text and "(S-1)/(R.M+S-1) = 1/9" in text
+    assert "stage sends" in text and "over 1 - bubble = 0.89" in text
+
+
+def test_stage_2_holds_half_the_layer_weights(stage_report):
+    """Per device: half the stacked layers' bytes plus the embeddings, head and final norm,
+    counted from the model's parameter shapes, not from the planner's shardings."""
+    from launch.plan import _model_config
+
+    layers, other = _param_bytes(_model_config(_staged()))
+    mem = stage_report["memory_per_device"]
+    assert stage_report["memory_total"]["params"] == layers + other
+    assert mem["params"] == pytest.approx(layers / 2 + other, rel=1e-6)
+    split = stage_report["pipeline"]["params"]
+    assert (split["layers_total"], split["other_total"]) == (layers, other)
+    assert split["layers_per_device"] == layers / 2 and split["other_per_device"] == other
+    # Adam's two moments follow the weights (the step counters are a few bytes)
+    assert 2 * (layers / 2 + other) <= mem["optimizer"] <= 2 * (layers / 2 + other) + 1024
+    assert mem["peak"] >= mem["params"] + mem["optimizer"]
+
+
+def test_fsdp_in_stages_gathers_the_layers_every_iteration():
+    """stage=2 x fsdp=2, GPipe with 2 microbatches: 3 iterations, each gathering its stage's
+    layers forward and backward (the compiled step's gathers sit in the layer scan inside the
+    iteration loop), the rest gathered once per pass; the gradients reduce-scatter once."""
+    from launch.plan import format_report, plan
+
+    c = _staged()
+    c.pipeline.microbatches = 2
+    report = plan(c, 4, {"stage": 2, "fsdp": 2})
+    p, roof = report["pipeline"], report["roofline"]
+    assert p["fsdp_regathers"] == 3 and p["bubble"] == pytest.approx(1 / 3)
+    layers, other = p["params"]["layers_total"] / 2, p["params"]["other_total"]
+    gathers = 2 * (3 * layers + other) * 1 / 2
+    sends = 2 * 3 * (8 / 2 / 2) * 64 * 768 * 4  # 8 rows / fsdp 2 / 2 microbatches
+    expected = gathers + (layers + other) * 1 / 2 + sends
+    assert roof["collective_bytes_per_device"] == pytest.approx(expected)
+    text = format_report(report)
+    assert "fsdp all-gathers           3.00 x" in text and "pipeline bubble idles 33%" in text
+
+
+def test_stages_must_divide_the_layers():
+    from launch.plan import PlanError, plan
+
+    c = _config()  # 2 layers: not divisible by 2 stages x 2 repeats
+    c.model.scan_layers = True
+    c.pipeline.repeats = 2
+    with pytest.raises(PlanError, match=r"mesh stage=2: model.num_layers=2 is not divisible") as e:
+        plan(c, 4, {"data": 2, "stage": 2})
+    assert "\n" not in str(e.value) and "repeats" in str(e.value)
+
+
+def test_cli_bad_stage_is_one_line():
+    error = _cli_error(
+        *("--devices", "4", "--mesh", "data=2,stage=2", "--config.pipeline.microbatches=3"),
+        "--config.model.scan_layers=True",
+    )
+    assert "mesh stage=2: config.pipeline.microbatches=3 is not a multiple" in error
