@@ -22,6 +22,7 @@ written by a pipelined run restore on any mesh, and the reverse.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -35,6 +36,11 @@ STAGE_AXIS = "stage"  # the mesh axis the stages are split over (train/partition
 # What the stage state holds before each stage's first microbatch; tests set NaN to show that no
 # bubble slot reaches the outputs or the gradients.
 BUBBLE_FILL = 0.0
+# Data movement (slices, casts, reshapes): a circular schedule's iterations recompute these for
+# the backward pass instead of keeping them (`_keep_all_but_moves`).
+_MOVES = frozenset(
+    ("dynamic_slice", "gather", "slice", "squeeze", "reshape", "transpose", "convert_element_type")
+)
 
 
 @dataclass(frozen=True)
@@ -134,11 +140,13 @@ def run(
     state = jnp.full((s, *buffer.shape[1:]), BUBBLE_FILL, x.dtype)  # what each stage receives
     stage_ids = jnp.arange(s)
 
+    # Each iteration slices its stage's weights for this repeat. Kept for the backward pass, the
+    # slices (and the layers' casts and reshapes of them) would cost a copy of a stage's weights
+    # per iteration; they are recomputed instead, and the rest is kept or recomputed as the
+    # model's remat policy says.
+    @functools.partial(jax.checkpoint, policy=_keep_all_but_moves)
     def one_stage(vars_s, x_s, repeat, micro, key):
-        if r > 1:
-            vars_s = jax.tree.map(lambda a: a[repeat], vars_s)
-        else:
-            vars_s = jax.tree.map(lambda a: a[0], vars_s)
+        vars_s = jax.tree.map(lambda a: a[repeat], vars_s)
         rows = tuple(a[micro] if split else a for a, split in zip(margs, per_row))
         return stage_fn(vars_s, x_s, rows, key)
 
@@ -172,6 +180,11 @@ def run(
 
     (_, buffer), _ = jax.lax.scan(iteration, (state, buffer), jnp.arange(schedule.iterations))
     return join_microbatches(buffer)
+
+
+def _keep_all_but_moves(prim, *_, **__) -> bool:
+    """A remat policy: keep every value but those of data-movement ops."""
+    return prim.name not in _MOVES
 
 
 def _constrain(a, lead):
