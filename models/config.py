@@ -100,6 +100,11 @@ class ModelConfig:
     # must rise within each packed segment, as the input pipeline's do. The fused kernels that
     # take causality as a flag then get the mask instead.
     causal_from_positions: bool = False
+    # The attention projections and the MLP multiply in fp8 (flax's fp8 ops: e4m3 inputs and
+    # kernels, e5m2 gradients, delayed scaling from an amax history). Their scales live in the
+    # `_overwrite_with_gradient` collection, which the train step carries outside the
+    # optimizer; embeddings and heads keep `dtype`. Emulated on a CPU; fast on fp8 GPUs.
+    fp8: bool = False
 
     # Low-rank adapters (LoRA, Hu et al. 2021); rank 0 = off. Every dense kernel whose module
     # path ('encoder/layers_0/self_attention/query') one of `lora_targets` (regexes) finds gets
@@ -155,6 +160,11 @@ class ModelConfig:
         for field in ("dropout_rate", "attention_dropout_rate", "lora_dropout"):
             if not 0.0 <= getattr(self, field) < 1.0:
                 raise ConfigError(f"{field}={getattr(self, field)} must be in [0, 1)")
+        if self.fp8 and self.dtype == "float16":
+            raise ConfigError(
+                "fp8 with dtype=float16: float16 cannot hold fp8's scaling factors (amax/57344 "
+                "underflows to 0 and the gradients turn NaN); set model.dtype=bfloat16 or float32"
+            )
         if self.lora_rank < 0:
             raise ConfigError(f"lora.rank={self.lora_rank} must be >= 0 (0 turns LoRA off)")
 

@@ -37,6 +37,7 @@ _EXECUTION_FIELDS = {
     "attention_kernel",
     "remat_policy",
     "causal_from_positions",
+    "fp8",
     "dropout_rate",
     "attention_dropout_rate",
     "init_std",
