@@ -252,6 +252,18 @@ def check_same_architecture(saved_model: dict, model: dict, workdir: str | Path)
         )
 
 
+def check_same_fp8(saved_model: dict, fp8: bool, workdir: str | Path) -> None:
+    """Refuses to resume with `model.fp8` switched: the checkpoints hold the fp8 scales exactly
+    when the run that wrote them had fp8 on (train/state.py SavedFp8State)."""
+    saved = bool(saved_model.get("fp8", False))
+    if saved != fp8:
+        raise CheckpointError(
+            f"workdir {workdir} was trained with model.fp8={saved}; resume it with "
+            f"--config.model.fp8={saved}, or start a new --workdir (init_from={workdir} "
+            f"takes its weights) with model.fp8={fp8}"
+        )
+
+
 # Parameter-only checkpoints: what `python -m models convert` writes and reads. A directory with
 # `model_config.json` (a ModelConfig) and `params/` (an Orbax PyTree of the parameters).
 
