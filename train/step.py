@@ -61,6 +61,30 @@ def _accumulate(grads_and_sums, params, fp8, batch, rng, microbatches: int):
     return grads, fp8, sums
 
 
+def _gradient_fn(model, objective: str, distiller, options: dict):
+    """grads_and_sums(params, fp8, batch, rng, frozen=None, **teacher) -> (gradients, the fp8
+    scales' next values or None, loss sums), with `options` for the loss."""
+
+    def grads_and_sums(params, fp8, batch, rng, frozen=None, **teacher):
+        def loss_fn(p, f):  # with LoRA: gradients of the trained leaves, `frozen` closed over
+            whole = p if frozen is None else join(p, frozen)
+            kw = dict(rng=rng, **options) if f is None else dict(rng=rng, fp8=f, **options)
+            if distiller is None:
+                sums = loss_sums(model, whole, batch, objective, **kw)
+            else:
+                sums = distiller.loss_sums(model, whole, batch, objective, **teacher, **kw)
+            return sums["loss"], sums
+
+        if fp8 is None:
+            grads, sums = jax.grad(loss_fn, has_aux=True)(params, None)
+            return grads, None, sums
+        # flax's fp8 ops return the scales' and amax histories' next values as their gradient
+        (grads, fp8), sums = jax.grad(loss_fn, argnums=(0, 1), has_aux=True)(params, fp8)
+        return grads, fp8, sums
+
+    return grads_and_sums
+
+
 def make_train_step(
     model,
     tx: optax.GradientTransformation,
@@ -81,31 +105,8 @@ def make_train_step(
     accumulating gradients over microbatches gives the full-batch gradient.
     """
 
-    def grads_and_sums(params, fp8, batch, rng, frozen=None, **teacher):
-        """(gradients, the fp8 scales' next values or None, loss sums)."""
-
-        def loss_fn(p, f):  # with LoRA: gradients of the trained leaves, `frozen` closed over
-            whole = p if frozen is None else join(p, frozen)
-            options = dict(
-                rng=rng,
-                deterministic=not dropout,
-                label_smoothing=label_smoothing,
-                z_loss=z_loss,
-            )
-            if f is not None:  # the fp8 scales
-                options["fp8"] = f
-            if distiller is None:
-                sums = loss_sums(model, whole, batch, objective, **options)
-            else:
-                sums = distiller.loss_sums(model, whole, batch, objective, **teacher, **options)
-            return sums["loss"], sums
-
-        if fp8 is None:
-            grads, sums = jax.grad(loss_fn, has_aux=True)(params, None)
-            return grads, None, sums
-        # flax's fp8 ops return the scales' and amax histories' next values as their gradient
-        (grads, fp8), sums = jax.grad(loss_fn, argnums=(0, 1), has_aux=True)(params, fp8)
-        return grads, fp8, sums
+    options = dict(deterministic=not dropout, label_smoothing=label_smoothing, z_loss=z_loss)
+    grads_and_sums = _gradient_fn(model, objective, distiller, options)
 
     def train_step(state, batch, rng, teacher_params=None):
         rng = jax.random.fold_in(rng, state.step)
