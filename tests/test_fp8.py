@@ -17,7 +17,7 @@ from test_train_cli import _digest, _losses, _one_line_error, _train
 import models
 from models.config import ConfigError
 from models.layers import FP8, DenseGeneral
-from train import lora, partitioning
+from train import distill, lora, partitioning
 from train.checkpoint import _restore_numpy
 from train.hardware import Fp8Error, check_fp8
 from train.losses import loss_sums
@@ -184,6 +184,27 @@ def test_lora_trains_with_fp8():
                                             lora.flat(last.params))  # fmt: skip
     history = last.fp8["decoder"]["layers_0"]["self_attention"]["query"]["fp8"]
     assert np.count_nonzero(history["input_amax_history"]) == 2  # two steps recorded
+
+
+def test_a_distillation_student_trains_with_fp8_and_its_teacher_runs_without():
+    student = _tiny()
+    teacher_config = _tiny(num_layers=3)  # fp8 on, but a teacher has no fp8 state: plain dots
+    teacher = models.build(teacher_config)
+    teacher_params = teacher.init(jax.random.key(2), jnp.ones((1, 16), jnp.int32))["params"]
+    distiller = distill.Distiller(teacher, distill.settings({}), student.family)
+    model = models.build(student)
+    mesh = partitioning.make_mesh({"data": 1}, jax.devices()[:1])
+    tx, schedule = make_optimizer(_opt(), 10)
+    state, _ = create_train_state(
+        model, student, tx, mesh, partitioning.DEFAULT_RULES, jax.random.key(0)
+    )
+    step = jax.jit(make_train_step(model, tx, schedule, "causal_lm", dropout=False,
+                                   distiller=distiller))  # fmt: skip
+    for _ in range(2):
+        state, metrics = step(state, _batch(), jax.random.key(1), teacher_params)
+    assert np.isfinite(float(metrics["kd_loss"])) and float(metrics["kd_loss"]) > 0
+    history = state.fp8["decoder"]["layers_1"]["mlp"]["wo"]["fp8"]["output_grad_amax_history"]
+    assert np.count_nonzero(np.asarray(history)) == 2
 
 
 def test_fp8_ends_within_2_percent_of_float32_on_the_smoke_gpt(tmp_path):
