@@ -160,11 +160,6 @@ class ModelConfig:
         for field in ("dropout_rate", "attention_dropout_rate", "lora_dropout"):
             if not 0.0 <= getattr(self, field) < 1.0:
                 raise ConfigError(f"{field}={getattr(self, field)} must be in [0, 1)")
-        if self.fp8 and self.dtype == "float16":
-            raise ConfigError(
-                "fp8 with dtype=float16: float16 cannot hold fp8's scaling factors (amax/57344 "
-                "underflows to 0 and the gradients turn NaN); set model.dtype=bfloat16 or float32"
-            )
         if self.lora_rank < 0:
             raise ConfigError(f"lora.rank={self.lora_rank} must be >= 0 (0 turns LoRA off)")
 

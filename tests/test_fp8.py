@@ -15,7 +15,6 @@ import pytest
 from test_train_cli import _digest, _losses, _one_line_error, _train
 
 import models
-from models.config import ConfigError
 from models.layers import FP8, DenseGeneral
 from train import distill, lora, partitioning
 from train.checkpoint import _restore_numpy
@@ -207,21 +206,37 @@ def test_a_distillation_student_trains_with_fp8_and_its_teacher_runs_without():
     assert np.count_nonzero(np.asarray(history)) == 2
 
 
-def test_fp8_ends_within_2_percent_of_float32_on_the_smoke_gpt(tmp_path):
-    flags = ["--config.steps=20", "--config.log_every_steps=1"]
-    runs = {}
+@pytest.fixture(scope="module")
+def smoke_runs(tmp_path_factory):
+    """20 steps of the smoke GPT in float32 and with fp8, with evals and a sample (inference)."""
+    root = tmp_path_factory.mktemp("smoke")
     for name, extra in (("f32", []), ("fp8", ["--config.model.fp8=True"])):
-        result = _train(tmp_path / name, *flags, *extra)  # with evals and a sample (inference)
+        result = _train(root / name, "--config.steps=20", "--config.log_every_steps=1", *extra)
         assert result.returncode == 0, result.stderr[-2000:]
-        runs[name] = _losses(tmp_path / name)
+    return root
+
+
+def test_fp8_ends_within_2_percent_of_float32_on_the_smoke_gpt(smoke_runs):
+    runs = {name: _losses(smoke_runs / name) for name in ("f32", "fp8")}
     f32, fp8 = runs["f32"][20], runs["fp8"][20]
     assert abs(fp8 - f32) <= 0.02 * f32, (f32, fp8)
     assert runs["fp8"] != runs["f32"]  # the fp8 run did quantise
-    summary = json.loads((tmp_path / "fp8" / "summary.json").read_text())
+    summary = json.loads((smoke_runs / "fp8" / "summary.json").read_text())
     assert np.isfinite(summary["eval"]["eval_loss"]) and summary["sample"]
 
 
-def test_fp8_resume_is_exact_and_switching_fp8_on_resume_is_one_line(tmp_path):
+def test_an_fp8_workdir_resumes_only_with_fp8_and_its_weights_start_any_run(smoke_runs, tmp_path):
+    workdir, flags = smoke_runs / "fp8", ["--config.eval_every_steps=0", "--config.sample_tokens=0"]
+    before = _digest(workdir / "checkpoints")
+    switched = _train(workdir, *flags, "--config.steps=24")
+    _one_line_error(switched, "was trained with model.fp8=True")
+    assert _digest(workdir / "checkpoints") == before
+    # init_from reads the parameters, not the scales
+    started = _train(tmp_path, *flags, "--config.steps=2", f"--config.init_from={workdir}")
+    assert started.returncode == 0, started.stderr[-2000:]
+
+
+def test_fp8_resume_after_sigkill_is_exact(tmp_path):
     flags = ["--config.model.fp8=True", "--config.steps=40", "--config.log_every_steps=1",
              "--config.checkpoint_every_steps=8", "--config.eval_every_steps=0",
              "--config.sample_tokens=0"]  # fmt: skip
@@ -247,15 +262,13 @@ def test_fp8_resume_is_exact_and_switching_fp8_on_resume_is_one_line(tmp_path):
     for key, value in saved[0].items():  # the fp8 state too, bit for bit
         assert np.count_nonzero(value), key
         np.testing.assert_array_equal(saved[1][key], value, err_msg=key)
-    before = _digest(tmp_path / "b" / "checkpoints")
-    switched = _train(tmp_path / "b", *flags[1:], "--config.steps=48")
-    _one_line_error(switched, "was trained with model.fp8=True")
-    assert _digest(tmp_path / "b" / "checkpoints") == before
 
 
 def test_fp8_with_float16_is_one_line_and_writes_nothing(tmp_path):
-    with pytest.raises(ConfigError, match="float16 cannot hold fp8's scaling factors"):
-        models.get_config("gpt2-tiny", fp8=True, dtype="float16")
+    with pytest.raises(Fp8Error, match="float16 cannot hold fp8's scaling factors"):
+        check_fp8("float16")
+    for dtype in ("float32", "bfloat16"):
+        check_fp8(dtype)
     result = _train(tmp_path / "w", "--config.model.fp8=True", "--config.model.dtype=float16")
     assert result.returncode == 2
     _one_line_error(result, "set model.dtype=bfloat16 or float32")
@@ -283,10 +296,10 @@ def _device(platform, kind, capability=None):
 )
 def test_fp8_needs_a_device_with_fp8_matmuls(device, refused):
     if not refused:
-        check_fp8(device)
+        check_fp8("bfloat16", device)
         return
     with pytest.raises(Fp8Error) as error:
-        check_fp8(device)
+        check_fp8("bfloat16", device)
     message = str(error.value)
     assert "\n" not in message and device.device_kind in message
     assert "compute capability 8.9" in message and "run without --config.model.fp8" in message

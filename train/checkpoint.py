@@ -330,7 +330,8 @@ def _model_shapes(config) -> dict[str, tuple]:
     model = models.build(config)
     ids = np.zeros((1, 1), np.int32)
     inputs = (ids, ids) if config.family == "encoder_decoder" else (ids,)
-    return _shapes(meta.unbox(jax.eval_shape(lambda: model.init(jax.random.key(0), *inputs))))
+    variables = jax.eval_shape(lambda: model.init(jax.random.key(0), *inputs))
+    return _shapes(meta.unbox({"params": variables["params"]}))  # not fp8's scales
 
 
 def check_params(config_dict: dict, params, source) -> Any:

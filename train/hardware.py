@@ -132,10 +132,17 @@ class Fp8Error(UserError):
     """model.fp8 on a device whose matmuls cannot take fp8 inputs."""
 
 
-def check_fp8(device=None) -> None:
-    """Refuses `model.fp8` where flax's fp8 matmuls cannot run: a GPU below compute capability
-    8.9 (no fp8 tensor cores) or a TPU (the op's e4m3fn/e5m2 dots are NVIDIA's fp8 GEMMs). On a
-    CPU they are emulated: slow, but the same numbers, for tests."""
+def check_fp8(dtype: str, device=None) -> None:
+    """Refuses training with `model.fp8` where flax's fp8 matmuls cannot run: compute `dtype`
+    float16, or a GPU below compute capability 8.9 (no fp8 tensor cores) or a TPU (the op's
+    e4m3fn/e5m2 dots are NVIDIA's fp8 GEMMs). On a CPU they are emulated: slow, but the same
+    numbers, for tests. (Inference has no fp8 state and runs in `dtype` anywhere.)"""
+    if dtype == "float16":  # flax casts each scale to the compute dtype before dividing by it
+        raise Fp8Error(
+            "model.fp8 with model.dtype=float16: float16 cannot hold fp8's scaling factors "
+            "(amax/57344 underflows to 0 and the gradients turn NaN); set model.dtype=bfloat16 "
+            "or float32"
+        )
     device = device or jax.devices()[0]
     if device.platform == "cpu":
         return

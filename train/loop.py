@@ -175,7 +175,7 @@ def _model_config(config, tokenizer, pretrained, teacher, ckpt, latest, workdir)
     model_config = resolve_model_config(config.model, tokenizer, base)
     model_config = lora.configure(config.get("lora"), model_config, config.get("init_from"))
     if model_config.fp8:
-        check_fp8()  # a GPU without fp8 tensor cores, a TPU: one line
+        check_fp8(model_config.dtype)  # float16, a GPU without fp8 tensor cores, a TPU
     if latest is not None:
         saved = ckpt.saved_config(latest) or {}
         check_same_architecture(saved.get("resolved_model", {}), model_config.to_dict(), workdir)
