@@ -3,8 +3,6 @@ carried by the train state outside the optimizer, through gradient accumulation 
 checkpoints, and the inputs it refuses. On a CPU the fp8 products are emulated."""
 
 import json
-import signal
-import time
 import types
 
 import jax
@@ -12,7 +10,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
-from test_train_cli import _digest, _losses, _one_line_error, _train
+from jax.sharding import PartitionSpec
+from test_train_cli import _digest, _killed_after_checkpoint, _losses, _one_line_error, _train
 
 import models
 from models.layers import FP8, DenseGeneral
@@ -21,7 +20,7 @@ from train.checkpoint import _restore_numpy
 from train.hardware import Fp8Error, check_fp8
 from train.losses import loss_sums
 from train.optim import make_optimizer
-from train.state import create_train_state
+from train.state import abstract_state, create_train_state
 from train.step import _split_microbatches, make_train_step
 
 E4M3_MAX, E5M2_MAX = 448.0, 57344.0
@@ -72,6 +71,21 @@ def test_attention_and_mlp_get_fp8_state_and_heads_do_not(scan):
     assert names == expected  # no embeddings, no LM head
     history = variables[FP8]["decoder"]["layers" if scan else "layers_0"]["mlp"]["wi"]["fp8"]
     assert history["input_amax_history"].shape == ((2, 1024) if scan else (1024,))
+
+
+def test_the_fp8_state_is_replicated_and_outside_the_optimizer_state():
+    config = _tiny(scan_layers=True)
+    mesh = partitioning.make_mesh({"data": 1, "fsdp": -1})
+    tx, _ = make_optimizer(_opt(weight_decay=0.1), 10)
+    abstract, shardings = abstract_state(
+        models.build(config), config, tx, mesh, partitioning.DEFAULT_RULES
+    )
+    assert jax.tree.leaves(abstract.fp8)[0].shape[0] == config.num_layers  # scanned
+    assert all(s.spec == PartitionSpec() for s in jax.tree.leaves(shardings.fp8))
+    assert any(s.spec != PartitionSpec() for s in jax.tree.leaves(shardings.params))
+    paths = [jax.tree_util.keystr(k) for k, _ in jax.tree_util.tree_flatten_with_path(
+        (abstract.params, abstract.opt_state))[0]]  # fmt: skip
+    assert paths and not any("amax" in p or "['fp8']" in p or FP8 in p for p in paths)
 
 
 def _opt(**kw):
@@ -242,15 +256,7 @@ def test_fp8_resume_after_sigkill_is_exact(tmp_path):
              "--config.sample_tokens=0"]  # fmt: skip
     reference = _train(tmp_path / "a", *flags)
     assert reference.returncode == 0, reference.stderr[-2000:]
-    proc = _train(tmp_path / "b", *flags, wait=False)
-    deadline = time.time() + 240
-    while not (tmp_path / "b" / "checkpoints" / "16").exists():
-        assert proc.poll() is None, proc.stderr.read()[-2000:]
-        assert time.time() < deadline
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert not (tmp_path / "b" / "summary.json").exists(), "the run finished before the kill"
+    _killed_after_checkpoint(tmp_path / "b", flags)
     resumed = _train(tmp_path / "b", *flags)
     assert resumed.returncode == 0 and "resuming from step" in resumed.stderr
     a, b = _losses(tmp_path / "a"), _losses(tmp_path / "b")
