@@ -450,6 +450,7 @@ class Attention(nn.Module):
         proj = functools.partial(
             DenseGeneral,
             lora=cfg.lora,
+            fp8=cfg.fp8,
             use_bias=cfg.use_bias,
             dtype=dtype,
             param_dtype=param_dtype,

@@ -15,7 +15,7 @@ from jax.ad_checkpoint import checkpoint_name
 from models import axes, masks, pipeline
 from models.attention import Attention
 from models.config import ConfigError, ModelConfig
-from models.layers import MLP, Embed, dtypes, make_norm
+from models.layers import FP8, MLP, Embed, dtypes, make_norm
 from models.position import RelativePositionBias, sinusoidal_table
 
 _REMAT_POLICIES = {
@@ -153,7 +153,7 @@ def _block_class(cfg: ModelConfig, num_layers: int, num_args: int):
     if cfg.scan_layers:
         block = nn.scan(
             block,
-            variable_axes={"params": 0, "cache": 0},
+            variable_axes={"params": 0, "cache": 0, FP8: 0},  # FP8: each layer's scales
             split_rngs={"params": True, "dropout": True},
             in_axes=(nn.broadcast,) * num_args,
             length=num_layers,

@@ -15,12 +15,16 @@ from collections.abc import Callable, Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from flax.linen import fp8_ops
 from jax import lax
 
 from models import axes
 from models.config import ModelConfig
 
 Initializer = Callable[..., jax.Array]
+# The variable collection of fp8 scales and amax histories (flax's fp8 ops). Its "gradient" is
+# its next value: the train step stores it in place, outside the optimizer (train/step.py).
+FP8 = fp8_ops.OVERWRITE_WITH_GRADIENT
 
 
 def param(
@@ -114,6 +118,11 @@ class DenseGeneral(nn.Module):
 
     `features` may be a tuple (e.g. (heads, head_dim) for attention projections); the kernel
     shape is `x.shape[-contract:] + features`.
+
+    With `fp8` the product runs through flax's fp8 op (`Fp8DotGeneral`, submodule `fp8`): x and
+    W quantised to e4m3 and the output gradient to e5m2, each with a scale from its amax
+    history, which live in the `FP8` collection. A call given no such collection (inference:
+    eval, decoding, tasks) multiplies in the compute dtype instead; `init` creates it.
     """
 
     features: int | tuple[int, ...]
@@ -126,6 +135,7 @@ class DenseGeneral(nn.Module):
     # ModelConfig.lora: (rank, alpha, dropout, target regexes); the layer adapts itself when a
     # target matches its module path
     lora: tuple | None = None
+    fp8: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -144,10 +154,14 @@ class DenseGeneral(nn.Module):
         # gradient out transposed, and the optimizer and weight-gradient products each copy it
         # back (cpu-profile.md).
         lead = x.shape[: x.ndim - self.contract]
-        y = dot_last_first(
-            x.astype(self.dtype).reshape(*lead, math.prod(in_shape)),
-            kernel.astype(self.dtype).reshape(math.prod(in_shape), math.prod(features)),
-        ).reshape(*lead, *features)
+        x2 = x.astype(self.dtype).reshape(*lead, math.prod(in_shape))  # (*B, K)
+        w2 = kernel.astype(self.dtype).reshape(math.prod(in_shape), math.prod(features))  # (K, F)
+        if self.fp8 and (self.is_mutable_collection(FP8) or self.has_variable(FP8, "fp8")):
+            dims = (((x2.ndim - 1,), (0,)), ((), ()))
+            y = fp8_ops.Fp8DotGeneral(name="fp8")(x2, w2, dims).astype(jnp.float32)  # (*B, F)
+        else:
+            y = dot_last_first(x2, w2)  # (*B, F)
+        y = y.reshape(*lead, *features)
         if self.lora is not None and lora_targeted(self.path, self.lora[3]):
             y = y + self._lora(x, in_shape, features)
         if self.use_bias:
@@ -329,6 +343,7 @@ class MLP(nn.Module):
             features,
             kernel_axes,
             lora=cfg.lora,
+            fp8=cfg.fp8,
             use_bias=cfg.use_bias,
             dtype=dtype,
             param_dtype=param_dtype,

@@ -158,6 +158,16 @@ def test_bad_pipeline_settings_are_one_line(sizes, pipe, layers, scan, message):
     assert "\n" not in str(err.value)
 
 
+def test_fp8_with_stages_is_one_line():
+    """Each microbatch would update the fp8 scales, which the step keeps once per step."""
+    config = models.get_config("gpt2-tiny", num_layers=4, scan_layers=True, fp8=True)
+    with pytest.raises(stages.PipelineError, match="model.fp8 with mesh.stage > 1") as err:
+        stages.check(_run_config(), config, _mesh(stage=2, data=4))
+    assert "\n" not in str(err.value)
+    with pytest.raises(ConfigError, match="fp8 with pipeline stages"):
+        _pipelined(config, 2, 2, 1)
+
+
 def test_the_model_config_refuses_a_schedule_it_cannot_run():
     base = models.get_config("gpt2-tiny").replace(num_layers=4, scan_layers=True)
     with pytest.raises(ConfigError, match="not a multiple of the 2 stages"):

@@ -59,19 +59,24 @@ RESUME_FLAGS = [
 ]
 
 
-@pytest.mark.slow
-def test_sigkill_then_resume_is_bit_exact(tmp_path):
-    reference = _train(tmp_path / "a", *RESUME_FLAGS)
-    assert reference.returncode == 0, reference.stderr[-2000:]
-    proc = _train(tmp_path / "b", *RESUME_FLAGS, wait=False)
+def _killed_after_checkpoint(workdir, flags, step: int = 16) -> None:
+    """Starts a run and SIGKILLs it once its checkpoint `step` is complete, before it ends."""
+    proc = _train(workdir, *flags, wait=False)
     deadline = time.time() + 240
-    while not (tmp_path / "b" / "checkpoints" / "16").exists():
+    while not (workdir / "checkpoints" / str(step)).exists():
         assert proc.poll() is None, proc.stderr.read()[-2000:]
         assert time.time() < deadline
         time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert not (tmp_path / "b" / "summary.json").exists(), "the run finished before the kill"
+    assert not (workdir / "summary.json").exists(), "the run finished before the kill"
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_is_bit_exact(tmp_path):
+    reference = _train(tmp_path / "a", *RESUME_FLAGS)
+    assert reference.returncode == 0, reference.stderr[-2000:]
+    _killed_after_checkpoint(tmp_path / "b", RESUME_FLAGS)
     resumed = _train(tmp_path / "b", *RESUME_FLAGS)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "resuming from step" in resumed.stderr

@@ -40,6 +40,7 @@ _EXECUTION_FIELDS = {
     "pipeline_stages",
     "pipeline_microbatches",
     "pipeline_repeats",
+    "fp8",
     "dropout_rate",
     "attention_dropout_rate",
     "init_std",
@@ -254,6 +255,18 @@ def check_same_architecture(saved_model: dict, model: dict, workdir: str | Path)
         )
 
 
+def check_same_fp8(saved_model: dict, fp8: bool, workdir: str | Path) -> None:
+    """Refuses to resume with `model.fp8` switched: the checkpoints hold the fp8 scales exactly
+    when the run that wrote them had fp8 on (train/state.py SavedFp8State)."""
+    saved = bool(saved_model.get("fp8", False))
+    if saved != fp8:
+        raise CheckpointError(
+            f"workdir {workdir} was trained with model.fp8={saved}; resume it with "
+            f"--config.model.fp8={saved}, or start a new --workdir (init_from={workdir} "
+            f"takes its weights) with model.fp8={fp8}"
+        )
+
+
 # Parameter-only checkpoints: what `python -m models convert` writes and reads. A directory with
 # `model_config.json` (a ModelConfig) and `params/` (an Orbax PyTree of the parameters).
 
@@ -320,7 +333,8 @@ def _model_shapes(config) -> dict[str, tuple]:
     model = models.build(config)
     ids = np.zeros((1, 1), np.int32)
     inputs = (ids, ids) if config.family == "encoder_decoder" else (ids,)
-    return _shapes(meta.unbox(jax.eval_shape(lambda: model.init(jax.random.key(0), *inputs))))
+    variables = jax.eval_shape(lambda: model.init(jax.random.key(0), *inputs))
+    return _shapes(meta.unbox({"params": variables["params"]}))  # not fp8's scales
 
 
 def check_params(config_dict: dict, params, source) -> Any:

@@ -398,14 +398,15 @@ def loss_sums(model, teacher_model, params, teacher_params, batch, objective, s,
     weight, as the step does, normalises each term by its own positions); `task_loss`,
     `kd_loss`, `hidden_loss` and `hidden_weight` are the parts. `family` is the student's.
     The teacher runs deterministically and gets no gradient."""
-    from train.losses import cross_entropy_sums, model_inputs, targets_and_weights
+    from train.losses import cross_entropy_sums, model_inputs, targets_and_weights, variables
 
     rng, deterministic = options.pop("rng", None), options.pop("deterministic", True)
-    hidden_scale = options.pop("hidden_scale", 1.0)
+    hidden_scale, fp8 = options.pop("hidden_scale", 1.0), options.pop("fp8", None)
     rngs = None if deterministic else {"dropout": rng}
     out = model.apply(
-        {"params": params}, **model_inputs(model, batch), deterministic=deterministic, rngs=rngs
-    )
+        variables(params, fp8), **model_inputs(model, batch), deterministic=deterministic,
+        rngs=rngs,
+    )  # fmt: skip
     frozen = jax.lax.stop_gradient(teacher_params)
     taught = teacher_model.apply(
         {"params": frozen}, **model_inputs(teacher_model, batch), deterministic=True

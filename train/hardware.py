@@ -16,6 +16,8 @@ import time
 import jax
 import jax.numpy as jnp
 
+from models.errors import UserError
+
 
 @dataclasses.dataclass(frozen=True)
 class Chip:
@@ -119,3 +121,43 @@ def device_peak(dtype: str) -> tuple[float, str]:
     label = "bf16" if is_16bit(dtype) else "f32"
     peak = measured_matmul_peak(label) * jax.device_count()
     return peak, f"measured {label} 2048^3 matmul ({kind})"
+
+
+# fp8 tensor cores (cuBLASLt's fp8 GEMMs, which XLA rewrites flax's fp8 dots into): Ada (8.9),
+# Hopper (9.0) and later.
+FP8_MIN_CAPABILITY = (8, 9)
+
+
+class Fp8Error(UserError):
+    """model.fp8 on a device whose matmuls cannot take fp8 inputs."""
+
+
+def check_fp8(dtype: str, device=None) -> None:
+    """Refuses training with `model.fp8` where flax's fp8 matmuls cannot run: compute `dtype`
+    float16, or a GPU below compute capability 8.9 (no fp8 tensor cores) or a TPU (the op's
+    e4m3fn/e5m2 dots are NVIDIA's fp8 GEMMs). On a CPU they are emulated: slow, but the same
+    numbers, for tests. (Inference has no fp8 state and runs in `dtype` anywhere.)"""
+    if dtype == "float16":  # flax casts each scale to the compute dtype before dividing by it
+        raise Fp8Error(
+            "model.fp8 with model.dtype=float16: float16 cannot hold fp8's scaling factors "
+            "(amax/57344 underflows to 0 and the gradients turn NaN); set model.dtype=bfloat16 "
+            "or float32"
+        )
+    device = device or jax.devices()[0]
+    if device.platform == "cpu":
+        return
+    fix = "run without --config.model.fp8 (model.dtype=bfloat16 is the fast path there)"
+    where = f"{device.device_kind} ({device.platform})"
+    if device.platform in ("gpu", "cuda"):
+        capability = str(getattr(device, "compute_capability", ""))
+        try:
+            version = tuple(int(p) for p in capability.split("."))
+        except ValueError:
+            version = ()
+        if version >= FP8_MIN_CAPABILITY:
+            return
+        where = f"{device.device_kind} (compute capability {capability or 'unknown'})"
+    raise Fp8Error(
+        f"model.fp8 needs fp8 matmuls: an NVIDIA GPU of compute capability 8.9 or later "
+        f"(Ada, Hopper) or a CPU (emulated), not {where}; {fix}"
+    )

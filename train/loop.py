@@ -41,14 +41,14 @@ from train import (
     watchdog,
 )
 from train.carbon import CarbonTracker
-from train.checkpoint import Checkpointer, check_same_architecture
+from train.checkpoint import Checkpointer, check_same_architecture, check_same_fp8
 from train.decode import sample_text
 from train.evals import device_batch as _device_batch
 from train.evals import evaluate, harness_metrics, run_pipeline, task_metrics
 from train.feed import Feed
 from train.flops import train_flops_per_step
 from train.goodput import Clock, Ledger, segment_record
-from train.hardware import device_peak
+from train.hardware import check_fp8, device_peak
 from train.harness import live
 from train.init_from import load_pretrained, merge_params, resolve_model_config
 from train.losses import check_objective
@@ -175,9 +175,12 @@ def _model_config(config, tokenizer, pretrained, teacher, ckpt, latest, workdir)
     base = pretrained[0] if pretrained else distill.student_base(config.model, teacher_config)
     model_config = resolve_model_config(config.model, tokenizer, base)
     model_config = lora.configure(config.get("lora"), model_config, config.get("init_from"))
+    if model_config.fp8:
+        check_fp8(model_config.dtype)  # float16, a GPU without fp8 tensor cores, a TPU
     if latest is not None:
         saved = ckpt.saved_config(latest) or {}
         check_same_architecture(saved.get("resolved_model", {}), model_config.to_dict(), workdir)
+        check_same_fp8(saved.get("resolved_model", {}), model_config.fp8, workdir)
     live.check(config.get("eval_harness"), model_config)  # lm-eval can score it, tasks exist
     return model_config
 

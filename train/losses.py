@@ -24,6 +24,7 @@ from jax import lax
 
 from data import objectives
 from models.errors import UserError
+from models.layers import FP8
 
 
 class ObjectiveError(UserError):
@@ -51,6 +52,12 @@ def targets_and_weights(objective: str, batch: dict):
     return jnp.maximum(targets, 0), weights
 
 
+def variables(params, fp8=None) -> dict:
+    """The model's variables: `params`, and the fp8 scales where the state has them (the fp8
+    matmuls run only where they are given: models/layers.py DenseGeneral)."""
+    return {"params": params} if fp8 is None else {"params": params, FP8: fp8}
+
+
 def loss_sums(
     model: nn.Module,
     params,
@@ -61,12 +68,16 @@ def loss_sums(
     deterministic: bool = True,
     label_smoothing: float = 0.0,
     z_loss: float = 0.0,
+    fp8=None,
 ) -> dict[str, jax.Array]:
     """Runs the model on `batch` and returns the cross-entropy sums of `objective` (a
-    `data.objectives` name or loss name)."""
+    `data.objectives` name or loss name); `fp8`: the train state's fp8 scales, if any."""
     rngs = None if deterministic else {"dropout": rng}
     out = model.apply(
-        {"params": params}, **model_inputs(model, batch), deterministic=deterministic, rngs=rngs
+        variables(params, fp8),
+        **model_inputs(model, batch),
+        deterministic=deterministic,
+        rngs=rngs,
     )
     targets, weights = targets_and_weights(objective, batch)
     return cross_entropy_sums(

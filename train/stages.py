@@ -76,7 +76,7 @@ def check(config, model_config: ModelConfig, mesh, rules=partitioning.DEFAULT_RU
             f"{dict(rules).get('layers')!r}; with mesh.stage the stacked layers go on the "
             "stage axis: use ['layers', 'stage']"
         )
-    if model_config.to_dict().get("fp8"):
+    if model_config.fp8:
         raise PipelineError(
             "model.fp8 with mesh.stage > 1 is not supported: each microbatch would update the "
             "fp8 scales; train fp8 models on data/fsdp/context/tensor, or turn model.fp8 off"

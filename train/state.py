@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
+from models.layers import FP8
 from models.summary import dummy_inputs
 from train import partitioning
 
@@ -24,18 +25,22 @@ from train import partitioning
 class TrainState:
     """`params` are what trains. With LoRA (train/lora.py) they are the adapters and the head,
     and `frozen` holds the base parameters, which the step closes over and checkpoints leave
-    out; otherwise `frozen` is None."""
+    out; otherwise `frozen` is None. With `model.fp8`, `fp8` holds the fp8 matmuls' scales and
+    amax histories (the model's `FP8` collection), which the step replaces with their next
+    values, outside the optimizer; otherwise None."""
 
     step: jax.Array
     params: Any
     opt_state: Any
     frozen: Any = None
+    fp8: Any = None
 
 
 @struct.dataclass
 class SavedState:
     """What a checkpoint holds of a `TrainState`: all of it but the frozen base (the on-disk
-    layout of every checkpoint written before LoRA existed)."""
+    layout of every checkpoint written before LoRA existed). A state with fp8 scales is saved
+    as a `SavedFp8State`, which adds them; every other keeps this layout."""
 
     step: jax.Array
     params: Any
@@ -43,12 +48,24 @@ class SavedState:
 
     @classmethod
     def of(cls, state: TrainState) -> SavedState:
-        return cls(step=state.step, params=state.params, opt_state=state.opt_state)
+        if state.fp8 is not None:
+            return SavedFp8State(state.step, state.params, state.opt_state, state.fp8)
+        return SavedState(step=state.step, params=state.params, opt_state=state.opt_state)
 
     def train_state(self, frozen=None) -> TrainState:
         return TrainState(
             step=self.step, params=self.params, opt_state=self.opt_state, frozen=frozen
         )
+
+
+@struct.dataclass
+class SavedFp8State(SavedState):
+    """A `SavedState` with the fp8 scales and amax histories (`TrainState.fp8`)."""
+
+    fp8: Any
+
+    def train_state(self, frozen=None) -> TrainState:
+        return super().train_state(frozen).replace(fp8=self.fp8)
 
 
 def _boxed(x) -> bool:
@@ -57,7 +74,8 @@ def _boxed(x) -> bool:
 
 def _init_fn(model: nn.Module, model_config, tx: optax.GradientTransformation):
     def init(rng):
-        params = model.init(rng, **dummy_inputs(model_config))["params"]
+        variables = model.init(rng, **dummy_inputs(model_config))
+        params, fp8 = variables["params"], variables.get(FP8)  # fp8: outside the optimizer
         frozen = None
         if model_config.lora_rank:
             from train import lora
@@ -65,7 +83,11 @@ def _init_fn(model: nn.Module, model_config, tx: optax.GradientTransformation):
             params, frozen = lora.split(params, model_config.lora_train_head, is_leaf=_boxed)
         opt_state = jax.tree.map(_fix_box, tx.init(params), is_leaf=_boxed)
         return TrainState(
-            step=jnp.zeros((), jnp.int32), params=params, opt_state=opt_state, frozen=frozen
+            step=jnp.zeros((), jnp.int32),
+            params=params,
+            opt_state=opt_state,
+            frozen=frozen,
+            fp8=fp8,
         )
 
     return init

@@ -32,29 +32,57 @@ def _split_microbatches(batch: dict, n: int) -> dict:
     return jax.tree.map(lambda x: x.reshape(x.shape[0] // n, n, *x.shape[1:]).swapaxes(0, 1), batch)
 
 
-def _accumulate(grads_and_sums, params, batch, rng, microbatches: int):
-    """Sums (grads, loss sums) over `microbatches` slices of `batch` in a `lax.scan`."""
+def _accumulate(grads_and_sums, params, fp8, batch, rng, microbatches: int):
+    """Sums (grads, loss sums) over `microbatches` slices of `batch` in a `lax.scan`. The fp8
+    scales (None without fp8) are carried, not summed: each microbatch runs with the values
+    the one before it produced, as consecutive steps do, and the last one's are returned."""
 
-    def body(acc, xs):
+    def body(carry, xs):
+        acc, fp8 = carry
         micro, i = xs
-        g, s = grads_and_sums(params, micro, jax.random.fold_in(rng, i))
-        return jax.tree.map(jnp.add, acc, (g, s)), None
+        g, fp8, s = grads_and_sums(params, fp8, micro, jax.random.fold_in(rng, i))
+        return (jax.tree.map(jnp.add, acc, (g, s)), fp8), None
 
     zero_sums = jax.eval_shape(
         lambda: grads_and_sums(
             params,
+            fp8,
             jax.tree.map(lambda x: x[0], _split_microbatches(batch, microbatches)),
             rng,
-        )[1]
+        )[2]
     )
     init = (
         jax.tree.map(jnp.zeros_like, params),
         jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), zero_sums),
     )
-    (grads, sums), _ = jax.lax.scan(
-        body, init, (_split_microbatches(batch, microbatches), jnp.arange(microbatches))
+    ((grads, sums), fp8), _ = jax.lax.scan(
+        body, (init, fp8), (_split_microbatches(batch, microbatches), jnp.arange(microbatches))
     )
-    return grads, sums
+    return grads, fp8, sums
+
+
+def _gradient_fn(model, objective: str, distiller, options: dict):
+    """grads_and_sums(params, fp8, batch, rng, frozen=None, **teacher) -> (gradients, the fp8
+    scales' next values or None, loss sums), with `options` for the loss."""
+
+    def grads_and_sums(params, fp8, batch, rng, frozen=None, **teacher):
+        def loss_fn(p, f):  # with LoRA: gradients of the trained leaves, `frozen` closed over
+            whole = p if frozen is None else join(p, frozen)
+            kw = dict(rng=rng, **options) if f is None else dict(rng=rng, fp8=f, **options)
+            if distiller is None:
+                sums = loss_sums(model, whole, batch, objective, **kw)
+            else:
+                sums = distiller.loss_sums(model, whole, batch, objective, **teacher, **kw)
+            return sums["loss"], sums
+
+        if fp8 is None:
+            grads, sums = jax.grad(loss_fn, has_aux=True)(params, None)
+            return grads, None, sums
+        # flax's fp8 ops return the scales' and amax histories' next values as their gradient
+        (grads, fp8), sums = jax.grad(loss_fn, argnums=(0, 1), has_aux=True)(params, fp8)
+        return grads, fp8, sums
+
+    return grads_and_sums
 
 
 def make_train_step(
@@ -77,22 +105,8 @@ def make_train_step(
     accumulating gradients over microbatches gives the full-batch gradient.
     """
 
-    def grads_and_sums(params, batch, rng, frozen=None, **teacher):
-        def loss_fn(p):  # with LoRA, gradients of the trained leaves only: `frozen` is closed over
-            whole = p if frozen is None else join(p, frozen)
-            options = dict(
-                rng=rng,
-                deterministic=not dropout,
-                label_smoothing=label_smoothing,
-                z_loss=z_loss,
-            )
-            if distiller is None:
-                sums = loss_sums(model, whole, batch, objective, **options)
-            else:
-                sums = distiller.loss_sums(model, whole, batch, objective, **teacher, **options)
-            return sums["loss"], sums
-
-        return jax.grad(loss_fn, has_aux=True)(params)
+    options = dict(deterministic=not dropout, label_smoothing=label_smoothing, z_loss=z_loss)
+    grads_and_sums = _gradient_fn(model, objective, distiller, options)
 
     def train_step(state, batch, rng, teacher_params=None):
         rng = jax.random.fold_in(rng, state.step)
@@ -102,9 +116,12 @@ def make_train_step(
             teacher = dict(teacher_params=teacher_params, hidden_scale=scale)
         step_grads = functools.partial(grads_and_sums, frozen=state.frozen, **teacher)
         if microbatches == 1:
-            grads, sums = step_grads(state.params, batch, rng)
+            grads, fp8, sums = step_grads(state.params, state.fp8, batch, rng)
         else:
-            grads, sums = _accumulate(step_grads, state.params, batch, rng, microbatches)
+            grads, fp8, sums = _accumulate(
+                step_grads, state.params, state.fp8, batch, rng, microbatches
+            )
+        # the fp8 scales are stored as they come: no averaging, clipping, decay or optimizer
         weight = jnp.maximum(sums["weight"], 1.0)
         grads = jax.tree.map(lambda g: g / weight, grads)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
@@ -114,7 +131,7 @@ def make_train_step(
             metrics.update(distiller.metrics(sums))
         metrics["grad_norm"] = optax.tree.norm(grads)
         metrics["learning_rate"] = schedule(state.step)
-        new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
+        new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state, fp8=fp8)
         return new_state, metrics
 
     return train_step
