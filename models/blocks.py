@@ -26,6 +26,10 @@ _REMAT_POLICIES = {
 }
 
 
+def _KEEP_ALL(*_, **__) -> bool:  # noqa: N802  (a policy constant, as jax's are named)
+    return True
+
+
 @jax.custom_vjp
 def _gradient_fence(x):
     """Identity whose gradient passes through a `lax.cond`, which XLA cannot fuse across.
@@ -104,6 +108,7 @@ class TransformerBlock(nn.Module):
     ):
         cfg = self.config
         x = nn.with_logical_constraint(x, axes.ACTIVATION)  # (B, T, D)
+        x = checkpoint_name(x, pipeline.LAYER_INPUT)
 
         def residual(x, name, fn):
             norm = make_norm(cfg, name=f"{name}_norm")
@@ -343,7 +348,8 @@ class TransformerStack(nn.Module):
 
         rng = None if deterministic else self.make_rng("dropout")
         layer_params = self.variables["params"]["layers"]
-        return pipeline.run(stage_fn, layer_params, x, tuple(tensors), schedule, rng)
+        policy = _REMAT_POLICIES[cfg.remat_policy] if cfg.remat_policy != "none" else _KEEP_ALL
+        return pipeline.run(stage_fn, layer_params, x, tuple(tensors), schedule, rng, policy)
 
     @nn.nowrap
     def _relative_bias(self, positions, kv_positions):

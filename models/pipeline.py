@@ -36,8 +36,12 @@ STAGE_AXIS = "stage"  # the mesh axis the stages are split over (train/partition
 # What the stage state holds before each stage's first microbatch; tests set NaN to show that no
 # bubble slot reaches the outputs or the gradients.
 BUBBLE_FILL = 0.0
-# Data movement (slices, casts, reshapes): a circular schedule's iterations recompute these for
-# the backward pass instead of keeping them (`_keep_all_but_moves`).
+# The name (jax.ad_checkpoint) of each layer's input (models/blocks.py): the backward pass keeps
+# it, as a rematerialised layer keeps its inputs.
+LAYER_INPUT = "layer_input"
+_LAYER_INPUTS = jax.checkpoint_policies.save_only_these_names(LAYER_INPUT)
+# Data movement (slices, casts, reshapes): the iterations recompute these for the backward pass
+# instead of keeping them (`run`).
 _MOVES = frozenset(
     ("dynamic_slice", "gather", "slice", "squeeze", "reshape", "transpose", "convert_element_type")
 )
@@ -119,6 +123,7 @@ def run(
     args: tuple,
     schedule: Schedule,
     rng: jax.Array | None = None,
+    remat_policy: Callable | None = None,
 ) -> jax.Array:
     """Runs the stacked layers over `x` (B, T, D) as a pipeline; returns (B, T, D).
 
@@ -130,6 +135,9 @@ def run(
       args: the blocks' other per-call arguments; arrays with B rows are split into microbatches
         along with `x`, the rest (None, broadcast rows, scalars) pass as they are.
       rng: the stack's dropout key; each stage and microbatch gets its own fold of it.
+      remat_policy: what a stage keeps for the backward pass besides each layer's input (a
+        `jax.checkpoint` policy; None = nothing more), as the model's remat policy says. Data
+        movement (the weight slices, casts and reshapes) is never kept.
     """
     s, m, r = schedule.stages, schedule.microbatches, schedule.repeats
     b = x.shape[0]
@@ -144,7 +152,14 @@ def run(
     # slices (and the layers' casts and reshapes of them) would cost a copy of a stage's weights
     # per iteration; they are recomputed instead, and the rest is kept or recomputed as the
     # model's remat policy says.
-    @functools.partial(jax.checkpoint, policy=_keep_all_but_moves)
+    def keep(prim, *args, **params) -> bool:
+        if prim.name in _MOVES:
+            return False
+        if _LAYER_INPUTS(prim, *args, **params):  # what a rematerialised layer starts from
+            return True
+        return remat_policy is not None and remat_policy(prim, *args, **params)
+
+    @functools.partial(jax.checkpoint, policy=keep)
     def one_stage(vars_s, x_s, repeat, micro, key):
         vars_s = jax.tree.map(lambda a: a[repeat], vars_s)
         rows = tuple(a[micro] if split else a for a, split in zip(margs, per_row))
@@ -180,11 +195,6 @@ def run(
 
     (_, buffer), _ = jax.lax.scan(iteration, (state, buffer), jnp.arange(schedule.iterations))
     return join_microbatches(buffer)
-
-
-def _keep_all_but_moves(prim, *_, **__) -> bool:
-    """A remat policy: keep every value but those of data-movement ops."""
-    return prim.name not in _MOVES
 
 
 def _constrain(a, lead):
