@@ -22,7 +22,6 @@ written by a pipelined run restore on any mesh, and the reverse.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -148,22 +147,25 @@ def run(
     state = jnp.full((s, *buffer.shape[1:]), BUBBLE_FILL, x.dtype)  # what each stage receives
     stage_ids = jnp.arange(s)
 
-    # Each iteration slices its stage's weights for this repeat. Kept for the backward pass, the
-    # slices (and the layers' casts and reshapes of them) would cost a copy of a stage's weights
-    # per iteration; they are recomputed instead, and the rest is kept or recomputed as the
-    # model's remat policy says.
-    def keep(prim, *args, **params) -> bool:
-        if prim.name in _MOVES:
-            return False
-        if _LAYER_INPUTS(prim, *args, **params):  # what a rematerialised layer starts from
-            return True
-        return remat_policy is not None and remat_policy(prim, *args, **params)
-
-    @functools.partial(jax.checkpoint, policy=keep)
     def one_stage(vars_s, x_s, repeat, micro, key):
-        vars_s = jax.tree.map(lambda a: a[repeat], vars_s)
+        # GPipe's slice is static (the same in every iteration), which XLA keeps no copy of
+        vars_s = jax.tree.map(lambda a: a[repeat] if r > 1 else a[0], vars_s)
         rows = tuple(a[micro] if split else a for a, split in zip(margs, per_row))
         return stage_fn(vars_s, x_s, rows, key)
+
+    if r > 1:
+        # Each iteration slices its stage's weights for its repeat. Kept for the backward pass,
+        # the slices (and the layers' casts and reshapes of them) would cost a copy of a stage's
+        # weights per iteration; they are recomputed instead, and the rest is kept as the
+        # model's remat policy says.
+        def keep(prim, *args, **params) -> bool:
+            if prim.name in _MOVES:
+                return False
+            if _LAYER_INPUTS(prim, *args, **params):  # what a rematerialised layer starts from
+                return True
+            return remat_policy is not None and remat_policy(prim, *args, **params)
+
+        one_stage = jax.checkpoint(one_stage, policy=keep)
 
     spmd = STAGE_AXIS if _mesh_has_stages() else None
     stages_fn = jax.vmap(
