@@ -25,6 +25,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec
@@ -147,30 +148,7 @@ def run(
     state = jnp.full((s, *buffer.shape[1:]), BUBBLE_FILL, x.dtype)  # what each stage receives
     stage_ids = jnp.arange(s)
 
-    def one_stage(vars_s, x_s, repeat, micro, key):
-        # GPipe's slice is static (the same in every iteration), which XLA keeps no copy of
-        vars_s = jax.tree.map(lambda a: a[repeat] if r > 1 else a[0], vars_s)
-        rows = tuple(a[micro] if split else a for a, split in zip(margs, per_row))
-        return stage_fn(vars_s, x_s, rows, key)
-
-    if r > 1:
-        # Each iteration slices its stage's weights for its repeat. Kept for the backward pass,
-        # the slices (and the layers' casts and reshapes of them) would cost a copy of a stage's
-        # weights per iteration; they are recomputed instead, and the rest is kept as the
-        # model's remat policy says.
-        def keep(prim, *args, **params) -> bool:
-            if prim.name in _MOVES:
-                return False
-            if _LAYER_INPUTS(prim, *args, **params):  # what a rematerialised layer starts from
-                return True
-            return remat_policy is not None and remat_policy(prim, *args, **params)
-
-        one_stage = jax.checkpoint(one_stage, policy=keep)
-
-    spmd = STAGE_AXIS if _mesh_has_stages() else None
-    stages_fn = jax.vmap(
-        one_stage, in_axes=(0, 0, 0, 0, 0 if rng is not None else None), spmd_axis_name=spmd
-    )
+    stages_fn = _stages_fn(stage_fn, margs, per_row, r, remat_policy, rng is not None)
 
     def iteration(carry, i):
         state, buffer = carry
@@ -199,11 +177,36 @@ def run(
     return join_microbatches(buffer)
 
 
-def _constrain(a, lead):
-    """(lead, B/M, T, D) activations: the lead axis on `lead`, the rest as activations are."""
-    import flax.linen as nn
+def _stages_fn(stage_fn, margs, per_row, repeats: int, remat_policy, with_rng: bool):
+    """`stage_fn` for every stage at once: (staged weights, inputs, repeat, microbatch, keys),
+    each with a leading stage axis, run side by side over the `stage` mesh axis."""
 
+    def one_stage(vars_s, x_s, repeat, micro, key):
+        # GPipe's slice is static (the same in every iteration), which XLA keeps no copy of
+        vars_s = jax.tree.map(lambda a: a[repeat] if repeats > 1 else a[0], vars_s)
+        rows = tuple(a[micro] if split else a for a, split in zip(margs, per_row))
+        return stage_fn(vars_s, x_s, rows, key)
+
+    if repeats > 1:
+        # Each iteration slices its stage's weights for its repeat. Kept for the backward pass,
+        # the slices (and the layers' casts and reshapes of them) would cost a copy of a stage's
+        # weights per iteration; they are recomputed instead, and the rest is kept as the
+        # model's remat policy says.
+        def keep(prim, *args, **params) -> bool:
+            if prim.name in _MOVES:
+                return False
+            if _LAYER_INPUTS(prim, *args, **params):  # what a rematerialised layer starts from
+                return True
+            return remat_policy is not None and remat_policy(prim, *args, **params)
+
+        one_stage = jax.checkpoint(one_stage, policy=keep)
+    spmd = STAGE_AXIS if _mesh_has_stages() else None
+    return jax.vmap(one_stage, in_axes=(0, 0, 0, 0, 0 if with_rng else None), spmd_axis_name=spmd)
+
+
+def _constrain(a, lead):
+    """(lead, B/M, T, D) activations: the lead axis on the `stage` mesh axis (lead=STAGE_AXIS)
+    or unsplit (None), the rest as activations are."""
     if lead == STAGE_AXIS:
-        a = _on_stages(a)
-        return a
+        return _on_stages(a)
     return nn.with_logical_constraint(a, (None, *axes.ACTIVATION))

@@ -48,6 +48,51 @@ def _cpu() -> str:
     return platform.processor()
 
 
+def timed(train_step, state, batch, steps: int, mesh, rules) -> tuple[str, list, list]:
+    """The compiled step's text, then `steps` step times (s) and losses after two warm-ups."""
+    with partitioning.activate(mesh, rules):
+        hlo = train_step.lower(state, batch, jax.random.key(1)).compile().as_text()
+        times, losses = [], []
+        for i in range(steps + 2):
+            start = time.perf_counter()
+            state, metrics = train_step(state, batch, jax.random.key(1))
+            loss = float(metrics["loss"])
+            if i >= 2:
+                times.append(time.perf_counter() - start)
+                losses.append(loss)
+    return hlo, times, losses
+
+
+def small_gpt(length: int, layers: int, **fields):
+    """The timed model: GPT-2 with d_model 256, 4 heads, a 4096 vocabulary, the xla kernel and
+    no dropout."""
+    return models.get_config(
+        "gpt2",
+        vocab_size=4096,
+        d_model=256,
+        num_heads=4,
+        d_ff=1024,
+        num_layers=layers,
+        max_positions=length,
+        dropout_rate=0.0,
+        attention_dropout_rate=0.0,
+        attention_kernel="xla",
+        **fields,
+    )
+
+
+def environment(model: str, rows: int, length: int) -> dict:
+    """What a timing ran on: the CPU, its cores, jax, the simulated devices, model and batch."""
+    return {
+        "cpu": _cpu(),
+        "cores": os.cpu_count(),
+        "jax": jax.__version__,
+        "devices": "8 simulated CPU devices (--xla_force_host_platform_device_count=8)",
+        "model": model,
+        "batch": f"{rows} x {length}",
+    }
+
+
 def time_mesh(model_config, length: int, ctx: int, steps: int) -> dict:
     """Median step time (s) and the compiled step's all-gather count for one mesh."""
     mesh = partitioning.make_mesh({"data": ROWS // ctx, "context": ctx})
@@ -67,16 +112,7 @@ def time_mesh(model_config, length: int, ctx: int, steps: int) -> dict:
         k: jax.device_put(v, partitioning.batch_sharding(mesh, v.ndim, rules))
         for k, v in batch.items()
     }
-    with partitioning.activate(mesh, rules):
-        hlo = train_step.lower(state, batch, jax.random.key(1)).compile().as_text()
-        times, losses = [], []
-        for i in range(steps + 2):  # two warm-up steps
-            start = time.perf_counter()
-            state, metrics = train_step(state, batch, jax.random.key(1))
-            loss = float(metrics["loss"])
-            if i >= 2:
-                times.append(time.perf_counter() - start)
-                losses.append(loss)
+    hlo, times, losses = timed(train_step, state, batch, steps, mesh, rules)
     return {
         "mesh": dict(mesh.shape),
         "step_s": statistics.median(times),
@@ -91,27 +127,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
-    model_config = models.get_config(
-        "gpt2",
-        vocab_size=4096,
-        d_model=256,
-        num_heads=4,
-        d_ff=1024,
-        num_layers=4,
-        max_positions=args.length,
-        dropout_rate=0.0,
-        attention_dropout_rate=0.0,
-        attention_kernel="xla",
-    )
+    model_config = small_gpt(args.length, 4)
     rows = [time_mesh(model_config, args.length, c, args.steps) for c in (1, 2, 4, 8)]
-    env = {
-        "cpu": _cpu(),
-        "cores": os.cpu_count(),
-        "jax": jax.__version__,
-        "devices": "8 simulated CPU devices (--xla_force_host_platform_device_count=8)",
-        "model": model_config.name + " 4L d256 h4, xla kernel, float32",
-        "batch": f"{ROWS} x {args.length}",
-    }
+    env = environment(model_config.name + " 4L d256 h4, xla kernel, float32", ROWS, args.length)
     print(json.dumps(env))
     print("| mesh | step time (s) | vs data=8 | all-gathers in the step |")
     print("|---|---|---|---|")

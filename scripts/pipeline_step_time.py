@@ -23,14 +23,13 @@ import argparse  # noqa: E402
 import json  # noqa: E402
 import statistics  # noqa: E402
 import sys  # noqa: E402
-import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
-from context_step_time import _cpu  # noqa: E402
+from context_step_time import environment, small_gpt, timed  # noqa: E402
 
 import models  # noqa: E402
 from configs.common import base_config  # noqa: E402
@@ -72,16 +71,7 @@ def time_mesh(model_config, length: int, schedule: tuple, steps: int) -> dict:
         k: jax.device_put(v, partitioning.batch_sharding(mesh, v.ndim, rules))
         for k, v in batch.items()
     }
-    with partitioning.activate(mesh, rules):
-        hlo = train_step.lower(state, batch, jax.random.key(1)).compile().as_text()
-        times, losses = [], []
-        for i in range(steps + 2):  # two warm-up steps
-            start = time.perf_counter()
-            state, metrics = train_step(state, batch, jax.random.key(1))
-            loss = float(metrics["loss"])
-            if i >= 2:
-                times.append(time.perf_counter() - start)
-                losses.append(loss)
+    hlo, times, losses = timed(train_step, state, batch, steps, mesh, rules)
     return {
         "mesh": dict(mesh.shape),
         "microbatches": m if s > 1 else None,
@@ -100,28 +90,10 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
-    model_config = models.get_config(
-        "gpt2",
-        vocab_size=4096,
-        d_model=256,
-        num_heads=4,
-        d_ff=1024,
-        num_layers=8,
-        max_positions=args.length,
-        dropout_rate=0.0,
-        attention_dropout_rate=0.0,
-        attention_kernel="xla",
-        scan_layers=True,
-    )
+    model_config = small_gpt(args.length, 8, scan_layers=True)
     rows = [time_mesh(model_config, args.length, s, args.steps) for s in MESHES]
-    env = {
-        "cpu": _cpu(),
-        "cores": os.cpu_count(),
-        "jax": jax.__version__,
-        "devices": "8 simulated CPU devices (--xla_force_host_platform_device_count=8)",
-        "model": model_config.name + " 8L d256 h4 scanned, xla kernel, float32",
-        "batch": f"{ROWS} x {args.length}",
-    }
+    model = model_config.name + " 8L d256 h4 scanned, xla kernel, float32"
+    env = environment(model, ROWS, args.length)
     print(json.dumps(env))
     print("| mesh | microbatches | repeats | bubble | step time (s) | vs data=8 | last loss |")
     print("|---|---|---|---|---|---|---|")

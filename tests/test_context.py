@@ -258,7 +258,8 @@ def test_a_context_axis_across_processes_is_one_line():
     def mesh(processes):  # (data, context) devices with these process indices
         processes = np.asarray(processes)[:, None, None, :, None]  # (data, stage, fsdp, c, tensor)
         devices = np.vectorize(lambda p: SimpleNamespace(process_index=p))(processes)
-        return SimpleNamespace(axis_names=partitioning.MESH_AXES, devices=devices)
+        shape = dict(zip(partitioning.MESH_AXES, devices.shape))
+        return SimpleNamespace(axis_names=partitioning.MESH_AXES, devices=devices, shape=shape)
 
     context.check_hosts(mesh([[0, 0], [1, 1]]))  # data over hosts, context within
     with pytest.raises(context.ContextError, match="spans processes") as error:

@@ -185,7 +185,8 @@ def test_a_stage_axis_across_processes_is_one_line():
     def mesh(processes):  # (data, stage) devices with these process indices
         processes = np.asarray(processes)[:, :, None, None, None]  # (data, stage, fsdp, c, t)
         devices = np.vectorize(lambda p: SimpleNamespace(process_index=p))(processes)
-        return SimpleNamespace(axis_names=partitioning.MESH_AXES, devices=devices)
+        shape = dict(zip(partitioning.MESH_AXES, devices.shape))
+        return SimpleNamespace(axis_names=partitioning.MESH_AXES, devices=devices, shape=shape)
 
     stages.check_hosts(mesh([[0, 0], [1, 1]]))  # data over hosts, the stages within
     with pytest.raises(stages.PipelineError, match="spans processes") as error:

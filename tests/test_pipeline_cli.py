@@ -4,15 +4,12 @@ run resumes exactly; its checkpoint restores on a data-only mesh and a data-only
 stages; bad stage settings are one line, with the checkpoints untouched."""
 
 import json
-import os
 import shutil
-import signal
-import time
 
 import numpy as np
 import pytest
 from test_context_cli import _train
-from test_train_cli import _digest, _losses
+from test_train_cli import _digest, _killed_after_checkpoint, _losses
 
 # the smoke GPT with 4 stacked layers, and a batch that 4 data shards x 4 microbatches divide
 MODEL = [
@@ -51,16 +48,14 @@ def test_a_killed_pipelined_run_resumes_exactly_and_moves_between_meshes(tmp_pat
     every = ["--config.checkpoint_every_steps=1"]
     _train("gpt_lm.py:smoke", tmp_path / "full", *MODEL, *stages, *every)
     full = _losses(tmp_path / "full")
-    proc = _train("gpt_lm.py:smoke", tmp_path / "killed", *MODEL, *stages, *every, wait=False)
-    metrics = tmp_path / "killed" / "metrics.jsonl"
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None:
-        if metrics.exists() and len(_losses(tmp_path / "killed")) >= 4:
-            break
-        time.sleep(0.05)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert len(_losses(tmp_path / "killed")) < 10, "the run ended before it was killed"
+    _killed_after_checkpoint(
+        tmp_path / "killed",
+        (),
+        step=4,
+        start=lambda: _train(
+            "gpt_lm.py:smoke", tmp_path / "killed", *MODEL, *stages, *every, wait=False
+        ),
+    )
     shutil.copytree(tmp_path / "killed", tmp_path / "moved")
     # resumed on the same mesh: the same losses, bit for bit
     _train("gpt_lm.py:smoke", tmp_path / "killed", *MODEL, *stages, *every)

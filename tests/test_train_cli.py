@@ -59,9 +59,10 @@ RESUME_FLAGS = [
 ]
 
 
-def _killed_after_checkpoint(workdir, flags, step: int = 16) -> None:
-    """Starts a run and SIGKILLs it once its checkpoint `step` is complete, before it ends."""
-    proc = _train(workdir, *flags, wait=False)
+def _killed_after_checkpoint(workdir, flags, step: int = 16, start=None) -> None:
+    """Starts a run (`start()`, a Popen; default the smoke GPT with `flags`) and SIGKILLs it
+    once its checkpoint `step` is complete, before it ends."""
+    proc = start() if start is not None else _train(workdir, *flags, wait=False)
     deadline = time.time() + 240
     while not (workdir / "checkpoints" / str(step)).exists():
         assert proc.poll() is None, proc.stderr.read()[-2000:]

@@ -32,6 +32,7 @@ from data.transforms import random_spans_helper
 from models import masks
 from models.config import ModelConfig
 from models.errors import UserError
+from train import partitioning
 
 # The per-token fields of each family's causal side; everything else (the encoder's inputs,
 # per-row labels) keeps its order.
@@ -178,12 +179,9 @@ def check(config, model_config: ModelConfig, context: int) -> None:
 def check_hosts(mesh) -> None:
     """One ContextError line when the `context` axis spans processes: each process reads its own
     rows of the global batch, and the devices of one context group must hold the same rows."""
-    axis = mesh.axis_names.index("context")
-    devices = np.moveaxis(np.asarray(mesh.devices), axis, -1)
-    processes = np.vectorize(lambda d: d.process_index)(devices)
-    if (processes != processes[..., :1]).any():
+    if partitioning.spans_processes(mesh, "context"):
         raise ContextError(
-            f"mesh.context={devices.shape[-1]} spans processes (hosts); each process reads its "
+            f"mesh.context={mesh.shape['context']} spans processes (hosts); each process reads its "
             "own rows, so a sequence's devices must share one: make mesh.context at most the "
             "devices per process, or put the other hosts on mesh.data / mesh.fsdp"
         )

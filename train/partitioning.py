@@ -126,6 +126,15 @@ def batch_axes(rules=DEFAULT_RULES) -> tuple[str, ...]:
     return target if isinstance(target, tuple) else (target,)
 
 
+def spans_processes(mesh, axis: str) -> bool:
+    """Whether one group of devices along `axis` (the others fixed) belongs to several processes.
+    Each process reads its own rows of the batch, so an axis whose groups must see the same rows
+    (context, stage) has to stay within a process."""
+    devices = np.moveaxis(np.asarray(mesh.devices), mesh.axis_names.index(axis), -1)
+    processes = np.vectorize(lambda d: d.process_index)(devices)
+    return bool((processes != processes[..., :1]).any())
+
+
 def logical_shardings(abstract_tree, mesh: Mesh, rules) -> object:
     """NamedShardings for a tree whose leaves may be boxed with logical names (unboxed leaves
     are replicated)."""

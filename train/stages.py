@@ -18,8 +18,6 @@ from __future__ import annotations
 import dataclasses
 import math
 
-import numpy as np
-
 from models.config import ModelConfig
 from models.errors import UserError
 from train import partitioning
@@ -113,12 +111,9 @@ def _check_batch(config, mesh, micro: int, rules) -> None:
 def check_hosts(mesh) -> None:
     """One PipelineError line when the `stage` axis spans processes: each process reads its own
     rows of the global batch, while the stages of one pipeline must see the same rows."""
-    axis = mesh.axis_names.index("stage")
-    devices = np.moveaxis(np.asarray(mesh.devices), axis, -1)
-    processes = np.vectorize(lambda d: d.process_index)(devices)
-    if (processes != processes[..., :1]).any():
+    if partitioning.spans_processes(mesh, "stage"):
         raise PipelineError(
-            f"mesh.stage={devices.shape[-1]} spans processes (hosts); each process reads its own "
+            f"mesh.stage={mesh.shape['stage']} spans processes (hosts); each process reads its own "
             "rows, so the stages of one pipeline must share a process: make mesh.stage at most "
             "the devices per process, and put the other hosts on mesh.data / mesh.fsdp"
         )
