@@ -19,15 +19,12 @@ from models.layers import FP8, MLP, Embed, dtypes, make_norm
 from models.position import RelativePositionBias, sinusoidal_table
 
 _REMAT_POLICIES = {
+    "none": jax.checkpoint_policies.everything_saveable,  # (no remat; what a pipeline keeps)
     "full": None,  # save nothing, recompute everything
     "dots": jax.checkpoint_policies.checkpoint_dots,
     "dots_no_batch": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
     "save_attention_out": jax.checkpoint_policies.save_only_these_names("attention_out"),
 }
-
-
-def _KEEP_ALL(*_, **__) -> bool:  # noqa: N802  (a policy constant, as jax's are named)
-    return True
 
 
 @jax.custom_vjp
@@ -348,7 +345,7 @@ class TransformerStack(nn.Module):
 
         rng = None if deterministic else self.make_rng("dropout")
         layer_params = self.variables["params"]["layers"]
-        policy = _REMAT_POLICIES[cfg.remat_policy] if cfg.remat_policy != "none" else _KEEP_ALL
+        policy = _REMAT_POLICIES[cfg.remat_policy]
         return pipeline.run(stage_fn, layer_params, x, tuple(tensors), schedule, rng, policy)
 
     @nn.nowrap

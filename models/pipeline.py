@@ -40,8 +40,8 @@ BUBBLE_FILL = 0.0
 # it, as a rematerialised layer keeps its inputs.
 LAYER_INPUT = "layer_input"
 _LAYER_INPUTS = jax.checkpoint_policies.save_only_these_names(LAYER_INPUT)
-# Data movement (slices, casts, reshapes): the iterations recompute these for the backward pass
-# instead of keeping them (`run`).
+# Data movement (slices, casts, reshapes): the circular schedule's iterations recompute these for
+# the backward pass instead of keeping them (`_stages_fn`).
 _MOVES = frozenset(
     ("dynamic_slice", "gather", "slice", "squeeze", "reshape", "transpose", "convert_element_type")
 )
@@ -104,16 +104,10 @@ def _on_stages(a):
 
 
 def _batch_split(args, batch: int, m: int):
-    """Per-row arguments split into microbatches; None and broadcast (leading 1) ones kept."""
-
-    def split(a):
-        if a is None or a.ndim == 0 or a.shape[0] != batch:
-            return a
-        return split_microbatches(a, m)
-
-    return tuple(split(a) for a in args), tuple(
-        a is not None and a.ndim and a.shape[0] == batch for a in args
-    )
+    """Per-row arguments split into microbatches, and which were; None, scalars and broadcast
+    (leading 1) ones pass as they are."""
+    per_row = tuple(a is not None and a.ndim > 0 and a.shape[0] == batch for a in args)
+    return tuple(split_microbatches(a, m) if row else a for a, row in zip(args, per_row)), per_row
 
 
 def run(

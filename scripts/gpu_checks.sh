@@ -11,6 +11,8 @@
 #   6. with REAL=1: gpt2 16 x 1024 fed by its real input pipeline (the bundled corpus, or
 #      DATA_FILES=a text file) with 0 and with 8 data workers, next to synthetic tokens
 #      (`python -m train.benchmark --data real`: the data-stall share, docs/benchmarks/input.md).
+#   7. with FP8=1: gpt2-medium (16 x 1024) and a Llama-style 1B (Llama 3.2 1B's widths, 8 x 2048)
+#      in bf16 and with model.fp8 side by side (OUT/fp8-*.json; docs/scaling.md "fp8 matmuls").
 # SUITE=0 or TESTS=0 leave those parts out (e.g. `SUITE=0 TESTS=0 FLAGS=1`). The suite times
 # PyTorch eager and under torch.compile (REFERENCE=torch,torch-compile; REFERENCE=torch leaves
 # the compiled runs out when time is short: each compiles its model once, a minute or more). Each gpt2-medium
@@ -74,6 +76,19 @@ if [ -n "${REAL:-}" ]; then
     timeout 150 python -m train.benchmark --data real --config configs/gpt_lm.py:gpt2 $files \
       --config.batch_size=16 --config.seq_len=1024 --config.data.workers=$workers --steps 20 \
       --rounds 2 --json "$OUT/real-$workers.json" 2>&1 | tail -1 | tee -a "$OUT/real.log"
+  done
+fi
+if [ -n "${FP8:-}" ]; then
+  llama_1b="--set d_model=2048 --set num_layers=16 --set num_heads=32 --set num_kv_heads=8"
+  llama_1b="$llama_1b --set d_ff=8192 --set tie_embeddings=True"
+  for run in "gpt2-medium --batch 16 --seq 1024" "llama3-8b --batch 8 --seq 2048 $llama_1b"; do
+    for fp8 in False True; do
+      name="fp8-${run%% *}-$fp8"
+      step "$run, fp8=$fp8 (OUT/$name.json)"
+      # shellcheck disable=SC2086
+      timeout 150 python -m train.benchmark --model $run --steps 10 --warmup 2 \
+        --scan-layers --set fp8=$fp8 --json "$OUT/$name.json" 2>&1 | tail -1 | tee -a "$OUT/fp8.log"
+    done
   done
 fi
 step "done"
