@@ -14,12 +14,9 @@ gradients, each sending (c-1)/c x rows x T x kv_heads x head_dim x bytes x 2 per
 from __future__ import annotations
 
 from launch import plan_pipeline
+from train.hardware import dtype_bytes
 
 MESH_KEYS = ("data", "stage", "fsdp", "context", "tensor")
-
-
-def dtype_bytes(model_config) -> int:
-    return 2 if model_config.dtype in ("bfloat16", "float16") else 4
 
 
 def _attentions(model_config, batch) -> list[tuple[int, int, int, int, int]]:
@@ -50,8 +47,9 @@ def kv_traffic(model_config, batch, shape: dict) -> dict:
     With pipeline stages a device runs its stage's layers, bubble iterations included."""
     c = shape.get("context", 1)
     rows = batch["input_ids"].shape[0] / (shape["data"] * shape["fsdp"])
+    nbytes = dtype_bytes(model_config.dtype)
     gathered = sum(
-        layers * rows * length * _local(kv, shape["tensor"]) * dim * dtype_bytes(model_config) * 2
+        layers * rows * length * _local(kv, shape["tensor"]) * dim * nbytes * 2
         for layers, length, kv, dim, _ in _attentions(model_config, batch)
     )
     moved = gathered * (c - 1) / c * plan_pipeline.layer_share(model_config)
@@ -68,7 +66,7 @@ def report(config, model_config, batch, shape: dict, balanced: bool) -> dict:
     tensor = shape["tensor"]
     kv = scores = 0.0
     for _, length, kv_heads, dim, heads in _attentions(model_config, batch):
-        both = rows * length * _local(kv_heads, tensor) * dim * dtype_bytes(model_config) * 2
+        both = rows * length * _local(kv_heads, tensor) * dim * dtype_bytes(model_config.dtype) * 2
         kv = max(kv, both)
         scores = max(scores, rows * _local(heads, tensor) * (length / c) * length * 4)
     traffic = kv_traffic(model_config, batch, shape)

@@ -27,14 +27,14 @@ from __future__ import annotations
 import math
 
 from models.pipeline import STAGE_AXIS, Schedule
+from train.hardware import dtype_bytes
 
 LINK = "intra-node (NVLink / ICI): a pipeline's stages share a process"
 
 
 def schedule(model_config) -> Schedule:
     """The step's schedule (1 stage without pipeline parallelism)."""
-    m = model_config
-    return Schedule(m.pipeline_stages, m.pipeline_microbatches, m.pipeline_repeats)
+    return Schedule.of(model_config)
 
 
 def layer_share(model_config) -> float:
@@ -99,7 +99,7 @@ def send_bytes(model_config, batch, shape: dict) -> dict:
     s = schedule(model_config)
     if s.stages == 1:
         return {"per_iteration": 0.0, "per_step": 0.0}
-    dtype = 2 if model_config.dtype in ("bfloat16", "float16") else 4
+    dtype = dtype_bytes(model_config.dtype)
     rows = batch["input_ids"].shape[0] / (shape["data"] * shape["fsdp"])  # per step, per device
     tokens = sum(rows * t / shape.get("context", 1) for t in _stacks(model_config, batch))
     per_step_rows = tokens * model_config.d_model * dtype  # every row once, each stack

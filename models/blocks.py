@@ -327,9 +327,7 @@ class TransformerStack(nn.Module):
         model share one parameter tree; each stage runs its layers as the same scanned,
         rematerialised block."""
         cfg = self.config
-        schedule = pipeline.Schedule(
-            cfg.pipeline_stages, cfg.pipeline_microbatches, cfg.pipeline_repeats
-        )
+        schedule = pipeline.Schedule.of(cfg)
         per_stage = schedule.layers_per_stage(self.num_layers)
         stage_block = _block_class(cfg, per_stage, len(args))(
             cfg, self.causal, self.cross_attention

@@ -55,6 +55,11 @@ class Schedule:
     microbatches: int
     repeats: int = 1
 
+    @classmethod
+    def of(cls, config) -> Schedule:
+        """A ModelConfig's schedule (`pipeline_stages`, `_microbatches`, `_repeats`)."""
+        return cls(config.pipeline_stages, config.pipeline_microbatches, config.pipeline_repeats)
+
     @property
     def iterations(self) -> int:
         return self.repeats * self.microbatches + self.stages - 1

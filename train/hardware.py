@@ -88,6 +88,11 @@ def is_16bit(dtype: str) -> bool:
     return dtype in ("bf16", "bfloat16", "f16", "float16")
 
 
+def dtype_bytes(dtype: str) -> int:
+    """Bytes per element of a compute dtype (2 for the 16-bit ones, else 4)."""
+    return 2 if is_16bit(dtype) else 4
+
+
 def chip_of(device_kind: str) -> Chip | None:
     """The table's row for a `jax.Device.device_kind`, or None (a CPU, an unknown chip)."""
     kind = device_kind.lower()
